@@ -1,0 +1,127 @@
+"""The registry's tables.
+
+Queryable attributes live in indexed columns and side tables; each object's registered
+ebRIM XML is kept whole so that queries answer with exactly what was submitted.
+Coded values are stored as `code^^codingScheme`, the form stored-query parameters use.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger, Boolean, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text,
+)
+
+metadata = MetaData()
+
+ID = String(64)      # urn:uuid: ids
+CODE = String(300)   # code^^codingScheme
+DTM = String(14)
+
+KIND_DOCUMENT_ENTRY = "DE"
+KIND_SUBMISSION_SET = "SS"
+KIND_FOLDER = "FD"
+
+# Every DocumentEntry, SubmissionSet and Folder version.
+registry_object = Table(
+    "reg_object", metadata,
+    Column("id", ID, primary_key=True),
+    Column("lid", ID, nullable=False),
+    Column("version", Integer, nullable=False, default=1),
+    Column("kind", String(2), nullable=False),
+    Column("status", String(64), nullable=False),
+    Column("patient_id", String(256)),
+    Column("unique_id", String(300)),
+    Column("seq", BigInteger, nullable=False),  # registration order, for stable answers
+    Column("xml", Text, nullable=False),
+    Index("ix_reg_object_patient", "patient_id", "kind", "status"),
+    Index("ix_reg_object_unique", "unique_id"),
+    Index("ix_reg_object_lid", "lid", "version"),
+)
+
+doc_entry = Table(
+    "doc_entry", metadata,
+    Column("id", ID, ForeignKey("reg_object.id", ondelete="CASCADE"), primary_key=True),
+    Column("entry_type", String(64), nullable=False),
+    Column("class_code", CODE),
+    Column("type_code", CODE),
+    Column("format_code", CODE),
+    Column("practice_setting_code", CODE),
+    Column("hcft_code", CODE),
+    Column("creation_time", DTM),
+    Column("service_start_time", DTM),
+    Column("service_stop_time", DTM),
+    Column("hash", String(64)),
+    Column("size", BigInteger),
+    Column("repository_unique_id", String(64)),
+    Column("mime_type", String(128)),
+    Column("availability", String(64)),
+)
+
+submission_set = Table(
+    "submission_set", metadata,
+    Column("id", ID, ForeignKey("reg_object.id", ondelete="CASCADE"), primary_key=True),
+    Column("submission_time", DTM),
+    Column("source_id", String(64)),
+    Column("content_type_code", CODE),
+)
+
+folder = Table(
+    "folder", metadata,
+    Column("id", ID, ForeignKey("reg_object.id", ondelete="CASCADE"), primary_key=True),
+    Column("last_update_time", DTM, nullable=False),
+)
+
+# Multi-valued codes: DocumentEntry eventCodeList and confidentialityCode, Folder codeList.
+# `scheme` is the classificationScheme UUID.
+object_code = Table(
+    "object_code", metadata,
+    Column("object_id", ID, ForeignKey("reg_object.id", ondelete="CASCADE"), nullable=False),
+    Column("scheme", String(64), nullable=False),
+    Column("code", CODE, nullable=False),
+    Index("ix_object_code_object", "object_id", "scheme"),
+    Index("ix_object_code_code", "scheme", "code"),
+)
+
+# authorPerson of DocumentEntries and SubmissionSets.
+object_author = Table(
+    "object_author", metadata,
+    Column("object_id", ID, ForeignKey("reg_object.id", ondelete="CASCADE"), nullable=False),
+    Column("person", String(512), nullable=False),
+    Index("ix_object_author_object", "object_id"),
+)
+
+reference_id = Table(
+    "reference_id", metadata,
+    Column("object_id", ID, ForeignKey("reg_object.id", ondelete="CASCADE"), nullable=False),
+    Column("value", String(512), nullable=False),
+    Index("ix_reference_id_value", "value"),
+    Index("ix_reference_id_object", "object_id"),
+)
+
+association = Table(
+    "association", metadata,
+    Column("id", ID, primary_key=True),
+    Column("type", String(128), nullable=False),
+    Column("source", ID, nullable=False),
+    Column("target", ID, nullable=False),
+    Column("status", String(64), nullable=False),
+    Column("ss_status", String(16)),
+    Column("seq", BigInteger, nullable=False),
+    Column("xml", Text, nullable=False),
+    Index("ix_association_source", "source", "type"),
+    Index("ix_association_target", "target", "type"),
+)
+
+# Patients the registry accepts (ITI-8 feed or `xds patient add`); merged ids point at the survivor.
+patient = Table(
+    "patient", metadata,
+    Column("patient_id", String(256), primary_key=True),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("merged_into", String(256)),
+)
+
+# A single-row counter for registration order; portable across SQLite and PostgreSQL.
+counter = Table(
+    "reg_counter", metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)

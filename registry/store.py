@@ -1,0 +1,338 @@
+"""The registry's storage: the only module that reads and writes the registry tables.
+
+ITI-42 registration, stored queries and the patient feed reach the database through here.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+from lxml import etree
+from sqlalchemy import and_, delete, insert, select, text, update
+from sqlalchemy.engine import Connection, Engine
+
+from xds import constants as C
+from xds.db import make_engine
+from xds.model import Association, DocumentEntry, Folder, RegistryObject, SubmissionSet
+from xds.xmlsafe import parse as safe_parse
+from . import schema as S
+
+RIM = C.NS_RIM
+_CHUNK = 500  # bound IN-lists so large submissions stay within driver limits
+
+
+def _chunks(seq: Sequence, n: int = _CHUNK) -> Iterator[Sequence]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+@dataclass
+class ObjectRow:
+    id: str
+    lid: str
+    version: int
+    kind: str
+    status: str
+    patient_id: str | None
+    unique_id: str | None
+
+
+@dataclass
+class AssociationRow:
+    id: str
+    type: str
+    source: str
+    target: str
+    status: str
+    ss_status: str | None
+
+
+class RegistryStore:
+    def __init__(self, engine: Engine | str):
+        self.engine = make_engine(engine) if isinstance(engine, str) else engine
+        self.is_postgres = self.engine.dialect.name == "postgresql"
+
+    def create_schema(self) -> None:
+        S.metadata.create_all(self.engine)
+        if self.is_postgres:
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql("CREATE SEQUENCE IF NOT EXISTS reg_seq")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    # --- serialisation of writers -----------------------------------------------------
+    def lock_unique_ids(self, conn: Connection, unique_ids: Iterable[str]) -> None:
+        """Serialise concurrent registrations of the same uniqueIds until commit.
+
+        SQLite already holds its write lock (BEGIN IMMEDIATE); PostgreSQL takes a transaction
+        advisory lock per uniqueId, in a fixed order so that two submissions cannot deadlock.
+        """
+        if not self.is_postgres:
+            return
+        for uid in sorted(set(unique_ids)):
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:u))"), {"u": uid})
+
+    def next_seq(self, conn: Connection, n: int) -> int:
+        """First of n consecutive registration-order numbers."""
+        if self.is_postgres:
+            rows = conn.execute(text("SELECT nextval('reg_seq') FROM generate_series(1, :n)"), {"n": n}).scalars().all()
+            return min(rows)
+        cur = conn.execute(select(S.counter.c.value).where(S.counter.c.name == "seq")).scalar()
+        if cur is None:
+            conn.execute(insert(S.counter).values(name="seq", value=n))
+            return 1
+        conn.execute(update(S.counter).where(S.counter.c.name == "seq").values(value=cur + n))
+        return cur + 1
+
+    # --- patients ------------------------------------------------------------------------
+    def add_patient(self, patient_id: str, conn: Connection | None = None) -> None:
+        with self._conn(conn) as c:
+            row = c.execute(select(S.patient).where(S.patient.c.patient_id == patient_id)).first()
+            if row is None:
+                c.execute(insert(S.patient).values(patient_id=patient_id, active=True))
+            elif not row.active and row.merged_into is None:
+                c.execute(update(S.patient).where(S.patient.c.patient_id == patient_id).values(active=True))
+
+    def merge_patient(self, subsumed: str, surviving: str, conn: Connection | None = None) -> None:
+        """ITI-8 A40: the subsumed id stops being accepted; its records move to the survivor."""
+        with self._conn(conn) as c:
+            self.add_patient(surviving, c)
+            row = c.execute(select(S.patient).where(S.patient.c.patient_id == subsumed)).first()
+            if row is None:
+                c.execute(insert(S.patient).values(patient_id=subsumed, active=False, merged_into=surviving))
+            else:
+                c.execute(update(S.patient).where(S.patient.c.patient_id == subsumed)
+                          .values(active=False, merged_into=surviving))
+            # Re-point the registry's index, and the patientId in the kept XML, to the survivor.
+            rows = c.execute(select(S.registry_object.c.id, S.registry_object.c.xml)
+                             .where(S.registry_object.c.patient_id == subsumed)).all()
+            for r in rows:
+                el = safe_parse(r.xml.encode(), "stored object")
+                for ei in el.findall(f"{{{RIM}}}ExternalIdentifier"):
+                    if ei.get("identificationScheme") in (C.DE_PATIENT_ID, C.SS_PATIENT_ID, C.FOLDER_PATIENT_ID):
+                        ei.set("value", surviving)
+                c.execute(update(S.registry_object).where(S.registry_object.c.id == r.id)
+                          .values(patient_id=surviving, xml=etree.tostring(el, encoding="unicode")))
+
+    def patient_known(self, conn: Connection, patient_id: str) -> bool:
+        row = conn.execute(select(S.patient.c.active).where(S.patient.c.patient_id == patient_id)).first()
+        return bool(row and row.active)
+
+    def merged_into(self, conn: Connection, patient_id: str) -> str | None:
+        return conn.execute(select(S.patient.c.merged_into).where(S.patient.c.patient_id == patient_id)).scalar()
+
+    def list_patients(self) -> list[tuple[str, bool, str | None]]:
+        with self.reading() as c:
+            return [tuple(r) for r in c.execute(select(S.patient.c.patient_id, S.patient.c.active,
+                                                       S.patient.c.merged_into).order_by(S.patient.c.patient_id))]
+
+    @contextlib.contextmanager
+    def _conn(self, conn: Connection | None) -> Iterator[Connection]:
+        if conn is not None:
+            yield conn
+        else:
+            with self.transaction() as c:
+                yield c
+
+    # --- lookups used by registration ------------------------------------------------------
+    def objects(self, conn: Connection, ids: Iterable[str]) -> dict[str, ObjectRow]:
+        ids = list(set(ids))
+        out: dict[str, ObjectRow] = {}
+        t = S.registry_object
+        for part in _chunks(ids):
+            for r in conn.execute(select(t.c.id, t.c.lid, t.c.version, t.c.kind, t.c.status, t.c.patient_id,
+                                         t.c.unique_id).where(t.c.id.in_(part))):
+                out[r.id] = ObjectRow(*r)
+        return out
+
+    def associations(self, conn: Connection, ids: Iterable[str]) -> dict[str, AssociationRow]:
+        ids = list(set(ids))
+        out: dict[str, AssociationRow] = {}
+        t = S.association
+        for part in _chunks(ids):
+            for r in conn.execute(select(t.c.id, t.c.type, t.c.source, t.c.target, t.c.status, t.c.ss_status)
+                                  .where(t.c.id.in_(part))):
+                out[r.id] = AssociationRow(*r)
+        return out
+
+    def by_unique_ids(self, conn: Connection, unique_ids: Iterable[str]) -> list[tuple[ObjectRow, str | None]]:
+        """Objects holding any of these uniqueIds, with the DocumentEntry hash where there is one."""
+        uids = list(set(unique_ids))
+        t, d = S.registry_object, S.doc_entry
+        out = []
+        for part in _chunks(uids):
+            q = (select(t.c.id, t.c.lid, t.c.version, t.c.kind, t.c.status, t.c.patient_id, t.c.unique_id, d.c.hash)
+                 .select_from(t.outerjoin(d, d.c.id == t.c.id)).where(t.c.unique_id.in_(part)))
+            for r in conn.execute(q):
+                out.append((ObjectRow(*r[:7]), r.hash))
+        return out
+
+    def source_associations(self, conn: Connection, sources: Iterable[str], types: Sequence[str],
+                            status: str | None = C.STATUS_APPROVED) -> list[AssociationRow]:
+        t = S.association
+        out = []
+        for part in _chunks(list(set(sources))):
+            q = select(t.c.id, t.c.type, t.c.source, t.c.target, t.c.status, t.c.ss_status).where(
+                t.c.source.in_(part), t.c.type.in_(types))
+            if status:
+                q = q.where(t.c.status == status)
+            out += [AssociationRow(*r) for r in conn.execute(q)]
+        return out
+
+    def target_associations(self, conn: Connection, targets: Iterable[str], types: Sequence[str],
+                            status: str | None = C.STATUS_APPROVED) -> list[AssociationRow]:
+        t = S.association
+        out = []
+        for part in _chunks(list(set(targets))):
+            q = select(t.c.id, t.c.type, t.c.source, t.c.target, t.c.status, t.c.ss_status).where(
+                t.c.target.in_(part), t.c.type.in_(types))
+            if status:
+                q = q.where(t.c.status == status)
+            out += [AssociationRow(*r) for r in conn.execute(q)]
+        return out
+
+    def folders_holding(self, conn: Connection, doc_ids: Iterable[str]) -> list[AssociationRow]:
+        """Approved Folder->DocumentEntry HasMember associations for these entries."""
+        t, o = S.association, S.registry_object
+        out = []
+        for part in _chunks(list(set(doc_ids))):
+            q = (select(t.c.id, t.c.type, t.c.source, t.c.target, t.c.status, t.c.ss_status)
+                 .select_from(t.join(o, o.c.id == t.c.source))
+                 .where(t.c.target.in_(part), t.c.type == C.ASSOC_HAS_MEMBER, t.c.status == C.STATUS_APPROVED,
+                        o.c.kind == S.KIND_FOLDER))
+            out += [AssociationRow(*r) for r in conn.execute(q)]
+        return out
+
+    # --- writes ------------------------------------------------------------------------------
+    def insert_objects(self, conn: Connection, objs: Sequence[RegistryObject], seq0: int, now: str) -> None:
+        obj_rows, de_rows, ss_rows, fd_rows, code_rows, author_rows, ref_rows = [], [], [], [], [], [], []
+        for i, o in enumerate(objs):
+            kind = {DocumentEntry: S.KIND_DOCUMENT_ENTRY, SubmissionSet: S.KIND_SUBMISSION_SET,
+                    Folder: S.KIND_FOLDER}[type(o)]
+            obj_rows.append(dict(id=o.id, lid=o.lid or o.id, version=1, kind=kind, status=C.STATUS_APPROVED,
+                                 patient_id=o.patient_id, unique_id=o.unique_id, seq=seq0 + i,
+                                 xml=stored_xml(o)))
+            if isinstance(o, DocumentEntry):
+                de_rows.append(_doc_entry_row(o))
+                for scheme in (C.DE_EVENT_CODE, C.DE_CONFIDENTIALITY_CODE):
+                    code_rows += [dict(object_id=o.id, scheme=scheme, code=c.key) for c in o.codes(scheme)]
+                author_rows += [dict(object_id=o.id, person=a.person) for a in o.authors() if a.person]
+                ref_rows += [dict(object_id=o.id, value=v) for v in (o.slot(C.REFERENCE_ID_LIST_SLOT) or [])]
+            elif isinstance(o, SubmissionSet):
+                ct = o.code(C.SS_CONTENT_TYPE_CODE)
+                ss_rows.append(dict(id=o.id, submission_time=o.slot1("submissionTime"), source_id=o.source_id,
+                                    content_type_code=ct.key if ct else None))
+                author_rows += [dict(object_id=o.id, person=a.person) for a in o.authors() if a.person]
+            else:
+                fd_rows.append(dict(id=o.id, last_update_time=now))
+                code_rows += [dict(object_id=o.id, scheme=C.FOLDER_CODE_LIST, code=c.key)
+                              for c in o.codes(C.FOLDER_CODE_LIST)]
+        for table, rows in ((S.registry_object, obj_rows), (S.doc_entry, de_rows), (S.submission_set, ss_rows),
+                            (S.folder, fd_rows), (S.object_code, code_rows), (S.object_author, author_rows),
+                            (S.reference_id, ref_rows)):
+            if rows:
+                conn.execute(insert(table), rows)
+
+    def insert_associations(self, conn: Connection, assocs: Sequence[Association], seq0: int) -> None:
+        rows = [dict(id=a.id, type=a.type, source=a.source, target=a.target, status=C.STATUS_APPROVED,
+                     ss_status=a.submission_set_status, seq=seq0 + i, xml=stored_xml(a))
+                for i, a in enumerate(assocs)]
+        if rows:
+            conn.execute(insert(S.association), rows)
+
+    def set_status(self, conn: Connection, ids: Iterable[str], status: str) -> None:
+        for part in _chunks(list(set(ids))):
+            conn.execute(update(S.registry_object).where(S.registry_object.c.id.in_(part)).values(status=status))
+
+    def touch_folders(self, conn: Connection, folder_ids: Iterable[str], now: str) -> None:
+        for part in _chunks(list(set(folder_ids))):
+            conn.execute(update(S.folder).where(S.folder.c.id.in_(part)).values(last_update_time=now))
+
+    # --- reading objects back ------------------------------------------------------------------
+    def load_objects(self, conn: Connection, ids: Sequence[str]) -> list[etree._Element]:
+        """Registered objects as answered by queries: current status, version and lastUpdateTime."""
+        t, f = S.registry_object, S.folder
+        found = {}
+        for part in _chunks(list(dict.fromkeys(ids))):
+            q = (select(t.c.id, t.c.lid, t.c.version, t.c.status, t.c.xml, t.c.kind, f.c.last_update_time)
+                 .select_from(t.outerjoin(f, f.c.id == t.c.id)).where(t.c.id.in_(part)))
+            for r in conn.execute(q):
+                found[r.id] = render(r.xml, r.status, r.lid, r.version, r.last_update_time)
+        return [found[i] for i in ids if i in found]
+
+    def load_associations(self, conn: Connection, ids: Sequence[str]) -> list[etree._Element]:
+        t = S.association
+        found = {}
+        for part in _chunks(list(dict.fromkeys(ids))):
+            for r in conn.execute(select(t.c.id, t.c.status, t.c.xml).where(t.c.id.in_(part))):
+                found[r.id] = render(r.xml, r.status)
+        return [found[i] for i in ids if i in found]
+
+
+def _doc_entry_row(o: DocumentEntry) -> dict:
+    def key(scheme):
+        c = o.code(scheme)
+        return c.key if c else None
+
+    size = o.slot1("size")
+    return dict(
+        id=o.id, entry_type=o.object_type or C.OBJECT_TYPE_STABLE,
+        class_code=key(C.DE_CLASS_CODE), type_code=key(C.DE_TYPE_CODE), format_code=key(C.DE_FORMAT_CODE),
+        practice_setting_code=key(C.DE_PRACTICE_SETTING_CODE), hcft_code=key(C.DE_HEALTHCARE_FACILITY_TYPE_CODE),
+        creation_time=o.slot1("creationTime"), service_start_time=o.slot1("serviceStartTime"),
+        service_stop_time=o.slot1("serviceStopTime"), hash=(o.slot1("hash") or None),
+        size=int(size) if size and size.isdigit() else None, repository_unique_id=o.slot1("repositoryUniqueId"),
+        mime_type=o.mime_type, availability=o.slot1("documentAvailability") or C.AVAILABILITY_ONLINE,
+    )
+
+
+def stored_xml(o: RegistryObject) -> str:
+    el = o.element
+    # The `home` attribute belongs to the community answering a query, not to stored metadata.
+    if "home" in el.attrib:
+        del el.attrib["home"]
+    if not el.get("lid"):
+        el.set("lid", el.get("id"))
+    el.set("status", C.STATUS_APPROVED)
+    return etree.tostring(el, encoding="unicode")
+
+
+_AFTER_VERSION_INFO = {f"{{{RIM}}}{n}" for n in ("Classification", "ExternalIdentifier", "ContentVersionInfo")}
+
+
+def render(xml: str, status: str, lid: str | None = None, version: int | None = None,
+           last_update_time: str | None = None) -> etree._Element:
+    el = safe_parse(xml.encode(), "stored object")
+    el.set("status", status)
+    if lid:
+        el.set("lid", lid)
+    if version is not None:
+        vi = el.find(f"{{{RIM}}}VersionInfo")
+        if vi is None:
+            vi = etree.Element(f"{{{RIM}}}VersionInfo")
+            pos = next((i for i, c in enumerate(el) if c.tag in _AFTER_VERSION_INFO), len(el))
+            el.insert(pos, vi)
+        vi.set("versionName", str(version))
+    if last_update_time:
+        _set_slot(el, "lastUpdateTime", last_update_time)
+    return el
+
+
+def _set_slot(el: etree._Element, name: str, value: str) -> None:
+    for s in el.findall(f"{{{RIM}}}Slot"):
+        if s.get("name") == name:
+            el.remove(s)
+    s = etree.Element(f"{{{RIM}}}Slot", name=name)
+    vl = etree.SubElement(s, f"{{{RIM}}}ValueList")
+    etree.SubElement(vl, f"{{{RIM}}}Value").text = value
+    pos = sum(1 for c in el if c.tag == f"{{{RIM}}}Slot")
+    el.insert(pos, s)

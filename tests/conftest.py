@@ -1,0 +1,39 @@
+import itertools
+import os
+
+import pytest
+
+from tests import pgserver
+
+_pg = None
+_dbs = itertools.count()
+
+
+def _pg_admin_url():
+    global _pg
+    if _pg is None:
+        _pg = pgserver.PgServer()
+        _pg.start()
+    return _pg.url
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _pg is not None:
+        _pg.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh, empty database on each backend: SQLite in a temp folder, and a real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/registry.db"
+    if not pgserver.available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL binaries are missing; .ci/run installs them")
+        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
+    return pgserver.create_database(_pg_admin_url(), f"xds_test_{os.getpid()}_{next(_dbs)}")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path}/registry.db"

@@ -1,0 +1,85 @@
+"""A throwaway PostgreSQL server for tests and benchmarks: a real server, started from the
+machine's PostgreSQL binaries in a temporary folder on a free 127.0.0.1 port.
+
+Set XDS_TEST_POSTGRES_URL to use an existing server instead.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+
+def _bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    cands = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return cands[-1] if cands else None
+
+
+def available() -> bool:
+    return bool(os.environ.get("XDS_TEST_POSTGRES_URL") or (_bin("initdb") and _bin("pg_ctl")))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PgServer:
+    def __init__(self):
+        self.dir = None
+        self.url = os.environ.get("XDS_TEST_POSTGRES_URL")
+        self._started = False
+
+    def _run(self, args: list[str]) -> None:
+        # initdb refuses to run as root, so the cluster belongs to the postgres user when we are root.
+        if os.geteuid() == 0:
+            args = ["runuser", "-u", "postgres", "--"] + args
+        subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def start(self) -> str:
+        if self.url:
+            return self.url
+        self.dir = tempfile.mkdtemp(prefix="xds-pg-")
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        data = os.path.join(self.dir, "data")
+        port = _free_port()
+        self._run([_bin("initdb"), "-D", data, "-U", "xds", "--auth=trust", "-E", "UTF8", "--no-sync"])
+        self._run([_bin("pg_ctl"), "-D", data, "-l", os.path.join(self.dir, "log"), "-w", "-o",
+                   f"-p {port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   f"-c synchronous_commit=off -c full_page_writes=off", "start"])
+        self._started = True
+        self.url = f"postgresql+psycopg2://xds@127.0.0.1:{port}/postgres"
+        return self.url
+
+    def stop(self) -> None:
+        if self._started:
+            self._run([_bin("pg_ctl"), "-D", os.path.join(self.dir, "data"), "-m", "immediate", "stop"])
+            self._started = False
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def create_database(admin_url: str, name: str) -> str:
+    import sqlalchemy as sa
+
+    eng = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with eng.connect() as c:
+        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    eng.dispose()
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+if __name__ == "__main__":
+    s = PgServer()
+    print(s.start())
+    time.sleep(1)
+    s.stop()

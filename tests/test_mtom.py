@@ -1,0 +1,449 @@
+"""MTOM/XOP codec: byte-exact round trips, chunk-edge boundaries, limits, cleanup, bounded memory."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import tracemalloc
+
+import pytest
+from lxml import etree
+
+from xds import constants as C
+from xds.mtom import (
+    CHUNK,
+    MtomError,
+    MtomWriter,
+    is_mtom,
+    parse_content_type,
+    read_multipart,
+    resolve_xop,
+    xop_include,
+)
+
+MB = 1024 * 1024
+BIG = 1 << 40  # "no limit" for tests that are not about limits
+
+
+class Trickle:
+    """A WSGI-input stand-in that hands out at most n bytes per read and refuses unbounded reads."""
+
+    def __init__(self, data: bytes, n: int):
+        self.f = io.BytesIO(data)
+        self.n = n
+        self.reads = 0
+
+    def read(self, size: int) -> bytes:
+        assert size is not None and 0 < size <= CHUNK, f"unbounded or oversized read({size})"
+        self.reads += 1
+        return self.f.read(min(size, self.n))
+
+
+class GenStream:
+    """File-like over a generator of blocks, so a huge body never exists as a whole."""
+
+    def __init__(self, blocks):
+        self.blocks = iter(blocks)
+        self.pending = memoryview(b"")
+
+    def read(self, size: int) -> bytes:
+        assert 0 < size <= CHUNK
+        while not len(self.pending):
+            try:
+                self.pending = memoryview(next(self.blocks))
+            except StopIteration:
+                return b""
+        out = bytes(self.pending[:size])
+        self.pending = self.pending[size:]
+        return out
+
+
+def envelope(*cids: str) -> bytes:
+    env = etree.Element(C.q(C.NS_SOAP12, "Envelope"), nsmap={"s": C.NS_SOAP12})
+    body = etree.SubElement(env, C.q(C.NS_SOAP12, "Body"))
+    req = etree.SubElement(body, C.q(C.NS_XDSB, "ProvideAndRegisterDocumentSetRequest"))
+    for cid in cids:
+        doc = etree.SubElement(req, C.q(C.NS_XDSB, "Document"), id="Doc-" + cid.split("@")[0][:8])
+        xop_include(doc, cid)
+    return etree.tostring(env, xml_declaration=True, encoding="UTF-8")
+
+
+def build(contents: list[bytes], boundary: str | None = None, types: list[str] | None = None):
+    w = MtomWriter(boundary)
+    cids = [w.add_bytes(c, (types or [])[i] if types else "application/octet-stream")
+            for i, c in enumerate(contents)]
+    root = envelope(*cids)
+    w.set_root(root)
+    body = b"".join(w)
+    return w, cids, root, body
+
+
+def spool_empty(path) -> bool:
+    return os.listdir(path) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Content-Type
+
+
+def test_parse_content_type_quoting_and_case():
+    mime, p = parse_content_type(
+        'Multipart/Related; BOUNDARY="MIME;b=ou\\"nd"; type="application/xop+xml";'
+        " start = '<root@x>' ; start-info=\"application/soap+xml\"; action=\"urn:a;b\"")
+    assert mime == "multipart/related"
+    assert p["boundary"] == 'MIME;b=ou"nd'
+    assert p["type"] == "application/xop+xml"
+    assert p["start"] == "<root@x>"
+    assert p["start-info"] == "application/soap+xml"
+    assert p["action"] == "urn:a;b"
+
+
+def test_parse_content_type_tokens_and_garbage():
+    assert parse_content_type("text/xml") == ("text/xml", {})
+    assert parse_content_type(None) == ("", {})
+    mime, p = parse_content_type("multipart/related;;boundary=Abc_1 ; junk; type=application/xop+xml")
+    assert mime == "multipart/related"
+    assert p == {"boundary": "Abc_1", "type": "application/xop+xml"}
+
+
+def test_is_mtom():
+    assert is_mtom('multipart/related; type="application/xop+xml"; boundary=x')
+    assert is_mtom("MULTIPART/RELATED; boundary=x; TYPE=Application/XOP+XML")
+    assert is_mtom("multipart/related; boundary=x")
+    assert not is_mtom('multipart/related; type="text/xml"; boundary=x')
+    assert not is_mtom("application/soap+xml; charset=utf-8")
+    assert not is_mtom(None)
+
+
+# --------------------------------------------------------------------------------------------
+# Round trips
+
+
+def tricky_contents(boundary: str) -> list[bytes]:
+    delim = b"\r\n--" + boundary.encode()
+    return [
+        b"\r\n\r\nleading and trailing line breaks\r\n\r\n",
+        b"",
+        b"--",
+        b"\r\n--",
+        b"\n\r",
+        delim[:-1],  # a delimiter missing its last byte, at the very end of the part
+        b"x" * 4093 + delim[:7] + b"y" * 100 + delim[:-2] + b"\r\n",
+        bytes(range(256)) * 40 + b"--" + boundary.encode()[:-1] + b"--\r\n",
+        delim + b"X is not a boundary line, so this is content",
+        b"\r\r\n\n--\r\n--\r",
+    ]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, CHUNK])
+def test_round_trip_byte_exact_at_any_chunking(tmp_path, chunk):
+    boundary = "MIMEBoundary_edgecase"
+    contents = tricky_contents(boundary)
+    types = [f"application/x-test-{i}" for i in range(len(contents))]
+    w, cids, root, body = build(contents, boundary, types)
+    assert len(body) == w.content_length()
+    stream = Trickle(body, chunk)
+    with read_multipart(stream, w.content_type("urn:x"), str(tmp_path), BIG, BIG,
+                        content_length=len(body)) as msg:
+        assert msg.root == root
+        assert msg.root_content_type.startswith("application/xop+xml")
+        assert list(msg.parts) == cids
+        for cid, data, ctype in zip(cids, contents, types):
+            att = msg.parts[cid]
+            assert att.read_bytes() == data
+            assert att.size == len(data)
+            assert att.sha1 == hashlib.sha1(data).hexdigest()
+            assert att.content_type == ctype
+            assert os.path.dirname(att.path) == str(tmp_path)
+    assert spool_empty(tmp_path)
+
+
+@pytest.mark.parametrize("chunk", [7, 4096])
+@pytest.mark.parametrize("shift", range(0, 24, 3))
+def test_partial_delimiters_straddle_chunk_edges(tmp_path, chunk, shift):
+    boundary = "b0undary"
+    delim = b"\r\n--" + boundary.encode()
+    # Put every prefix of the delimiter across the edge of a read, at several alignments.
+    content = b"".join(b"." * ((chunk - shift - k) % chunk) + delim[:k] + b"|" for k in range(1, len(delim)))
+    w, cids, _, body = build([content, content[::-1]], boundary)
+    with read_multipart(Trickle(body, chunk), w.content_type(), str(tmp_path), BIG, BIG) as msg:
+        assert msg.parts[cids[0]].read_bytes() == content
+        assert msg.parts[cids[1]].read_bytes() == content[::-1]
+
+
+def test_five_megabyte_part_sha1(tmp_path):
+    data = os.urandom(5 * MB) + b"\r\n"
+    w, cids, _, body = build([data, b"small"])
+    with read_multipart(io.BytesIO(body), w.content_type(), str(tmp_path), 6 * MB, 8 * MB,
+                        content_length=len(body)) as msg:
+        att = msg.parts[cids[0]]
+        assert att.size == len(data)
+        assert att.sha1 == hashlib.sha1(data).hexdigest()
+        with att.open() as f:
+            assert f.read() == data
+    assert spool_empty(tmp_path)
+
+
+def test_writer_streams_files_and_reports_length(tmp_path):
+    src = tmp_path / "doc.bin"
+    payload = os.urandom(CHUNK * 2 + 17)
+    src.write_bytes(payload)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    w = MtomWriter()
+    c1 = w.add_file(str(src), "application/pdf")
+    c2 = w.add_bytes(b"\r\nhello\r\n", "text/plain")
+    w.set_root(envelope(c1, c2))
+    chunks = list(w)
+    assert max(len(c) for c in chunks) <= CHUNK + 1024
+    body = b"".join(chunks)
+    assert len(body) == w.content_length()
+    ct = w.content_type("urn:ihe:iti:2007:RetrieveDocumentSetResponse")
+    mime, p = parse_content_type(ct)
+    assert mime == "multipart/related" and p["type"] == "application/xop+xml"
+    assert p["start-info"] == "application/soap+xml"
+    assert p["action"] == "urn:ihe:iti:2007:RetrieveDocumentSetResponse"
+    assert p["start"] == f"<{w.root_cid}>"
+    with read_multipart(io.BytesIO(body), ct, str(spool), BIG, BIG) as msg:
+        assert msg.root_cid == w.root_cid
+        assert msg.parts[c1].read_bytes() == payload
+        assert msg.parts[c1].content_type == "application/pdf"
+        assert msg.parts[c2].read_bytes() == b"\r\nhello\r\n"
+
+
+def test_writer_unknown_size_has_no_content_length():
+    w = MtomWriter()
+    w.add_stream(iter([b"ab", b"cd"]))
+    w.set_root(b"<x/>")
+    assert w.content_length() is None
+    assert b"abcd" in b"".join(w)
+
+
+def test_handwritten_message_with_preamble_start_padding_base64(tmp_path):
+    data = os.urandom(3000)
+    b64 = base64.encodebytes(data)  # line-wrapped, as mail-style encoders produce
+    root = b'<?xml version="1.0"?><s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"/>'
+    body = (b"This preamble is ignored.\r\n"
+            b"--MIME_x \t\r\n"
+            b"Content-Type: application/octet-stream\r\n"
+            b"Content-Transfer-Encoding: base64\r\n"
+            b"content-id: doc1@example.org\r\n\r\n" + b64 +
+            b"\r\n--MIME_x\r\n"
+            b"Content-Type: application/xop+xml;\r\n"
+            b'  charset=UTF-8; type="application/soap+xml"\r\n'
+            b"Content-ID: <root.message@example.org>\r\n\r\n" + root +
+            b"\r\n--MIME_x\r\n\r\nno headers at all"
+            b"\r\n--MIME_x--\r\nepilogue")
+    ct = 'multipart/related; boundary=MIME_x; type="application/xop+xml"; start="<root.message@example.org>"'
+    with pytest.raises(MtomError, match="has no Content-ID"):
+        read_multipart(Trickle(body, 5), ct, str(tmp_path), BIG, BIG)
+    assert spool_empty(tmp_path)
+    body = body.replace(b"\r\n--MIME_x\r\n\r\nno headers at all", b"")
+    with read_multipart(Trickle(body, 5), ct, str(tmp_path), BIG, BIG) as msg:
+        assert msg.root == root
+        assert msg.root_content_type == 'application/xop+xml; charset=UTF-8; type="application/soap+xml"'
+        att = msg.parts["doc1@example.org"]
+        assert att.read_bytes() == data and att.sha1 == hashlib.sha1(data).hexdigest()
+
+
+def test_first_part_is_root_without_start(tmp_path):
+    body = b"--b\r\nContent-Type: application/xop+xml\r\n\r\n<a/>\r\n--b--"
+    with read_multipart(io.BytesIO(body), "multipart/related; boundary=b", str(tmp_path), BIG, BIG) as msg:
+        assert msg.root == b"<a/>" and msg.parts == {} and msg.root_cid is None
+
+
+# --------------------------------------------------------------------------------------------
+# Errors: precise messages and no spooled file left behind
+
+
+def _fixture(tmp_path):
+    w, cids, root, body = build([b"A" * 5000, b"B" * 9000 + b"!", b"C" * 100], "bnd")
+    return w.content_type(), body
+
+
+def _fails(tmp_path, body, ct, match, **kw):
+    kw.setdefault("max_part_bytes", BIG)
+    kw.setdefault("max_total_bytes", BIG)
+    for chunk in (1, 4096, CHUNK):
+        with pytest.raises(MtomError, match=match):
+            read_multipart(Trickle(body, chunk), ct, str(tmp_path), **kw)
+        assert spool_empty(tmp_path), f"spooled files left behind at chunk {chunk}"
+
+
+def test_error_no_boundary_parameter(tmp_path):
+    ct, body = _fixture(tmp_path)
+    _fails(tmp_path, body, 'multipart/related; type="application/xop+xml"', "no boundary parameter")
+
+
+def test_error_not_multipart(tmp_path):
+    _fails(tmp_path, b"<x/>", "application/soap+xml", "is not multipart/related")
+
+
+def test_error_wrong_boundary(tmp_path):
+    ct, body = _fixture(tmp_path)
+    _fails(tmp_path, body, ct.replace('"bnd"', '"other"'), r"never occurs in the body \(wrong boundary\?\)")
+
+
+def test_error_no_closing_delimiter(tmp_path):
+    ct, body = _fixture(tmp_path)
+    cut = body[:body.rindex(b"\r\n--bnd--")]
+    _fails(tmp_path, cut, ct, r"body truncated: the stream ended inside MIME part #4 <.*> before its closing")
+
+
+def test_error_stream_ends_mid_part(tmp_path):
+    ct, body = _fixture(tmp_path)
+    cut = body[:body.index(b"B" * 9000) + 4000]
+    _fails(tmp_path, cut, ct, "body truncated: the stream ended inside MIME part #3")
+
+
+def test_error_stream_ends_in_headers_and_after_boundary(tmp_path):
+    ct, body = _fixture(tmp_path)
+    i = body.index(b"B" * 9000)
+    _fails(tmp_path, body[:i - 10], ct, "stream ended inside the headers of MIME part #3")
+    j = body.rindex(b"\r\n--bnd--")
+    _fails(tmp_path, body[:j + 7], ct, "stream ended after a boundary line")
+
+
+def test_error_content_length_shorter_than_body(tmp_path):
+    ct, body = _fixture(tmp_path)
+    _fails(tmp_path, body, ct, r"the \d+ bytes announced by Content-Length end inside MIME part #3",
+           content_length=body.index(b"B" * 9000) + 10)
+
+
+def test_error_stream_shorter_than_content_length(tmp_path):
+    ct, body = _fixture(tmp_path)
+    cut = body[:body.index(b"B" * 9000) + 10]
+    _fails(tmp_path, cut, ct, rf"stream ended after {len(cut)} of the {len(body)} bytes announced by Content-Length",
+           content_length=len(body))
+
+
+def test_error_part_over_limit(tmp_path):
+    ct, body = _fixture(tmp_path)
+    _fails(tmp_path, body, ct, r"MIME part #3 <.*> exceeds the per-part limit of 8999 bytes", max_part_bytes=8999)
+
+
+def test_error_root_over_xml_limit(tmp_path):
+    ct, body = _fixture(tmp_path)
+    _fails(tmp_path, body, ct, "the root XML part .* exceeds the limit of 100 bytes", max_xml_bytes=100)
+
+
+def test_error_total_over_limit(tmp_path):
+    ct, body = _fixture(tmp_path)
+    _fails(tmp_path, body, ct, f"exceeds the total limit of {len(body) - 5} bytes", max_total_bytes=len(body) - 5)
+
+
+def test_error_missing_root_part(tmp_path):
+    ct, body = _fixture(tmp_path)
+    mime, p = parse_content_type(ct)
+    ct2 = ct.replace(p["start"], "<nowhere@x>")
+    _fails(tmp_path, body, ct2, "the root part <nowhere@x> named by the start parameter is missing")
+    _fails(tmp_path, b"--bnd--\r\n", ct, "closes before its first part; the root part is missing")
+
+
+def test_error_malformed_headers(tmp_path):
+    ct, body = _fixture(tmp_path)
+    i = body.index(b"B" * 9000)
+    bad = body[:i - 4] + b"\r\nthis line has no colon" + body[i - 4:]
+    _fails(tmp_path, bad, ct, r"malformed headers in MIME part #3: 'this line has no colon'")
+    endless = body[:i - 4] + b"\r\nX-Pad: " + b"p" * 20000 + body[i - 4:]
+    _fails(tmp_path, endless, ct, "malformed headers in MIME part #3: no blank line within")
+
+
+def test_error_duplicate_content_id(tmp_path):
+    w = MtomWriter("bnd")
+    w.add_bytes(b"one", cid="same@x")
+    w.set_root(b"<r/>")
+    body = b"".join(w)
+    dup = body.replace(b"\r\n--bnd--", b"\r\n--bnd\r\nContent-ID: <same@x>\r\n\r\ntwo\r\n--bnd--")
+    _fails(tmp_path, dup, w.content_type(), "Content-ID <same@x> is used by two parts")
+
+
+def test_error_bad_transfer_encoding_and_base64(tmp_path):
+    ct, body = _fixture(tmp_path)
+    at = body.rindex(b"Content-Transfer-Encoding: binary", 0, body.index(b"B" * 9000))
+    qp = body[:at] + body[at:].replace(b"binary", b"quoted-printable", 1)
+    _fails(tmp_path, qp, ct, "uses Content-Transfer-Encoding 'quoted-printable'")
+    b64 = body[:at] + body[at:].replace(b"binary", b"base64", 1)
+    _fails(tmp_path, b64, ct, r"MIME part #3 <.*> is not valid base64")
+
+
+# --------------------------------------------------------------------------------------------
+# XOP resolution
+
+
+def test_resolve_xop_good_and_dangling(tmp_path):
+    w = MtomWriter()
+    odd_cid = "doc 1/%weird@example.org"
+    c1 = w.add_bytes(b"first", cid=odd_cid)
+    c2 = w.add_bytes(b"second")
+    w.set_root(envelope(c1, c2))
+    body = b"".join(w)
+    with read_multipart(io.BytesIO(body), w.content_type(), str(tmp_path), BIG, BIG) as msg:
+        root = etree.fromstring(msg.root)
+        found = resolve_xop(root, msg)
+        docs = root.findall(".//" + C.q(C.NS_XDSB, "Document"))
+        assert [found[d].read_bytes() for d in docs] == [b"first", b"second"]
+        assert found[docs[0]].cid == odd_cid
+        # Angle brackets, percent-encoded or not, name the same part.
+        inc = docs[1][0]
+        inc.set("href", "CID:%3C" + c2.replace("@", "%40") + "%3E")
+        assert resolve_xop(root, msg)[docs[1]].cid == c2
+        inc.set("href", "cid:missing@example.org")
+        with pytest.raises(MtomError, match="xop:Include href=cid:missing@example.org points to no MIME part"):
+            resolve_xop(root, msg)
+        inc.set("href", "http://example.org/doc")
+        with pytest.raises(MtomError, match="is not a cid: URL"):
+            resolve_xop(root, msg.parts)
+
+
+def test_xop_include_element():
+    parent = etree.Element("Document")
+    inc = xop_include(parent, "a b@x")
+    assert inc.tag == C.q(C.NS_XOP, "Include") and inc.getparent() is parent
+    assert inc.get("href") == "cid:a%20b@x"
+
+
+def test_writer_rejects_bad_boundary_and_header_injection():
+    with pytest.raises(ValueError):
+        MtomWriter("bad\r\nboundary")
+    w = MtomWriter()
+    with pytest.raises(ValueError):
+        w.add_bytes(b"x", "text/plain\r\nX-Evil: 1")
+
+
+# --------------------------------------------------------------------------------------------
+# Memory stays flat in document size
+
+
+def test_200mb_stream_keeps_memory_flat(tmp_path):
+    total = 200 * MB
+    block = os.urandom(64 * 1024)
+    w = MtomWriter()
+    cid = w.add_stream(None, size=total)
+    w.set_root(envelope(cid))
+    head = w._root_head() + w.root + w._part_head(w.parts[0])
+    tail = w._tail()
+    expected = hashlib.sha1()
+
+    def blocks():
+        yield head
+        for _ in range(total // len(block)):
+            expected.update(block)
+            yield block
+        yield tail
+
+    tracemalloc.start()
+    try:
+        msg = read_multipart(GenStream(blocks()), w.content_type(), str(tmp_path), 256 * MB, 300 * MB,
+                             content_length=len(head) + total + len(tail))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    with msg:
+        att = msg.parts[cid]
+        assert att.size == total
+        assert att.sha1 == expected.hexdigest()
+        assert os.path.getsize(att.path) == total
+    assert peak < 8 * MB, f"tracemalloc peak {peak / MB:.1f} MB"
+    assert spool_empty(tmp_path)

@@ -1,0 +1,268 @@
+"""The HTTP application: SOAP endpoints that route WS-Addressing actions to actor handlers.
+
+The core knows no actor: registry and repository each contribute an Endpoint with their
+operations, and one application can carry either or both.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import parse_qs
+
+from lxml import etree
+
+from . import constants as C
+from . import mtom, soap
+from .ebrim import registry_response
+from .errors import REGISTRY_ERROR, SoapFault, XdsError, XdsException
+
+log = logging.getLogger("xds.app")
+
+
+@dataclass
+class SoapRequest:
+    envelope: soap.Envelope
+    environ: dict
+    request_id: str
+    mtom: mtom.MtomMessage | None = None
+
+    @property
+    def body(self) -> etree._Element:
+        return self.envelope.body
+
+
+@dataclass
+class SoapResponse:
+    payload: etree._Element
+    # (content_type, bytes | file path) attachments referenced by xop:Include cids in the payload.
+    attachments: list[tuple[str, str, bytes | str]] = field(default_factory=list)
+    mtom: bool | None = None  # None: answer in the request's packaging
+
+
+@dataclass
+class Operation:
+    handler: Callable[[SoapRequest], SoapResponse]
+    response_action: str
+    # Builds the failure payload when the handler raises: each transaction answers in its own message type.
+    error_payload: Callable[[list[XdsError]], etree._Element] = registry_response
+    mtom_response: bool | None = None  # force MTOM (ITI-43) regardless of the request
+
+
+@dataclass
+class Endpoint:
+    path: str
+    operations: dict[str, Operation]
+    wsdl: str | None = None  # file name in the wsdl package
+
+
+@dataclass
+class AppConfig:
+    spool_dir: str = field(default_factory=tempfile.gettempdir)
+    max_request_bytes: int = 64 * 1024 * 1024      # plain SOAP requests
+    max_document_bytes: int = 4 * 1024 ** 3        # one MTOM attachment
+    max_mtom_bytes: int = 8 * 1024 ** 3            # a whole MTOM request
+    base_url: str | None = None
+
+
+def _fault_response(version: str, fault: SoapFault, relates_to: str | None):
+    body = soap.build_fault(version, fault, relates_to)
+    status = fault.http_status
+    return f"{status} {'Bad Request' if status == 400 else 'Error'}", soap.CONTENT_TYPE[version], body
+
+
+class XdsApp:
+    def __init__(self, endpoints: list[Endpoint], config: AppConfig | None = None,
+                 health: Callable[[], dict] | None = None):
+        self.endpoints = {e.path.rstrip("/"): e for e in endpoints}
+        self.config = config or AppConfig()
+        self.health = health
+
+    # --- WSGI entry -------------------------------------------------------------------------
+    def __call__(self, environ, start_response):
+        request_id = environ.get("HTTP_X_REQUEST_ID") or uuid.uuid4().hex[:16]
+        started = time.perf_counter()
+        path = (environ.get("PATH_INFO") or "/").rstrip("/") or "/"
+        method = environ.get("REQUEST_METHOD", "GET")
+        try:
+            if path == "/health" and method == "GET":
+                return self._json(start_response, 200, {"status": "ok", **(self.health() if self.health else {})})
+            endpoint = self.endpoints.get(path)
+            if endpoint is None:
+                return self._plain(start_response, "404 Not Found", f"no XDS endpoint at {path}\n")
+            if method == "GET":
+                return self._wsdl(environ, start_response, endpoint)
+            if method != "POST":
+                return self._plain(start_response, "405 Method Not Allowed", "SOAP endpoints take POST\n",
+                                   [("Allow", "GET, POST")])
+            return self._soap(environ, start_response, endpoint, request_id)
+        finally:
+            log.info(json.dumps({"event": "request", "request_id": request_id, "method": method, "path": path,
+                                 "ms": round((time.perf_counter() - started) * 1000, 2)}))
+
+    # --- SOAP --------------------------------------------------------------------------------------
+    def _soap(self, environ, start_response, endpoint: Endpoint, request_id: str):
+        content_type = environ.get("CONTENT_TYPE", "")
+        mime, params = mtom.parse_content_type(content_type)
+        version = soap.SOAP11 if mime == "text/xml" else soap.SOAP12
+        message = None
+        env = None
+        try:
+            if mime == "multipart/related":
+                message, envelope_bytes = self._read_mtom(environ, content_type)
+                root_mime, root_params = mtom.parse_content_type(message.root_content_type)
+                version = soap.SOAP11 if root_params.get("type", "").lower() == "text/xml" else soap.SOAP12
+            elif mime in ("application/soap+xml", "text/xml"):
+                envelope_bytes = self._read_plain(environ)
+            else:
+                raise SoapFault(f"content type {mime or '(none)'} is not SOAP; send application/soap+xml "
+                                f"(SOAP 1.2), text/xml (SOAP 1.1) or multipart/related MTOM", http_status=415)
+            env = soap.parse_envelope(envelope_bytes)
+            if env.version != version and message is None:
+                raise SoapFault(f"a SOAP {env.version} envelope was sent as {mime}", code="VersionMismatch")
+            action = env.action or soap.content_type_action(content_type) or \
+                (environ.get("HTTP_SOAPACTION") or "").strip().strip('"') or None
+            if not action:
+                raise SoapFault("the request has no WS-Addressing Action header", subcode="a:MessageAddressingHeaderRequired")
+            op = endpoint.operations.get(action)
+            if op is None:
+                raise SoapFault(f"action {action} is not served at {endpoint.path}; served here: "
+                                f"{', '.join(sorted(endpoint.operations))}", subcode="a:ActionNotSupported")
+            if message is not None:
+                try:
+                    mtom.resolve_xop(env.root, message)
+                except mtom.MtomError as exc:
+                    raise SoapFault(str(exc)) from None
+            elif env.root.find(f".//{{{C.NS_XOP}}}Include") is not None:
+                raise SoapFault("the envelope holds an xop:Include but the request is not MTOM "
+                                "(multipart/related; type=\"application/xop+xml\")")
+            req = SoapRequest(envelope=env, environ=environ, request_id=request_id, mtom=message)
+            try:
+                resp = op.handler(req)
+            except XdsException as exc:
+                resp = SoapResponse(op.error_payload(exc.errors))
+            except Exception:  # the server keeps serving and the caller gets a coded answer, not a trace
+                log.exception("request %s: internal error in %s", request_id, action)
+                resp = SoapResponse(op.error_payload([XdsError(
+                    REGISTRY_ERROR, f"internal error while processing the request (request id {request_id})")]))
+            use_mtom = resp.mtom if resp.mtom is not None else (
+                op.mtom_response if op.mtom_response is not None else message is not None)
+            return self._answer(start_response, env.version, op.response_action, env.message_id, resp, use_mtom)
+        except SoapFault as fault:
+            log.warning(json.dumps({"event": "soap_fault", "request_id": request_id, "reason": fault.reason}))
+            status, ctype, body = _fault_response(env.version if env else version, fault,
+                                                  env.message_id if env else None)
+            start_response(status, [("Content-Type", f"{ctype}; charset=UTF-8"), ("Content-Length", str(len(body)))])
+            return [body]
+        finally:
+            if message is not None:
+                message.cleanup()
+
+    def _content_length(self, environ) -> int | None:
+        raw = environ.get("CONTENT_LENGTH")
+        if raw in (None, ""):
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            raise SoapFault(f"Content-Length {raw!r} is not a number") from None
+
+    def _read_plain(self, environ) -> bytes:
+        length = self._content_length(environ)
+        limit = self.config.max_request_bytes
+        if length is not None and length > limit:
+            raise SoapFault(f"request of {length} bytes is above the limit of {limit} bytes", http_status=413)
+        stream = environ["wsgi.input"]
+        if length is not None:
+            data = stream.read(length)
+            if len(data) < length:
+                raise SoapFault(f"request body ended after {len(data)} of {length} bytes")
+            return data
+        chunks, total = [], 0
+        while True:
+            chunk = stream.read(65536)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limit:
+                raise SoapFault(f"request is above the limit of {limit} bytes", http_status=413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _read_mtom(self, environ, content_type: str):
+        length = self._content_length(environ)
+        if length is not None and length > self.config.max_mtom_bytes:
+            raise SoapFault(f"request of {length} bytes is above the limit of {self.config.max_mtom_bytes} bytes",
+                            http_status=413)
+        try:
+            message = mtom.read_multipart(environ["wsgi.input"], content_type, self.config.spool_dir,
+                                          max_part_bytes=self.config.max_document_bytes,
+                                          max_total_bytes=self.config.max_mtom_bytes,
+                                          max_xml_bytes=self.config.max_request_bytes, content_length=length)
+        except mtom.MtomError as exc:
+            raise SoapFault(f"MTOM request rejected: {exc}", http_status=413 if "limit" in str(exc) else 400) from None
+        return message, message.root
+
+    def _answer(self, start_response, version, action, relates_to, resp: SoapResponse, use_mtom: bool):
+        if not use_mtom:
+            body = soap.build_envelope(version, action, relates_to, resp.payload)
+            start_response("200 OK", [("Content-Type", f"{soap.CONTENT_TYPE[version]}; charset=UTF-8"),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
+        writer = mtom.MtomWriter()
+        for cid, ctype, data in resp.attachments:
+            if isinstance(data, bytes):
+                writer.add_bytes(data, ctype, cid)
+            else:
+                writer.add_file(data, ctype, cid)
+        writer.set_root(soap.build_envelope(version, action, relates_to, resp.payload),
+                        soap.CONTENT_TYPE[version])
+        headers = [("Content-Type", writer.content_type(action))]
+        n = writer.content_length()
+        if n is not None:
+            headers.append(("Content-Length", str(n)))
+        start_response("200 OK", headers)
+        return writer.chunks()
+
+    # --- WSDL and plain answers --------------------------------------------------------------------
+    def _wsdl(self, environ, start_response, endpoint: Endpoint):
+        import wsdl as wsdl_pkg
+
+        qs = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        base = self.config.base_url or _base_url(environ)
+        try:
+            if "wsdl" in qs and endpoint.wsdl:
+                body = wsdl_pkg.wsdl_text(endpoint.wsdl, base, endpoint.path)
+            elif "xsd" in qs:
+                body = wsdl_pkg.schema_text(qs["xsd"][0], base, endpoint.path)
+            else:
+                return self._plain(start_response, "405 Method Not Allowed",
+                                   f"{endpoint.path} is a SOAP endpoint: POST requests, or GET ?wsdl\n",
+                                   [("Allow", "GET, POST")])
+        except (FileNotFoundError, ValueError) as exc:
+            return self._plain(start_response, "404 Not Found", f"{exc}\n")
+        start_response("200 OK", [("Content-Type", "text/xml; charset=UTF-8"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    @staticmethod
+    def _plain(start_response, status: str, text: str, extra=()):
+        body = text.encode()
+        start_response(status, [("Content-Type", "text/plain; charset=UTF-8"),
+                                ("Content-Length", str(len(body)))] + list(extra))
+        return [body]
+
+    @staticmethod
+    def _json(start_response, code: int, data: dict):
+        body = json.dumps(data).encode()
+        start_response(f"{code} OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+def _base_url(environ) -> str:
+    scheme = environ.get("wsgi.url_scheme", "http")
+    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', 'localhost')}:{environ.get('SERVER_PORT', '80')}"
+    return f"{scheme}://{host}"

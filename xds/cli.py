@@ -1,0 +1,95 @@
+"""The `xds` command."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import settings as settings_mod
+
+
+def _settings(args) -> settings_mod.Settings:
+    overrides = {k: getattr(args, k, None) for k in ("role", "host", "port", "db", "data", "mllp_port",
+                                                      "repository_id", "registry_url")}
+    if getattr(args, "no_patient_check", False):
+        overrides["check_patients"] = False
+    return settings_mod.load(getattr(args, "config", None), overrides=overrides)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML settings file (also XDS_CONFIG)")
+    p.add_argument("--db", help="SQLAlchemy URL, e.g. postgresql+psycopg2://user@host/db (default: SQLite in --data)")
+    p.add_argument("--data", help="data folder (default ./xds-data)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="xds", description="IHE XDS.b Document Registry and Repository")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the server")
+    _add_common(p)
+    p.add_argument("--role", choices=settings_mod.ROLES)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--mllp-port", type=int, help="listen for the ITI-8 patient identity feed (HL7 v2 over MLLP)")
+    p.add_argument("--no-patient-check", action="store_true",
+                   help="accept submissions for patients the feed has not announced")
+    p.add_argument("--repository-id", help="this repository's repositoryUniqueId (OID)")
+    p.add_argument("--registry-url", help="remote registry endpoint for --role repository")
+
+    p = sub.add_parser("patient", help="manage the patient ids the registry accepts")
+    _add_common(p)
+    psub = p.add_subparsers(dest="patient_command", required=True)
+    pa = psub.add_parser("add", help="accept a patient id (CX: id^^^&OID&ISO)")
+    pa.add_argument("patient_id", nargs="+")
+    pm = psub.add_parser("merge", help="merge SUBSUMED into SURVIVING")
+    pm.add_argument("subsumed")
+    pm.add_argument("surviving")
+    psub.add_parser("list", help="list known patient ids")
+
+    args = parser.parse_args(argv)
+    try:
+        s = _settings(args)
+    except (ValueError, OSError) as exc:
+        print(f"xds: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=s.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.command == "serve":
+        from .server import serve
+
+        serve(s)
+        return 0
+    if args.command == "patient":
+        return _patient(args, s)
+    return 2
+
+
+def _patient(args, s) -> int:
+    import os
+
+    from registry.store import RegistryStore
+    from . import hl7
+
+    os.makedirs(s.data, exist_ok=True)
+    store = RegistryStore(s.db_url)
+    store.create_schema()
+    if args.patient_command == "add":
+        for pid in args.patient_id:
+            problems = hl7.check_cx(pid)
+            if problems:
+                print(f"xds: {pid} is not an XDS patient id: {'; '.join(problems)}", file=sys.stderr)
+                return 2
+        for pid in args.patient_id:
+            store.add_patient(pid)
+            print(f"added {pid}")
+    elif args.patient_command == "merge":
+        store.merge_patient(args.subsumed, args.surviving)
+        print(f"merged {args.subsumed} into {args.surviving}")
+    else:
+        for pid, active, merged in store.list_patients():
+            print(pid + ("" if active else f"  (merged into {merged})" if merged else "  (inactive)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,697 @@
+"""MTOM/XOP (multipart/related; type="application/xop+xml") reading and writing.
+
+Documents in ITI-41/43 can be hundreds of megabytes, so neither direction ever
+holds a whole document in memory: incoming parts other than the SOAP envelope
+are spooled to disk while their SHA-1 and size are computed, and outgoing parts
+are streamed from files in fixed-size chunks.
+"""
+from __future__ import annotations
+
+import binascii
+import hashlib
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass
+from typing import BinaryIO, Iterable, Iterator
+from urllib.parse import quote, unquote
+
+from lxml import etree
+
+from . import constants as C
+
+CHUNK = 256 * 1024
+DEFAULT_MAX_XML_BYTES = 64 * 1024 * 1024
+# A part's header block is a handful of short lines; anything larger is an attack or garbage.
+MAX_HEADER_BYTES = 16 * 1024
+# RFC 2046 allows whitespace after a boundary; a bound stops a sender from making us buffer it forever.
+MAX_PADDING = 1024
+DEFAULT_MAX_PARTS = 10_000
+
+XOP_TYPE = "application/xop+xml"
+SOAP12_TYPE = "application/soap+xml"
+_XOP_INCLUDE = C.q(C.NS_XOP, "Include")
+_CRLF = b"\r\n"
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_BCHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=? ")
+
+
+class MtomError(ValueError):
+    """The multipart body is unusable; the message says exactly why."""
+
+
+# --------------------------------------------------------------------------------------------
+# Content-Type parsing
+
+
+def parse_content_type(value: str | None) -> tuple[str, dict[str, str]]:
+    """Split a Content-Type value into a lowercased media type and its parameters.
+
+    Parameter names are lowercased; values keep their case because a boundary is
+    case-sensitive. Quoted values may contain ';', '=' and backslash escapes.
+    """
+    if not value:
+        return "", {}
+    text = value.strip()
+    n = len(text)
+    i = text.find(";")
+    if i < 0:
+        return text.lower().strip(), {}
+    mime = text[:i].strip().lower()
+    params: dict[str, str] = {}
+    i += 1
+    while i < n:
+        while i < n and text[i] in " \t;":
+            i += 1
+        start = i
+        while i < n and text[i] not in "=;":
+            i += 1
+        name = text[start:i].strip().lower()
+        if i >= n or text[i] == ";":
+            # A bare word without '=' carries no value; skipping it keeps the rest usable.
+            continue
+        i += 1  # '='
+        while i < n and text[i] in " \t":
+            i += 1
+        if i < n and text[i] == '"':
+            i += 1
+            buf = []
+            while i < n and text[i] != '"':
+                if text[i] == "\\" and i + 1 < n:
+                    i += 1
+                buf.append(text[i])
+                i += 1
+            i += 1  # closing quote (or end of an unterminated string, which we tolerate)
+            val = "".join(buf)
+            while i < n and text[i] != ";":
+                i += 1
+        else:
+            start = i
+            while i < n and text[i] != ";":
+                i += 1
+            val = text[start:i].strip()
+            # Some senders single-quote values; no legitimate boundary starts and ends with one.
+            if len(val) >= 2 and val[0] == val[-1] == "'":
+                val = val[1:-1]
+        if name and name not in params:
+            params[name] = val
+    return mime, params
+
+
+def is_mtom(content_type: str | None) -> bool:
+    """True for multipart/related carrying XOP.
+
+    A missing type parameter is accepted because several toolkits omit it while
+    still sending an xop+xml root part; an explicit other type (plain SwA) is not.
+    """
+    mime, params = parse_content_type(content_type)
+    if mime != "multipart/related":
+        return False
+    t = params.get("type")
+    return t is None or t.strip().lower() == XOP_TYPE
+
+
+def _strip_cid(value: str) -> str:
+    value = value.strip()
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1].strip()
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass
+class Attachment:
+    cid: str
+    content_type: str
+    path: str
+    size: int
+    sha1: str
+
+    def open(self) -> BinaryIO:
+        return open(self.path, "rb")
+
+    def read_bytes(self) -> bytes:
+        with self.open() as f:
+            return f.read()
+
+
+class MtomMessage:
+    """The parsed request: the root XML in memory, every other part on disk."""
+
+    def __init__(self, root: bytes, root_content_type: str, parts: dict[str, Attachment],
+                 root_cid: str | None = None, content_type: str = ""):
+        self.root = root
+        self.root_content_type = root_content_type
+        self.root_cid = root_cid
+        self.parts = parts
+        self.content_type = content_type
+
+    def cleanup(self) -> None:
+        for att in self.parts.values():
+            try:
+                os.unlink(att.path)
+            except FileNotFoundError:
+                # The caller may already have moved the spooled file into permanent storage.
+                pass
+
+    def __enter__(self) -> "MtomMessage":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+    def __repr__(self) -> str:
+        return f"<MtomMessage root={len(self.root)} bytes parts={list(self.parts)}>"
+
+
+class _Source:
+    """Bounded reads from the WSGI input, honouring Content-Length and the total limit."""
+
+    def __init__(self, stream, content_length: int | None, max_total: int):
+        self.stream = stream
+        self.content_length = content_length
+        self.remaining = content_length
+        self.max_total = max_total
+        self.consumed = 0
+        self.eof = False
+
+    def read(self) -> bytes:
+        if self.eof:
+            return b""
+        n = CHUNK if self.remaining is None else min(CHUNK, self.remaining)
+        if n <= 0:
+            self.eof = True
+            return b""
+        data = self.stream.read(n)
+        if not data:
+            self.eof = True
+            if self.remaining:
+                raise MtomError(
+                    f"body truncated: the stream ended after {self.consumed} of the "
+                    f"{self.content_length} bytes announced by Content-Length")
+            return b""
+        if len(data) > n:
+            # A misbehaving stream must not push us past Content-Length.
+            data = data[:n]
+        self.consumed += len(data)
+        if self.remaining is not None:
+            self.remaining -= len(data)
+        if self.consumed > self.max_total:
+            raise MtomError(f"the multipart body exceeds the total limit of {self.max_total} bytes")
+        return bytes(data)
+
+
+class _MemorySink:
+    def __init__(self, limit: int, what: str):
+        self.buf = bytearray()
+        self.limit = limit
+        self.what = what
+
+    def write(self, data) -> None:
+        if len(self.buf) + len(data) > self.limit:
+            raise MtomError(f"{self.what} exceeds the limit of {self.limit} bytes")
+        self.buf += data
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _FileSink:
+    def __init__(self, spool_dir: str, limit: int, what: str):
+        fd, self.path = tempfile.mkstemp(prefix="xop-", suffix=".part", dir=spool_dir)
+        self.file = os.fdopen(fd, "wb")
+        self.hash = hashlib.sha1()
+        self.size = 0
+        self.limit = limit
+        self.what = what
+
+    def write(self, data) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise MtomError(f"{self.what} exceeds the per-part limit of {self.limit} bytes")
+        self.hash.update(data)
+        self.file.write(data)
+
+    def finish(self) -> None:
+        self.file.close()
+
+    def close(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+
+
+class _Base64Sink:
+    """Decodes base64 as it streams, so a base64 part is bounded in memory like a binary one."""
+
+    _WS = b" \t\r\n"
+
+    def __init__(self, inner, what: str):
+        self.inner = inner
+        self.pending = b""
+        self.what = what
+
+    def write(self, data) -> None:
+        data = self.pending + bytes(data).translate(None, self._WS)
+        cut = len(data) - len(data) % 4
+        self.pending = data[cut:]
+        if cut:
+            self._decode(data[:cut])
+
+    def _decode(self, data: bytes) -> None:
+        try:
+            self.inner.write(binascii.a2b_base64(data, strict_mode=True))
+        except binascii.Error as exc:
+            raise MtomError(f"{self.what} is not valid base64: {exc}") from None
+
+    def finish(self) -> None:
+        if self.pending:
+            raise MtomError(f"{self.what} is not valid base64: its length is not a multiple of 4")
+        self.inner.finish()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _parse_headers(block: bytes, label: str) -> dict[str, str]:
+    # Header values are ASCII by RFC 2045; latin-1 never fails, so a stray byte is kept, not fatal.
+    lines = block.decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    current: str | None = None
+    for line in lines:
+        if not line:
+            continue
+        if line[0] in " \t":
+            if current is None:
+                raise MtomError(f"malformed headers in {label}: continuation line {line.strip()!r} with no header")
+            headers[current] += " " + line.strip()
+            continue
+        name, sep, value = line.partition(":")
+        name = name.strip()
+        if not sep or not name or any(ch not in _TOKEN_CHARS for ch in name):
+            raise MtomError(f"malformed headers in {label}: {line[:80]!r} is not a 'Name: value' line")
+        current = name.lower()
+        if current in headers:
+            headers[current] += ", " + value.strip()
+        else:
+            headers[current] = value.strip()
+    return headers
+
+
+class _Reader:
+    def __init__(self, stream, content_type: str, spool_dir: str, max_part_bytes: int,
+                 max_total_bytes: int, max_xml_bytes: int, content_length: int | None, max_parts: int):
+        mime, params = parse_content_type(content_type)
+        if mime != "multipart/related":
+            raise MtomError(f"Content-Type {mime or '(none)'!r} is not multipart/related")
+        boundary = params.get("boundary")
+        if not boundary:
+            raise MtomError("the multipart Content-Type has no boundary parameter")
+        self.content_type = content_type
+        self.boundary = boundary
+        self.delim = b"\r\n--" + boundary.encode("latin-1")
+        # Enough of the previous chunk survives to match a delimiter split across two reads.
+        self.keep = len(self.delim)
+        self.start = _strip_cid(params["start"]) if params.get("start") else None
+        self.src = _Source(stream, content_length, max_total_bytes)
+        self.spool_dir = spool_dir
+        self.max_part = max_part_bytes
+        self.max_xml = max_xml_bytes
+        self.max_parts = max_parts
+        # Pretending the body starts with CRLF lets one search pattern find the first
+        # boundary too, which may legally sit at byte 0 with nothing before it.
+        self.buf = bytearray(_CRLF)
+        self.sinks: list = []
+        self.paths: list[str] = []
+
+    # ---- buffer helpers
+
+    def _more(self) -> bool:
+        data = self.src.read()
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def _need(self, n: int) -> bool:
+        while len(self.buf) < n:
+            if not self._more():
+                return False
+        return True
+
+    # ---- phases
+
+    def run(self) -> MtomMessage:
+        try:
+            return self._run()
+        except BaseException:
+            for s in self.sinks:
+                s.close()
+            for p in self.paths:
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+            raise
+
+    def _run(self) -> MtomMessage:
+        self._skip_preamble()
+        parts: dict[str, Attachment] = {}
+        root: bytes | None = None
+        root_ct = ""
+        root_cid = None
+        index = 0
+        while True:
+            index += 1
+            if index > self.max_parts:
+                raise MtomError(f"the multipart body has more than {self.max_parts} parts")
+            headers = self._read_headers(index)
+            cid = _strip_cid(headers["content-id"]) if headers.get("content-id") else None
+            ctype = headers.get("content-type", "")
+            cte = headers.get("content-transfer-encoding", "binary").strip().lower()
+            label = f"MIME part #{index}" + (f" <{cid}>" if cid else "")
+            if cte not in ("binary", "8bit", "7bit", "base64"):
+                raise MtomError(f"{label} uses Content-Transfer-Encoding {cte!r}; only binary, 8bit, 7bit "
+                                "and base64 are supported")
+            is_root = root is None and (cid == self.start if self.start else index == 1)
+            if is_root:
+                sink = _MemorySink(self.max_xml, f"the root XML part ({label})")
+            else:
+                if not cid:
+                    raise MtomError(f"malformed headers in {label}: a non-root part has no Content-ID, "
+                                    "so nothing can refer to it")
+                if cid in parts or cid == root_cid:
+                    raise MtomError(f"malformed headers in {label}: Content-ID <{cid}> is used by two parts")
+                sink = _FileSink(self.spool_dir, self.max_part, label)
+                self.paths.append(sink.path)
+            self.sinks.append(sink)
+            outer = _Base64Sink(sink, label) if cte == "base64" else sink
+            last = self._read_body(outer, label)
+            outer.finish()
+            if is_root:
+                root, root_ct, root_cid = bytes(sink.buf), ctype, cid
+            else:
+                parts[cid] = Attachment(cid=cid, content_type=ctype or "application/octet-stream",
+                                        path=sink.path, size=sink.size, sha1=sink.hash.hexdigest())
+            if last:
+                break
+        if root is None:
+            raise MtomError(f"the root part <{self.start}> named by the start parameter is missing")
+        return MtomMessage(root, root_ct, parts, root_cid, self.content_type)
+
+    def _skip_preamble(self) -> None:
+        while True:
+            i = self.buf.find(self.delim)
+            if i >= 0:
+                del self.buf[:i]
+                kind = self._after_delimiter()
+                if kind == "part":
+                    return
+                if kind == "close":
+                    raise MtomError("the multipart body closes before its first part; the root part is missing")
+                # A delimiter followed by other text is not a boundary line; keep looking past it.
+                del self.buf[:1]
+                continue
+            if len(self.buf) > self.keep:
+                del self.buf[:len(self.buf) - self.keep]
+            if not self._more():
+                raise MtomError(f"the MIME boundary {self.boundary!r} never occurs in the body "
+                                "(wrong boundary?)")
+
+    def _after_delimiter(self) -> str | None:
+        """Classify the delimiter at buf[0]: 'part' (consumed up to the line's CRLF), 'close', or None.
+
+        On 'part' the buffer is left starting with the CRLF ending the boundary line, so that
+        an empty header block and a normal one are found by the same CRLFCRLF search.
+        """
+        d = len(self.delim)
+        if not self._need(d + 2):
+            raise MtomError(self._eof_message("after a boundary line"))
+        if self.buf[d:d + 2] == b"--":
+            return "close"
+        j = d
+        while True:
+            if j >= len(self.buf) and not self._more():
+                raise MtomError(self._eof_message("after a boundary line"))
+            ch = self.buf[j]
+            if ch in (0x20, 0x09) and j - d < MAX_PADDING:
+                j += 1
+                continue
+            break
+        if not self._need(j + 2):
+            raise MtomError(self._eof_message("after a boundary line"))
+        if self.buf[j:j + 2] != _CRLF:
+            return None
+        del self.buf[:j]
+        return "part"
+
+    def _read_headers(self, index: int) -> dict[str, str]:
+        while True:
+            i = self.buf.find(b"\r\n\r\n")
+            if i > MAX_HEADER_BYTES:
+                raise MtomError(f"malformed headers in MIME part #{index}: no blank line within "
+                                f"{MAX_HEADER_BYTES} bytes")
+            if i >= 0:
+                block = bytes(self.buf[2:i])
+                del self.buf[:i + 4]
+                return _parse_headers(block, f"MIME part #{index}")
+            if len(self.buf) > MAX_HEADER_BYTES:
+                raise MtomError(f"malformed headers in MIME part #{index}: no blank line within "
+                                f"{MAX_HEADER_BYTES} bytes")
+            if not self._more():
+                raise MtomError(self._eof_message(f"inside the headers of MIME part #{index}"))
+
+    def _read_body(self, sink, label: str) -> bool:
+        """Stream one part's content into sink; True when the closing delimiter ended it."""
+        search_from = 0
+        while True:
+            i = self.buf.find(self.delim, search_from)
+            if i >= 0:
+                if i:
+                    with memoryview(self.buf) as mv:
+                        sink.write(mv[:i])
+                    del self.buf[:i]
+                kind = self._after_delimiter()
+                if kind == "close":
+                    return True
+                if kind == "part":
+                    return False
+                # Not a real boundary line: its first byte is content, search again after it.
+                with memoryview(self.buf) as mv:
+                    sink.write(mv[:1])
+                del self.buf[:1]
+                search_from = 0
+                continue
+            safe = len(self.buf) - self.keep
+            if safe > 0:
+                with memoryview(self.buf) as mv:
+                    sink.write(mv[:safe])
+                del self.buf[:safe]
+            search_from = 0
+            if not self._more():
+                raise MtomError(self._eof_message(f"inside {label} before its closing boundary"))
+
+    def _eof_message(self, where: str) -> str:
+        if self.src.content_length is not None and self.src.remaining == 0:
+            return (f"body truncated: the {self.src.content_length} bytes announced by Content-Length "
+                    f"end {where}")
+        return f"body truncated: the stream ended {where}"
+
+
+def read_multipart(stream, content_type: str, spool_dir: str, max_part_bytes: int, max_total_bytes: int,
+                   max_xml_bytes: int = DEFAULT_MAX_XML_BYTES, content_length: int | None = None,
+                   max_parts: int = DEFAULT_MAX_PARTS) -> MtomMessage:
+    """Parse an MTOM body from a file-like stream, spooling non-root parts into spool_dir.
+
+    max_total_bytes bounds the bytes read from the wire (framing included); max_part_bytes
+    bounds each decoded attachment; max_xml_bytes bounds the root part. On any error every
+    file already spooled is removed before MtomError is raised.
+    """
+    if content_length is not None and content_length < 0:
+        raise MtomError(f"Content-Length {content_length} is negative")
+    reader = _Reader(stream, content_type, spool_dir, max_part_bytes, max_total_bytes, max_xml_bytes,
+                     content_length, max_parts)
+    return reader.run()
+
+
+def href_to_cid(href: str) -> str:
+    """The Content-ID an xop:Include href names (RFC 2392: 'cid:' + URL-encoded id)."""
+    href = href.strip()
+    if href[:4].lower() != "cid:":
+        raise MtomError(f"xop:Include href={href} is not a cid: URL")
+    return _strip_cid(unquote(href[4:]))
+
+
+def resolve_xop(root_element: etree._Element, message) -> dict[etree._Element, Attachment]:
+    """Map the parent of each xop:Include to the attachment it names.
+
+    message may be an MtomMessage or a plain dict of cid -> Attachment.
+    """
+    parts = getattr(message, "parts", message)
+    found: dict[etree._Element, Attachment] = {}
+    for inc in root_element.iter(_XOP_INCLUDE):
+        href = inc.get("href")
+        if href is None:
+            raise MtomError("xop:Include has no href attribute")
+        cid = href_to_cid(href)
+        att = parts.get(cid)
+        if att is None:
+            raise MtomError(f"xop:Include href={href.strip()} points to no MIME part")
+        parent = inc.getparent()
+        if parent is None:
+            raise MtomError(f"xop:Include href={href.strip()} has no parent element")
+        found[parent] = att
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def new_cid(domain: str = "xds.local") -> str:
+    return f"{uuid.uuid4().hex}@{domain}"
+
+
+def xop_include(parent: etree._Element, cid: str) -> etree._Element:
+    """Append <xop:Include href="cid:..."/> to parent and return it."""
+    inc = etree.SubElement(parent, _XOP_INCLUDE, nsmap={"xop": C.NS_XOP})
+    inc.set("href", "cid:" + quote(cid, safe="@.-_~!$&'()*+,;=:"))
+    return inc
+
+
+def _header_value(value: str) -> str:
+    # A CR or LF in a header value would let content inject its own headers or boundaries.
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"header value {value!r} contains a line break")
+    return value
+
+
+@dataclass
+class _OutPart:
+    cid: str
+    content_type: str
+    data: bytes | None = None
+    path: str | None = None
+    stream: object = None
+    size: int | None = None
+
+
+class MtomWriter:
+    """Builds an MTOM response as an iterator of byte chunks, suitable as a WSGI body.
+
+    Attachments are added first (their cids go into the envelope via xop_include),
+    then the envelope is set; iterating streams everything without loading files.
+    """
+
+    def __init__(self, boundary: str | None = None):
+        if boundary is None:
+            boundary = "MIMEBoundary_" + uuid.uuid4().hex
+        if not 1 <= len(boundary) <= 70 or any(ch not in _BCHARS for ch in boundary) or boundary.endswith(" "):
+            raise ValueError(f"{boundary!r} is not a valid MIME boundary (RFC 2046 bchars, 1-70 characters)")
+        self.boundary = boundary
+        self.root_cid = new_cid()
+        self.root: bytes | None = None
+        self.soap_type = SOAP12_TYPE
+        self.parts: list[_OutPart] = []
+
+    def set_root(self, envelope: bytes, soap_type: str = SOAP12_TYPE) -> None:
+        self.root = envelope
+        self.soap_type = soap_type
+
+    def _add(self, part: _OutPart) -> str:
+        _header_value(part.cid)
+        _header_value(part.content_type)
+        if any(p.cid == part.cid for p in self.parts) or part.cid == self.root_cid:
+            raise ValueError(f"Content-ID <{part.cid}> is already used in this message")
+        self.parts.append(part)
+        return part.cid
+
+    def add_bytes(self, data: bytes, content_type: str = "application/octet-stream", cid: str | None = None) -> str:
+        return self._add(_OutPart(cid or new_cid(), content_type, data=bytes(data), size=len(data)))
+
+    def add_file(self, path: str, content_type: str = "application/octet-stream", cid: str | None = None) -> str:
+        # The size is fixed now so that content_length() and the streamed bytes agree.
+        return self._add(_OutPart(cid or new_cid(), content_type, path=path, size=os.path.getsize(path)))
+
+    def add_stream(self, source, content_type: str = "application/octet-stream", cid: str | None = None,
+                   size: int | None = None) -> str:
+        """A file-like object (read(n)) or an iterable of bytes; size may be unknown."""
+        return self._add(_OutPart(cid or new_cid(), content_type, stream=source, size=size))
+
+    def content_type(self, action: str | None = None) -> str:
+        value = (f'multipart/related; boundary="{self.boundary}"; type="{XOP_TYPE}"; '
+                 f'start="<{self.root_cid}>"; start-info="{self.soap_type}"')
+        if action:
+            value += f'; action="{_header_value(action)}"'
+        return value
+
+    def _root_head(self) -> bytes:
+        return (f"--{self.boundary}\r\n"
+                f'Content-Type: {XOP_TYPE}; charset=UTF-8; type="{self.soap_type}"\r\n'
+                f"Content-Transfer-Encoding: binary\r\n"
+                f"Content-ID: <{self.root_cid}>\r\n\r\n").encode("latin-1")
+
+    def _part_head(self, part: _OutPart) -> bytes:
+        return (f"\r\n--{self.boundary}\r\n"
+                f"Content-Type: {part.content_type}\r\n"
+                f"Content-Transfer-Encoding: binary\r\n"
+                f"Content-ID: <{part.cid}>\r\n\r\n").encode("latin-1")
+
+    def _tail(self) -> bytes:
+        return f"\r\n--{self.boundary}--\r\n".encode("latin-1")
+
+    def content_length(self) -> int | None:
+        """Exact body length, or None if some part's size is unknown."""
+        if self.root is None:
+            raise ValueError("the root envelope has not been set")
+        total = len(self._root_head()) + len(self.root) + len(self._tail())
+        for p in self.parts:
+            if p.size is None:
+                return None
+            total += len(self._part_head(p)) + p.size
+        return total
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.chunks()
+
+    def chunks(self) -> Iterator[bytes]:
+        if self.root is None:
+            raise ValueError("the root envelope has not been set")
+        yield self._root_head() + self.root
+        for p in self.parts:
+            yield self._part_head(p)
+            yield from self._part_body(p)
+        yield self._tail()
+
+    def _part_body(self, p: _OutPart) -> Iterable[bytes]:
+        if p.data is not None:
+            for i in range(0, len(p.data), CHUNK):
+                yield p.data[i:i + CHUNK]
+        elif p.path is not None:
+            left = p.size
+            with open(p.path, "rb") as f:
+                while left:
+                    block = f.read(min(CHUNK, left))
+                    if not block:
+                        raise MtomError(f"{p.path} shrank while being sent: {left} bytes of {p.size} missing")
+                    left -= len(block)
+                    yield block
+        elif hasattr(p.stream, "read"):
+            sent = 0
+            while True:
+                block = p.stream.read(CHUNK)
+                if not block:
+                    break
+                sent += len(block)
+                yield block
+            if p.size is not None and sent != p.size:
+                raise MtomError(f"attachment <{p.cid}> produced {sent} bytes, not the announced {p.size}")
+        else:
+            for block in p.stream:
+                if block:
+                    yield bytes(block)

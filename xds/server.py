@@ -1,0 +1,98 @@
+"""Assembles the actors a process runs and serves them over HTTP (cheroot) and MLLP."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+from cheroot import wsgi
+
+from .app import AppConfig, XdsApp
+from .settings import Settings
+
+log = logging.getLogger("xds.server")
+
+
+class Services:
+    """Everything one `xds serve` process runs."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        os.makedirs(settings.data, exist_ok=True)
+        spool = os.path.join(settings.data, "spool")
+        os.makedirs(spool, exist_ok=True)
+        self.registry = None
+        self.repository = None
+        endpoints = []
+        if settings.role in ("all", "registry"):
+            from registry.config import RegistryConfig
+            from registry.service import RegistryActor
+            from registry.store import RegistryStore
+
+            store = RegistryStore(settings.db_url)
+            store.create_schema()
+            self.registry = RegistryActor(store, RegistryConfig(
+                check_patients=settings.check_patients, max_query_results=settings.max_query_results,
+                keep_extra_metadata=settings.keep_extra_metadata))
+            endpoints.append(self.registry.endpoint())
+        self.app = XdsApp(endpoints, AppConfig(spool_dir=spool, max_request_bytes=settings.max_request_bytes,
+                                               max_document_bytes=settings.max_document_bytes,
+                                               base_url=settings.base_url),
+                          health=lambda: {"role": settings.role})
+        self.http: wsgi.Server | None = None
+        self.mllp = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "Services":
+        """Bind and serve in background threads (tests, and `serve` below)."""
+        s = self.settings
+        self.http = wsgi.Server((s.host, s.port), self.app, numthreads=s.threads, server_name="xds",
+                                shutdown_timeout=10)
+        self.http.prepare()
+        self._thread = threading.Thread(target=self.http.serve, name="xds-http", daemon=True)
+        self._thread.start()
+        if self.registry is not None and s.mllp_port is not None:
+            from registry.feed import internal_error_ack
+            from .mllp import MllpServer
+
+            self.mllp = MllpServer(s.host, s.mllp_port, self.registry.feed_handler(),
+                                   error_reply=internal_error_ack).start()
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.http.bind_addr[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.port}"
+
+    def stop(self) -> None:
+        if self.mllp is not None:
+            self.mllp.stop()
+        if self.http is not None:
+            self.http.stop()  # finishes requests in flight within shutdown_timeout
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+
+
+def serve(settings: Settings) -> None:
+    services = Services(settings).start()
+    log.info("serving role=%s on %s (db %s)", settings.role, services.url, _safe_url(settings.db_url))
+    if services.mllp is not None:
+        log.info("ITI-8 feed (MLLP) on %s:%s", settings.host, services.mllp.port)
+    print(f"xds: {settings.role} on {services.url}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("shutting down")
+    services.stop()
+
+
+def _safe_url(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

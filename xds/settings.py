@@ -1,0 +1,87 @@
+"""Settings: embedded defaults, overridden by a TOML file, then XDS_* variables, then flags."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+
+ROLES = ("all", "registry", "repository")
+
+
+@dataclass
+class Settings:
+    role: str = "all"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data: str = "./xds-data"
+    db: str | None = None                # default: SQLite file in the data folder
+    mllp_port: int | None = None         # ITI-8 feed listener; off unless set
+    check_patients: bool = True
+    max_query_results: int = 1000
+    keep_extra_metadata: bool = True
+    repository_id: str = "1.2.250.1.999.3.1"
+    registry_url: str | None = None      # remote registry for a repository-only process
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_document_bytes: int = 4 * 1024 ** 3
+    threads: int = 16
+    log_level: str = "INFO"
+    base_url: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def db_url(self) -> str:
+        if self.db:
+            return self.db
+        return f"sqlite:///{os.path.abspath(os.path.join(self.data, 'registry.db'))}"
+
+    def validate(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, not {self.role!r}")
+        if not (0 <= self.port < 65536):
+            raise ValueError(f"port {self.port} is out of range")
+
+
+def _coerce(f: dataclasses.Field, raw):
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if raw is None:
+        return None
+    if "bool" in kind and isinstance(raw, str):
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{f.name}: {raw!r} is not a boolean")
+    if "int" in kind and not isinstance(raw, bool):
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{f.name}: {raw!r} is not a whole number") from None
+    return raw
+
+
+def load(config_file: str | None = None, env: dict | None = None, overrides: dict | None = None) -> Settings:
+    env = os.environ if env is None else env
+    values: dict = {}
+    path = config_file or env.get("XDS_CONFIG")
+    known = {f.name: f for f in fields(Settings)}
+    if path:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        data = data.get("xds", data)
+        for k, v in data.items():
+            key = k.replace("-", "_")
+            if key not in known:
+                raise ValueError(f"{path}: unknown setting {k!r}")
+            values[key] = _coerce(known[key], v)
+    for name, f in known.items():
+        v = env.get("XDS_" + name.upper())
+        if v is not None and name != "extra":
+            values[name] = _coerce(f, v)
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            values[k] = _coerce(known[k], v)
+    s = Settings(**values)
+    s.validate()
+    return s
