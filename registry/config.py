@@ -1,7 +1,7 @@
 """Per-deployment switches of the registry actor."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -12,5 +12,5 @@ class RegistryConfig:
     max_query_results: int = 1000
     # Keep extra `urn:` slots (XDSExtraMetadataNotSaved warning and dropped when off).
     keep_extra_metadata: bool = True
-    # Profiles of extra validation rules applied after the IHE ones (e.g. "dmp").
-    profiles: list[str] = field(default_factory=list)
+    # Validation profile: "ihe" (the IHE rules alone) or a national one such as "dmp".
+    profile: str = "ihe"

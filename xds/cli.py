@@ -10,7 +10,7 @@ from . import settings as settings_mod
 
 def _settings(args) -> settings_mod.Settings:
     overrides = {k: getattr(args, k, None) for k in ("role", "host", "port", "db", "data", "mllp_port",
-                                                      "repository_id", "registry_url")}
+                                                      "repository_id", "registry_url", "profile")}
     if getattr(args, "no_patient_check", False):
         overrides["check_patients"] = False
     return settings_mod.load(getattr(args, "config", None), overrides=overrides)
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mllp-port", type=int, help="listen for the ITI-8 patient identity feed (HL7 v2 over MLLP)")
     p.add_argument("--no-patient-check", action="store_true",
                    help="accept submissions for patients the feed has not announced")
+    p.add_argument("--profile", help="metadata validation profile: ihe (default) or dmp (French DMP)")
     p.add_argument("--repository-id", help="this repository's repositoryUniqueId (OID)")
     p.add_argument("--registry-url", help="remote registry endpoint for --role repository")
 
@@ -46,6 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     pm.add_argument("subsumed")
     pm.add_argument("surviving")
     psub.add_parser("list", help="list known patient ids")
+
+    p = sub.add_parser("submit", help="send files to a repository (ITI-41 Provide and Register, MTOM)")
+    p.add_argument("--config", help="TOML settings file (also XDS_CONFIG)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--patient", required=True, help="patient id (CX: id^^^&OID&ISO)")
+    p.add_argument("--url", help="server or repository endpoint (default http://HOST:PORT of the settings)")
+    p.add_argument("--mime", help="mimeType of every file (default: guessed from the file name)")
+
+    p = sub.add_parser("retrieve", help="fetch a document from a repository (ITI-43)")
+    p.add_argument("--config", help="TOML settings file (also XDS_CONFIG)")
+    p.add_argument("unique_id", metavar="UNIQUEID")
+    p.add_argument("--url", help="server or repository endpoint (default http://HOST:PORT of the settings)")
+    p.add_argument("--repository-id", help="the repositoryUniqueId holding the document")
+    p.add_argument("-o", "--output", help="output file, '-' for stdout (default: the uniqueId)")
 
     args = parser.parse_args(argv)
     try:
@@ -61,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "patient":
         return _patient(args, s)
+    if args.command in ("submit", "retrieve"):
+        from repository import transfer
+
+        return (transfer.submit_command if args.command == "submit" else transfer.retrieve_command)(args, s)
     return 2
 
 

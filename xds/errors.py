@@ -98,4 +98,5 @@ class SoapFault(Exception):
         self.reason = reason
         self.code = code  # Sender | Receiver | MustUnderstand | VersionMismatch
         self.subcode = subcode
-        self.http_status = http_status or (500 if code != "Receiver" else 500)
+        # SOAP 1.2 HTTP binding: a Sender fault is the client's problem (400); the others are 500.
+        self.http_status = http_status or (400 if code == "Sender" else 500)

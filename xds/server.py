@@ -34,8 +34,13 @@ class Services:
             store.create_schema()
             self.registry = RegistryActor(store, RegistryConfig(
                 check_patients=settings.check_patients, max_query_results=settings.max_query_results,
-                keep_extra_metadata=settings.keep_extra_metadata))
+                keep_extra_metadata=settings.keep_extra_metadata, profile=settings.profile))
             endpoints.append(self.registry.endpoint())
+        if settings.role in ("all", "repository"):
+            from repository.service import RepositoryActor
+
+            self.repository = RepositoryActor.from_settings(settings, self.registry)
+            endpoints.append(self.repository.endpoint())
         self.app = XdsApp(endpoints, AppConfig(spool_dir=spool, max_request_bytes=settings.max_request_bytes,
                                                max_document_bytes=settings.max_document_bytes,
                                                base_url=settings.base_url),

@@ -20,8 +20,11 @@ class Settings:
     check_patients: bool = True
     max_query_results: int = 1000
     keep_extra_metadata: bool = True
+    profile: str = "ihe"                 # metadata validation profile: ihe, dmp
     repository_id: str = "1.2.250.1.999.3.1"
     registry_url: str | None = None      # remote registry for a repository-only process
+    registry_timeout: int = 30           # seconds the repository waits for the registry's ITI-42 answer
+    repository_db: str | None = None     # default: the same database as db (tables are prefixed repo_)
     max_request_bytes: int = 64 * 1024 * 1024
     max_document_bytes: int = 4 * 1024 ** 3
     threads: int = 16
@@ -38,8 +41,15 @@ class Settings:
     def validate(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, not {self.role!r}")
+        from .validation import profile_names
+
+        if self.profile not in profile_names():
+            raise ValueError(f"profile must be one of {', '.join(profile_names())}, not {self.profile!r}")
         if not (0 <= self.port < 65536):
             raise ValueError(f"port {self.port} is out of range")
+        if self.role == "repository" and not self.registry_url:
+            raise ValueError("role repository needs registry_url (--registry-url http://host:port/xds/registry): "
+                             "the repository registers every document it stores there")
 
 
 def _coerce(f: dataclasses.Field, raw):

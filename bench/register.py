@@ -1,0 +1,173 @@
+"""ITI-42 throughput: single-document submissions per second against a running server, beside the
+same rows inserted by raw SQL (one transaction per submission) on the same kind of database.
+
+    python bench/register.py                      # PostgreSQL (throwaway server), 4 clients
+    python bench/register.py --db sqlite          # SQLite
+    python bench/register.py --url http://host:8080 --db postgresql+psycopg2://...  # an existing server
+
+Prints the median rate over rounds and the ratio to raw SQL (target: at least 0.5).
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from lxml import etree  # noqa: E402
+from sqlalchemy import insert  # noqa: E402
+
+from registry import schema as S  # noqa: E402
+from registry.store import RegistryStore  # noqa: E402
+from xds import builder, constants as C  # noqa: E402
+from xds.client import SoapClient  # noqa: E402
+
+PID = "BENCH1^^^&1.2.250.1.213.1.4.10&ISO"
+
+
+def start_server(db_url: str, data: str) -> tuple[subprocess.Popen, str]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, XDS_LOG_LEVEL="WARNING")
+    proc = subprocess.Popen([sys.executable, "-m", "xds.cli", "serve", "--port", str(port), "--db", db_url,
+                             "--data", data, "--no-patient-check"], env=env, stdout=subprocess.PIPE)
+    proc.stdout.readline()  # "xds: all on ..." once listening
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def make_bodies(url: str, n: int) -> list[bytes]:
+    client = SoapClient(url + "/xds/registry")
+    return [client.envelope(C.ACTION_REGISTER, builder.simple_submission(PID)) for _ in range(n)]
+
+
+def http_round(url: str, bodies: list[bytes], clients: int) -> float:
+    host, port = url.split("//")[1].split(":")
+    parts = [bodies[i::clients] for i in range(clients)]
+    failures = []
+
+    def worker(mine):
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        for b in mine:
+            conn.request("POST", "/xds/registry", body=b, headers={
+                "Content-Type": f'application/soap+xml; charset=UTF-8; action="{C.ACTION_REGISTER}"'})
+            data = conn.getresponse().read()
+            if b"ResponseStatusType:Success" not in data:
+                failures.append(data[:500])
+        conn.close()
+
+    threads = [threading.Thread(target=worker, args=(p,)) for p in parts]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if failures:
+        raise SystemExit(f"{len(failures)} submissions failed, first: {failures[0]!r}")
+    return len(bodies) / elapsed
+
+
+def raw_rows(seq: int) -> dict:
+    """The rows one single-document submission writes, built without the server's code path."""
+    ss, de, a = (f"urn:uuid:{uuid.uuid4()}" for _ in range(3))
+    xml = "<rim:ExtrinsicObject xmlns:rim='%s'/>" % C.NS_RIM
+    de_xml = xml * 40  # about the size of a real DocumentEntry's XML
+    return {
+        S.registry_object: [
+            dict(id=ss, lid=ss, version=1, kind="SS", status=C.STATUS_APPROVED, patient_id=PID,
+                 unique_id=builder.new_oid(), seq=seq, xml=xml * 25),
+            dict(id=de, lid=de, version=1, kind="DE", status=C.STATUS_APPROVED, patient_id=PID,
+                 unique_id=builder.new_oid(), seq=seq + 1, xml=de_xml)],
+        S.submission_set: [dict(id=ss, submission_time="20240101120000", source_id="1.2.3",
+                                content_type_code="04^^1.2.250.1.213.1.1.4.12")],
+        S.doc_entry: [dict(id=de, entry_type=C.OBJECT_TYPE_STABLE, class_code="a^^b", type_code="a^^b",
+                           format_code="a^^b", practice_setting_code="a^^b", hcft_code="a^^b",
+                           creation_time="20240101120000", hash="da39a3ee5e6b4b0d3255bfef95601890afd80709",
+                           size=0, repository_unique_id="1.2.3", mime_type="text/plain",
+                           availability=C.AVAILABILITY_ONLINE)],
+        S.object_code: [dict(object_id=de, scheme=C.DE_CONFIDENTIALITY_CODE, code="N^^2.16.840.1.113883.5.25")],
+        S.object_author: [dict(object_id=de, person="123^Martin^Paul"), dict(object_id=ss, person="123^Martin")],
+        S.association: [dict(id=a, type=C.ASSOC_HAS_MEMBER, source=ss, target=de, status=C.STATUS_APPROVED,
+                             ss_status="Original", seq=seq + 2, xml=xml * 8)],
+    }
+
+
+def raw_round(store: RegistryStore, n: int, clients: int, seq0: int) -> float:
+    per = n // clients
+
+    def worker(k):
+        for i in range(per):
+            rows = raw_rows(seq0 + (k * per + i) * 3)
+            with store.engine.begin() as conn:
+                for table, r in rows.items():
+                    conn.execute(insert(table), r)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return per * clients / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--db", default="postgresql", help="'postgresql' (throwaway server), 'sqlite', or a URL")
+    ap.add_argument("--url", help="an already running server (then --db must be its database URL)")
+    ap.add_argument("-n", type=int, default=500, help="submissions per round")
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+
+    pg = None
+    tmp = tempfile.mkdtemp(prefix="xds-bench-")
+    db_url = args.db
+    if args.db == "postgresql":
+        from tests.pgserver import PgServer, create_database
+
+        pg = PgServer()
+        db_url = create_database(pg.start(), "bench_register")
+    elif args.db == "sqlite":
+        db_url = f"sqlite:///{tmp}/registry.db"
+    proc = None
+    try:
+        url = args.url
+        if not url:
+            proc, url = start_server(db_url, os.path.join(tmp, "data"))
+        store = RegistryStore(db_url)
+        store.create_schema()
+        bodies = make_bodies(url, args.n * args.rounds + 50)
+        http_round(url, bodies[:50], args.clients)  # warm-up
+        served, raw = [], []
+        for r in range(args.rounds):
+            served.append(http_round(url, bodies[50 + r * args.n: 50 + (r + 1) * args.n], args.clients))
+            raw.append(raw_round(store, args.n, args.clients, 10**9 + r * args.n * 3))
+        s, w = statistics.median(served), statistics.median(raw)
+        kind = store.engine.dialect.name
+        print(f"database: {kind}; {args.n} single-document submissions x {args.rounds} rounds, "
+              f"{args.clients} concurrent clients")
+        print(f"ITI-42 over HTTP : {s:8.1f} submissions/s  (rounds: {', '.join(f'{x:.0f}' for x in served)})")
+        print(f"raw SQL inserts  : {w:8.1f} submissions/s  (rounds: {', '.join(f'{x:.0f}' for x in raw)})")
+        print(f"ratio            : {s / w:8.2f}  (target >= 0.5)")
+    finally:
+        if proc:
+            proc.terminate()
+            proc.wait()
+        if pg:
+            pg.stop()
+
+
+if __name__ == "__main__":
+    main()

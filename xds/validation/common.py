@@ -1,0 +1,161 @@
+"""Rules that hold for every object of a submission whatever its type.
+
+Ids, slot hygiene, nested Classifications and ExternalIdentifiers, and Name/Description
+structure (RULES §3.1; IPF rules 2, 7, 20, 22, 41).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from lxml import etree
+
+from .. import constants as C
+from ..hl7 import is_oid, is_uuid_urn
+from ..model import Classification, ExternalIdentifier, RegistryObject, Slot
+from .context import FOLDER_MARKER, SS_MARKER, Context
+
+# ebRIM 3.0 types a slot Value as LongName (256 characters) and IPF rejects anything longer.
+# XDS itself has no such limit on e.g. URI, which is why it defines the "n|fragment" split:
+# the limit is kept because a sender following that convention never exceeds it.
+MAX_SLOT_VALUE = 256
+
+Report = Callable[..., None]
+
+
+def _rim(local: str) -> str:
+    return C.q(C.NS_RIM, local)
+
+
+def check_every_object(ctx: Context) -> None:
+    owners: dict[str, str] = {}
+    lids: dict[str, str] = {}
+    for obj in ctx.sub.objects:
+        report = _reporter(ctx, obj)
+        _claim_id(report, obj.id, "id", ctx.label(obj), owners)
+        _claim_lid(ctx, obj, lids)
+        _check_home(ctx, obj)
+        check_slot_hygiene(report, obj.slots, "")
+        _check_localized(report, obj.element, "")
+        for c in obj.classifications:
+            _nested_classification(ctx, obj, c, owners)
+        for e in obj.external_ids:
+            _nested_external_id(ctx, obj, e, owners)
+    for c in ctx.sub.loose_classifications:
+        _loose_classification(ctx, c, owners)
+
+
+def _reporter(ctx: Context, obj: RegistryObject) -> Report:
+    return lambda attribute, problem, code=None: ctx.report(obj, attribute, problem, code)
+
+
+def describe_classification(c: Classification) -> str:
+    if c.id:
+        return f"Classification '{c.id}'"
+    return f"Classification (no id, scheme {c.scheme or c.classification_node})"
+
+
+def _claim_id(report: Report, ident: str, attribute: str, owner: str, owners: dict[str, str]) -> None:
+    if not ident:
+        report(attribute, "is missing")
+    elif ident.startswith("urn:uuid:") and not is_uuid_urn(ident):
+        report(attribute, f"'{ident}' starts with urn:uuid: but is not a lower-case UUID")
+    elif ident in owners:
+        report(attribute, f"'{ident}' is also the id of {owners[ident]}; ids must be unique in a submission")
+    else:
+        owners[ident] = owner
+
+
+def _claim_lid(ctx: Context, obj: RegistryObject, lids: dict[str, str]) -> None:
+    # Two new objects cannot start the same version chain (IPF LOGICAL_ID_SAME).
+    lid = obj.lid
+    if not lid:
+        return
+    if lid in lids:
+        ctx.report(obj, "lid", f"'{lid}' is also the lid of {lids[lid]}")
+    else:
+        lids[lid] = ctx.label(obj)
+
+
+def _check_home(ctx: Context, obj: RegistryObject) -> None:
+    home = obj.element.get("home")
+    if home is not None and not (home.startswith("urn:oid:") and is_oid(home[len("urn:oid:"):])):
+        ctx.report(obj, "home", f"'{home}' is not a homeCommunityId (urn:oid: followed by an OID)")
+
+
+def check_slot_hygiene(report: Report, slots: list[Slot], where: str) -> None:
+    seen: set[str] = set()
+    for s in slots:
+        if not s.name:
+            report(f"{where}slot", "has an empty name")
+            continue
+        if s.name in seen:
+            report(f"{where}slot {s.name}", "is defined more than once")
+        seen.add(s.name)
+        for v in s.values:
+            if len(v) > MAX_SLOT_VALUE:
+                report(f"{where}slot {s.name}",
+                       f"a value is {len(v)} characters long, at most {MAX_SLOT_VALUE} allowed")
+
+
+def _check_localized(report: Report, element: etree._Element, where: str) -> None:
+    for tag in ("Name", "Description"):
+        holder = element.find(_rim(tag))
+        if holder is None:
+            continue
+        strings = holder.findall(_rim("LocalizedString"))
+        if not strings:
+            report(f"{where}{tag}", "has no LocalizedString")
+        for ls in strings:
+            if ls.get("value") is None:
+                report(f"{where}{tag}", "has a LocalizedString without a value attribute")
+
+
+def _nested_classification(ctx: Context, obj: RegistryObject, c: Classification, owners: dict[str, str]) -> None:
+    report = _reporter(ctx, obj)
+    what = describe_classification(c)
+    _claim_id(report, c.id, f"{what} id", f"{what} of {ctx.label(obj)}", owners)
+    if c.classified_object != obj.id:
+        found = f"'{c.classified_object}'" if c.classified_object else "missing"
+        report(f"{what} classifiedObject", f"is {found}, expected the enclosing object's id '{obj.id}'")
+    if not c.scheme and not c.classification_node:
+        report(f"{what} classificationScheme", "is missing (and there is no classificationNode either)")
+    elif c.scheme and not is_uuid_urn(c.scheme):
+        report(f"{what} classificationScheme", f"'{c.scheme}' is not a urn:uuid: identifier")
+    check_slot_hygiene(report, c.slots, f"{what} ")
+    _check_localized(report, c.element, f"{what} ")
+
+
+def _nested_external_id(ctx: Context, obj: RegistryObject, e: ExternalIdentifier, owners: dict[str, str]) -> None:
+    report = _reporter(ctx, obj)
+    what = f"ExternalIdentifier '{e.id}'" if e.id else f"ExternalIdentifier (no id, scheme {e.scheme})"
+    _claim_id(report, e.id, f"{what} id", f"{what} of {ctx.label(obj)}", owners)
+    if e.registry_object != obj.id:
+        found = f"'{e.registry_object}'" if e.registry_object else "missing"
+        report(f"{what} registryObject", f"is {found}, expected the enclosing object's id '{obj.id}'")
+    if not e.scheme:
+        report(f"{what} identificationScheme", "is missing")
+    elif not is_uuid_urn(e.scheme):
+        report(f"{what} identificationScheme", f"'{e.scheme}' is not a urn:uuid: identifier")
+    if not e.value or not e.value.strip():
+        report(f"{what} value", "is empty")
+    if not e.name:
+        report(f"{what} Name", "is missing")
+    _check_localized(report, e.element, f"{what} ")
+
+
+def _loose_classification(ctx: Context, c: Classification, owners: dict[str, str]) -> None:
+    what = describe_classification(c)
+
+    def report(attribute: str, problem: str, code: str | None = None) -> None:
+        ctx.report_at(c.id, what, attribute, problem, code)
+
+    _claim_id(report, c.id, "id", what, owners)
+    check_slot_hygiene(report, c.slots, "")
+    if c.scheme or c.classification_node not in (SS_MARKER, FOLDER_MARKER):
+        # The model only reads classifications nested in their object, so a stray one would be lost.
+        report("placement", "must be nested in the object it classifies; only the SubmissionSet and "
+                             "Folder markers may stand at the top level")
+        return
+    target = ctx.by_id.get(c.classified_object or "")
+    if target is None or target.element.tag != _rim("RegistryPackage"):
+        report("classifiedObject", f"'{c.classified_object}' is not a RegistryPackage of the submission")

@@ -1,0 +1,85 @@
+"""What every rule of one validation run shares: the submission, lookup tables and the error sink.
+
+The tables are built once so that rules stay linear in the number of objects.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .. import constants as C
+from .. import errors as E
+from ..errors import ErrorList
+from ..model import Association, RegistryObject, Submission
+
+if TYPE_CHECKING:
+    from .profiles import Profile
+
+MODES = ("register", "provide", "update")
+
+
+@dataclass
+class Context:
+    sub: Submission
+    mode: str
+    profile: "Profile"
+    errors: ErrorList
+    # First top-level object holding each id; a repeated id is an error reported elsewhere.
+    by_id: dict[str, RegistryObject] = field(default_factory=dict)
+    ss_ids: set[str] = field(default_factory=set)
+    assocs_by_target: dict[str, list[Association]] = field(default_factory=lambda: defaultdict(list))
+    # classificationNode values given to each package by top-level (loose) Classifications.
+    loose_nodes: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+
+    @classmethod
+    def build(cls, sub: Submission, mode: str, profile: "Profile", errors: ErrorList) -> "Context":
+        ctx = cls(sub, mode, profile, errors)
+        for obj in sub.objects:
+            ctx.by_id.setdefault(obj.id, obj)
+        ctx.ss_ids = {ss.id for ss in sub.submission_sets}
+        for a in sub.associations:
+            if a.target:
+                ctx.assocs_by_target[a.target].append(a)
+        for c in sub.loose_classifications:
+            if c.classified_object and c.classification_node:
+                ctx.loose_nodes[c.classified_object].add(c.classification_node)
+        return ctx
+
+    @property
+    def requires_repository_attributes(self) -> bool:
+        # A repository computes hash/size and knows its own id, so only ITI-41 may omit them.
+        return self.mode != "provide"
+
+    @property
+    def duplicate_unique_id_code(self) -> str:
+        if self.mode == "provide":
+            return E.REPOSITORY_DUPLICATE_UNIQUE_ID_IN_MESSAGE
+        return E.DUPLICATE_UNIQUE_ID_IN_MESSAGE
+
+    @staticmethod
+    def label(obj: RegistryObject) -> str:
+        text = f"{obj.kind} '{obj.id}'"
+        uid = obj.unique_id if obj.unique_scheme else None
+        return f"{text} (uniqueId {uid})" if uid else text
+
+    def report(self, obj: RegistryObject, attribute: str, problem: str, code: str | None = None) -> None:
+        self.errors.add(f"{self.label(obj)} {attribute}: {problem}", obj.id, code)
+
+    def report_at(self, location: str, what: str, attribute: str, problem: str, code: str | None = None) -> None:
+        """For things that are not model objects (a top-level Classification, the submission itself)."""
+        self.errors.add(f"{what} {attribute}: {problem}", location, code)
+
+    def is_in_submission(self, ident: str | None) -> bool:
+        return bool(ident) and ident in self.by_id
+
+    def is_submission_set(self, ident: str | None) -> bool:
+        return bool(ident) and ident in self.ss_ids
+
+
+def is_symbolic(ident: str) -> bool:
+    return not ident.startswith("urn:uuid:")
+
+
+SS_MARKER = C.SS_CLASSIFICATION_NODE
+FOLDER_MARKER = C.FOLDER_CLASSIFICATION_NODE
