@@ -76,10 +76,11 @@ class RegistryStore:
         SQLite already holds its write lock (BEGIN IMMEDIATE); PostgreSQL takes a transaction
         advisory lock per uniqueId, in a fixed order so that two submissions cannot deadlock.
         """
-        if not self.is_postgres:
+        uids = sorted(set(unique_ids))
+        if not self.is_postgres or not uids:
             return
-        for uid in sorted(set(unique_ids)):
-            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:u))"), {"u": uid})
+        conn.execute(text("SELECT count(pg_advisory_xact_lock(hashtext(u))) FROM "
+                          "(SELECT unnest(CAST(:uids AS text[])) AS u ORDER BY 1) AS ordered"), {"uids": uids})
 
     def next_seq(self, conn: Connection, n: int) -> int:
         """First of n consecutive registration-order numbers."""

@@ -1,0 +1,203 @@
+"""Core pieces: hardened XML, SOAP envelopes, ebRIM round trips, symbolic ids, settings, CLI."""
+import os
+import subprocess
+import sys
+
+import pytest
+from lxml import etree
+
+from xds import builder, ebrim, soap, xmlsafe
+from xds import constants as C
+from xds.errors import SoapFault
+from xds.settings import load
+
+
+# --- hardened XML -----------------------------------------------------------------------------
+
+def test_xml_refuses_doctype_even_without_entities():
+    with pytest.raises(xmlsafe.UnsafeXml, match="DOCTYPE"):
+        xmlsafe.parse(b'<!DOCTYPE a [<!ELEMENT a ANY>]><a/>')
+
+
+def test_xml_refuses_billion_laughs():
+    bomb = b'<!DOCTYPE l [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;&a;">]><l>&b;</l>'
+    with pytest.raises(xmlsafe.UnsafeXml):
+        xmlsafe.parse(bomb)
+
+
+def test_xml_refuses_undefined_entity_reference():
+    with pytest.raises(xmlsafe.UnsafeXml):
+        xmlsafe.parse(b"<a>&ext;</a>")
+
+
+def test_xml_depth_and_size_are_bounded():
+    deep = b"<a>" * 100 + b"</a>" * 100
+    with pytest.raises(xmlsafe.UnsafeXml, match="deeper than 64"):
+        xmlsafe.parse(deep)
+    with pytest.raises(xmlsafe.UnsafeXml, match="above the limit"):
+        xmlsafe.parse(b"<a>" + b"x" * 2000 + b"</a>", max_bytes=1000)
+
+
+# --- SOAP --------------------------------------------------------------------------------------
+
+def _env(version, headers="", body="<x:Req xmlns:x='urn:x'/>"):
+    ns = C.NS_SOAP12 if version == soap.SOAP12 else C.NS_SOAP11
+    return (f"<e:Envelope xmlns:e='{ns}' xmlns:a='{C.NS_WSA}'><e:Header>{headers}</e:Header>"
+            f"<e:Body>{body}</e:Body></e:Envelope>").encode()
+
+
+def test_envelope_reads_ws_addressing():
+    hdr = ("<a:Action e:mustUnderstand='true'>urn:act</a:Action><a:MessageID>urn:uuid:1</a:MessageID>"
+           "<a:To>http://h/x</a:To><a:ReplyTo><a:Address>http://www.w3.org/2005/08/addressing/anonymous"
+           "</a:Address></a:ReplyTo>")
+    env = soap.parse_envelope(_env(soap.SOAP12, hdr))
+    assert (env.version, env.action, env.message_id, env.to) == (soap.SOAP12, "urn:act", "urn:uuid:1", "http://h/x")
+    assert env.reply_to.endswith("anonymous") and env.body.tag == "{urn:x}Req"
+
+
+def test_soap11_envelope_and_fault_in_kind():
+    env = soap.parse_envelope(_env(soap.SOAP11))
+    assert env.version == soap.SOAP11
+    fault = etree.fromstring(soap.build_fault(soap.SOAP11, SoapFault("bad thing")))
+    assert fault.find(f".//{{{C.NS_SOAP11}}}Fault/faultstring").text == "bad thing"
+    assert fault.find(f".//{{{C.NS_SOAP11}}}Fault/faultcode").text == "soapenv:Client"
+
+
+def test_soap12_fault_has_code_subcode_and_reason():
+    f = etree.fromstring(soap.build_fault(soap.SOAP12, SoapFault("nope", subcode="a:ActionNotSupported"), "urn:uuid:9"))
+    ns = {"s": C.NS_SOAP12, "a": C.NS_WSA}
+    assert f.xpath("//s:Fault/s:Code/s:Value/text()", namespaces=ns) == ["s:Sender"]
+    assert f.xpath("//s:Subcode/s:Value/text()", namespaces=ns) == ["a:ActionNotSupported"]
+    assert f.xpath("//s:Reason/s:Text/text()", namespaces=ns) == ["nope"]
+    assert f.xpath("//a:RelatesTo/text()", namespaces=ns) == ["urn:uuid:9"]
+
+
+@pytest.mark.parametrize("data,match", [
+    (_env(soap.SOAP12, "<x:Sec xmlns:x='urn:x' e:mustUnderstand='1'/>"), "mustUnderstand"),
+    (f"<e:Envelope xmlns:e='{C.NS_SOAP12}'><e:Body/></e:Envelope>".encode(), "Body is empty"),
+    (f"<e:Envelope xmlns:e='{C.NS_SOAP12}'/>".encode(), "no Body"),
+])
+def test_envelope_rejections(data, match):
+    with pytest.raises(SoapFault, match=match):
+        soap.parse_envelope(data)
+
+
+def test_unknown_header_without_must_understand_is_ignored():
+    env = soap.parse_envelope(_env(soap.SOAP12, "<x:Trace xmlns:x='urn:x'>1</x:Trace>"))
+    assert env.body.tag == "{urn:x}Req"
+
+
+# --- ebRIM ---------------------------------------------------------------------------------------
+
+def test_parse_classifies_packages_by_loose_or_nested_markers():
+    pid = "1^^^&1.2.3&ISO"
+    req = builder.simple_submission(pid, 1, folder_too=True)
+    sub = ebrim.parse_submission(req)
+    assert [o.kind for o in sub.objects if o.kind != "Association"] == ["SubmissionSet", "DocumentEntry", "Folder"]
+    ss = sub.submission_sets[0]
+    assert ss.patient_id == pid and ss.source_id == "1.2.250.1.999.7"
+    de = sub.document_entries[0]
+    assert de.mime_type == "text/plain" and de.slot1("languageCode") == "fr-FR"
+    assert de.code(C.DE_CLASS_CODE).key == "11488-4^^2.16.840.1.113883.6.1"
+    assert de.authors()[0].person.startswith("123^Martin")
+
+
+def test_assign_uuids_rewrites_every_reference_and_keeps_extra_slots():
+    req = builder.simple_submission("1^^^&1.2.3&ISO", 2, folder_too=True,
+                                    doc_kwargs={"extra_slots": {"urn:example:x": ["kept"]}})
+    sub = ebrim.parse_submission(req)
+    mapping = ebrim.assign_uuids(sub)
+    assert set(mapping) >= {"SubmissionSet01", "Document01", "Document02", "Folder01"}
+    ids = {o.id for o in sub.objects}
+    assert all(ebrim.is_uuid_urn(i) for i in ids)
+    for a in sub.associations:
+        assert a.source in ids and a.target in ids
+    for o in sub.objects:
+        for c in o.classifications:
+            assert c.classified_object == o.id and ebrim.is_uuid_urn(c.id)
+        for e in o.external_ids:
+            assert e.registry_object == o.id
+    for c in sub.loose_classifications:
+        assert c.classified_object in ids
+    text = etree.tostring(req).decode()
+    assert "Document01" not in text and "urn:example:x" in text and "kept" in text
+
+
+def test_registry_response_lists_errors_and_warnings():
+    from xds.errors import XdsError
+
+    resp = ebrim.registry_response([XdsError("XDSRegistryMetadataError", "bad", "id1"),
+                                    XdsError("XDSExtraMetadataNotSaved", "w", "id2", C.SEVERITY_WARNING)])
+    assert resp.get("status") == C.RESPONSE_FAILURE
+    status, errors = ebrim.read_response_errors(resp)
+    assert [e.code for e in errors] == ["XDSRegistryMetadataError", "XDSExtraMetadataNotSaved"]
+    assert errors[1].severity == C.SEVERITY_WARNING
+    only_warning = ebrim.registry_response([errors[1]])
+    assert only_warning.get("status") == C.RESPONSE_SUCCESS
+
+
+# --- settings and CLI ---------------------------------------------------------------------------------
+
+def test_settings_precedence_file_env_flags(tmp_path):
+    cfg = tmp_path / "xds.toml"
+    cfg.write_text('[xds]\nport = 9001\nrole = "registry"\ncheck_patients = false\nmax_query_results = 50\n')
+    s = load(str(cfg), env={})
+    assert (s.port, s.role, s.check_patients, s.max_query_results) == (9001, "registry", False, 50)
+    s = load(str(cfg), env={"XDS_PORT": "9002", "XDS_CHECK_PATIENTS": "true"})
+    assert s.port == 9002 and s.check_patients is True
+    s = load(str(cfg), env={"XDS_PORT": "9002"}, overrides={"port": 9003})
+    assert s.port == 9003
+    assert load(env={}).db_url.startswith("sqlite:///") and load(env={}).port == 8080
+
+
+@pytest.mark.parametrize("content,env,match", [
+    ("bogus = 1", {}, "unknown setting"),
+    ("", {"XDS_PORT": "eighty"}, "not a whole number"),
+    ("", {"XDS_ROLE": "proxy"}, "role must be"),
+    ("", {"XDS_CHECK_PATIENTS": "maybe"}, "not a boolean"),
+])
+def test_settings_errors_are_clear(tmp_path, content, env, match):
+    cfg = tmp_path / "x.toml"
+    cfg.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        load(str(cfg), env=env)
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "xds.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
+
+
+def test_cli_patient_add_list_merge(tmp_path):
+    r = run_cli("patient", "--data", str(tmp_path), "add", "P1^^^&1.2.3&ISO", cwd=tmp_path)
+    assert r.returncode == 0 and "added P1^^^&1.2.3&ISO" in r.stdout
+    r = run_cli("patient", "--data", str(tmp_path), "add", "P2^^^1.2.3", cwd=tmp_path)
+    assert r.returncode == 2 and "not an XDS patient id" in r.stderr
+    r = run_cli("patient", "--data", str(tmp_path), "merge", "P1^^^&1.2.3&ISO", "P3^^^&1.2.3&ISO", cwd=tmp_path)
+    assert r.returncode == 0
+    r = run_cli("patient", "--data", str(tmp_path), "list", cwd=tmp_path)
+    assert "P1^^^&1.2.3&ISO  (merged into P3^^^&1.2.3&ISO)" in r.stdout and "P3^^^&1.2.3&ISO" in r.stdout
+
+
+def test_cli_serve_on_embedded_defaults(tmp_path):
+    """The README's server command: SQLite and ./xds-data under the working directory."""
+    import http.client
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "xds.cli", "serve", "--port", str(port)], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "xds: all on" in proc.stdout.readline()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/xds/registry?wsdl")
+        resp = conn.getresponse()
+        assert resp.status == 200 and b"DocumentRegistry_Service" in resp.read()
+        assert (tmp_path / "xds-data" / "registry.db").exists()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0  # SIGTERM is a graceful stop
