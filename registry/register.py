@@ -98,7 +98,8 @@ class _Registration:
         n = len(entries) + len(self.sub.associations) + len(self.new_associations)
         seq = self.store.next_seq(self.conn, n)
         self.store.insert_objects(self.conn, entries, seq, self.now)
-        self.store.insert_associations(self.conn, self.sub.associations + self.new_associations, seq + len(entries))
+        self.store.insert_associations(self.conn, self.sub.associations + self.new_associations,
+                                       None if seq is None else seq + len(entries))
         if deprecate:
             self.store.set_status(self.conn, deprecate, C.STATUS_DEPRECATED)
         if touched:

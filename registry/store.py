@@ -55,9 +55,6 @@ class RegistryStore:
 
     def create_schema(self) -> None:
         S.metadata.create_all(self.engine)
-        if self.is_postgres:
-            with self.engine.begin() as conn:
-                conn.exec_driver_sql("CREATE SEQUENCE IF NOT EXISTS reg_seq")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -66,7 +63,7 @@ class RegistryStore:
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+        with self.engine.connect().execution_options(xds_read_only=True) as conn:
             yield conn
 
     # --- serialisation of writers -----------------------------------------------------
@@ -82,11 +79,10 @@ class RegistryStore:
         conn.execute(text("SELECT count(pg_advisory_xact_lock(hashtext(u))) FROM "
                           "(SELECT unnest(CAST(:uids AS text[])) AS u ORDER BY 1) AS ordered"), {"uids": uids})
 
-    def next_seq(self, conn: Connection, n: int) -> int:
-        """First of n consecutive registration-order numbers."""
+    def next_seq(self, conn: Connection, n: int) -> int | None:
+        """First of n consecutive registration-order numbers; None where the database draws them itself."""
         if self.is_postgres:
-            rows = conn.execute(text("SELECT nextval('reg_seq') FROM generate_series(1, :n)"), {"n": n}).scalars().all()
-            return min(rows)
+            return None
         cur = conn.execute(select(S.counter.c.value).where(S.counter.c.name == "seq")).scalar()
         if cur is None:
             conn.execute(insert(S.counter).values(name="seq", value=n))
@@ -214,14 +210,15 @@ class RegistryStore:
         return out
 
     # --- writes ------------------------------------------------------------------------------
-    def insert_objects(self, conn: Connection, objs: Sequence[RegistryObject], seq0: int, now: str) -> None:
+    def insert_objects(self, conn: Connection, objs: Sequence[RegistryObject], seq0: int | None, now: str) -> None:
         obj_rows, de_rows, ss_rows, fd_rows, code_rows, author_rows, ref_rows = [], [], [], [], [], [], []
         for i, o in enumerate(objs):
             kind = {DocumentEntry: S.KIND_DOCUMENT_ENTRY, SubmissionSet: S.KIND_SUBMISSION_SET,
                     Folder: S.KIND_FOLDER}[type(o)]
             obj_rows.append(dict(id=o.id, lid=o.lid or o.id, version=1, kind=kind, status=C.STATUS_APPROVED,
-                                 patient_id=o.patient_id, unique_id=o.unique_id, seq=seq0 + i,
-                                 xml=stored_xml(o)))
+                                 patient_id=o.patient_id, unique_id=o.unique_id, xml=stored_xml(o)))
+            if seq0 is not None:
+                obj_rows[-1]["seq"] = seq0 + i
             if isinstance(o, DocumentEntry):
                 de_rows.append(_doc_entry_row(o))
                 for scheme in (C.DE_EVENT_CODE, C.DE_CONFIDENTIALITY_CODE):
@@ -243,10 +240,13 @@ class RegistryStore:
             if rows:
                 conn.execute(insert(table), rows)
 
-    def insert_associations(self, conn: Connection, assocs: Sequence[Association], seq0: int) -> None:
+    def insert_associations(self, conn: Connection, assocs: Sequence[Association], seq0: int | None) -> None:
         rows = [dict(id=a.id, type=a.type, source=a.source, target=a.target, status=C.STATUS_APPROVED,
-                     ss_status=a.submission_set_status, seq=seq0 + i, xml=stored_xml(a))
-                for i, a in enumerate(assocs)]
+                     ss_status=a.submission_set_status, xml=stored_xml(a))
+                for a in assocs]
+        if seq0 is not None:
+            for i, r in enumerate(rows):
+                r["seq"] = seq0 + i
         if rows:
             conn.execute(insert(S.association), rows)
 

@@ -27,7 +27,11 @@ def make_engine(url: str, **kwargs) -> Engine:
         def _begin(conn):
             # BEGIN IMMEDIATE takes the write lock up front, so two submissions cannot both
             # read-check-then-write the same uniqueId; pysqlite's deferred BEGIN would let them.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Readers (marked read_only) use a deferred BEGIN so that queries do not queue behind writers.
+            if conn.get_execution_options().get("xds_read_only"):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         engine.dialect._xds_sqlite = True  # marker used by tests
         _disable_pysqlite_begin(engine)

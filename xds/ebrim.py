@@ -101,10 +101,14 @@ def assign_uuids(sub: Submission) -> dict[str, str]:
             v = el.get(attr)
             if v in mapping:
                 el.set(attr, mapping[v])
-    # Classification objects are re-read because their dataclasses copied the old ids.
+    # The nested objects' dataclasses copied the old ids; bring them up to date.
     for obj in sub.objects:
-        obj.__init__(obj.element)
-    sub.loose_classifications = [_classification(c.element) for c in sub.loose_classifications]
+        for c in obj.classifications:
+            c.id, c.classified_object = c.element.get("id") or "", c.element.get("classifiedObject")
+        for e in obj.external_ids:
+            e.id, e.registry_object = e.element.get("id") or "", e.element.get("registryObject")
+    for c in sub.loose_classifications:
+        c.id, c.classified_object = c.element.get("id") or "", c.element.get("classifiedObject")
     return mapping
 
 

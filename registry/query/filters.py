@@ -1,0 +1,231 @@
+"""SQL building blocks shared by the stored queries (SQLAlchemy Core over registry.schema).
+
+Filters are written so that the patient (or id) predicate drives the plan through an index,
+and the optional filters are checked per candidate row: codes and authors live in side tables
+and are tested with correlated EXISTS probes on their (object_id, ...) indexes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from sqlalchemy import exists, or_, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
+
+from xds import constants as C
+from registry import schema as S
+from .params import ASSOCIATION_STATUS, Params
+
+O = S.registry_object
+D = S.doc_entry
+A = S.association
+OC = S.object_code
+AU = S.object_author
+REF = S.reference_id
+SSET = S.submission_set
+FOL = S.folder
+
+CHUNK = 500  # bound IN-lists so that long id lists stay within driver limits
+
+
+def chunks(seq: Sequence, n: int = CHUNK) -> Iterable[Sequence]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+@dataclass
+class Ctx:
+    conn: Connection
+    is_postgres: bool
+    params: Params
+    leaf_class: bool = False
+    # A LeafClass answer above this many objects is refused; queries may stop early past it.
+    max_results: int | None = None
+
+    @property
+    def level(self) -> int:
+        return self.params.metadata_level
+
+
+@dataclass
+class Found:
+    """What a query selected: registry objects with their patient, then associations, in answer order."""
+
+    objects: list[tuple[str, str | None]] = field(default_factory=list)
+    associations: list[str] = field(default_factory=list)
+    # Rows already holding (status, lid, version, xml) of DocumentEntries, by id.
+    stored: dict = field(default_factory=dict)
+
+    def add_objects(self, rows: Iterable) -> None:
+        seen = {i for i, _ in self.objects}
+        for r in rows:
+            if r[0] not in seen:
+                seen.add(r[0])
+                self.objects.append((r[0], r[1]))
+
+    def add_associations(self, ids: Iterable[str]) -> None:
+        seen = set(self.associations)
+        for i in ids:
+            if i not in seen:
+                seen.add(i)
+                self.associations.append(i)
+
+    @property
+    def count(self) -> int:
+        return len(self.objects) + len(self.associations)
+
+
+# --- visibility by $MetadataLevel --------------------------------------------------------------
+# ITI-18 (Metadata Update): at level 1 the registry hides versions that are not the latest,
+# Offline DocumentEntries, Deprecated Folders and Deprecated Associations; level 2 hides nothing.
+
+_newer = O.alias("newer")
+
+
+def latest_version(o=O) -> ColumnElement:
+    return ~exists(select(_newer.c.id).where(_newer.c.lid == o.c.lid, _newer.c.version > o.c.version))
+
+
+def needs_latest_check(statuses: Sequence[str] | None) -> bool:
+    # ITI-57 deprecates every superseded version, so an Approved-only filter already keeps
+    # latest versions alone; the extra probe is paid only when other statuses are asked for.
+    return statuses is None or any(s != C.STATUS_APPROVED for s in statuses)
+
+
+def de_visible(ctx: Ctx, statuses: Sequence[str] | None = None, o=O, d=D) -> list[ColumnElement]:
+    if ctx.level != 1:
+        return []
+    out = [or_(d.c.availability.is_(None), d.c.availability != C.AVAILABILITY_OFFLINE)]
+    if needs_latest_check(statuses):
+        out.append(latest_version(o))
+    return out
+
+
+def fd_visible(ctx: Ctx, statuses: Sequence[str] | None = None, o=O) -> list[ColumnElement]:
+    if ctx.level != 1:
+        return []
+    out = [o.c.status != C.STATUS_DEPRECATED]
+    if needs_latest_check(statuses):
+        out.append(latest_version(o))
+    return out
+
+
+def association_statuses(params: Params) -> list[str] | None:
+    """Association statuses to keep; None keeps all."""
+    given = params.get(ASSOCIATION_STATUS)
+    if params.metadata_level == 1:
+        return [s for s in (given or [C.STATUS_APPROVED]) if s == C.STATUS_APPROVED]
+    return given
+
+
+def assoc_status_filter(params: Params, a=A) -> list[ColumnElement]:
+    statuses = association_statuses(params)
+    return [] if statuses is None else [a.c.status.in_(statuses)]
+
+
+# --- value filters -----------------------------------------------------------------------------
+
+def time_range(col, lo: str | None, hi: str | None) -> list[ColumnElement]:
+    # Strings compare as the toolkit and the profile expect: From inclusive, To exclusive, and a
+    # shorter value orders before every longer value that it prefixes. NULL never matches.
+    out = []
+    if lo is not None:
+        out.append(col >= lo)
+    if hi is not None:
+        out.append(col < hi)
+    return out
+
+
+def has_code(obj_id_col, scheme: str, codes: Sequence[str]) -> ColumnElement:
+    return exists(select(OC.c.object_id).where(OC.c.object_id == obj_id_col, OC.c.scheme == scheme,
+                                               OC.c.code.in_(list(codes))))
+
+
+def code_groups(obj_id_col, scheme: str, groups: Sequence[Sequence[str]] | None) -> list[ColumnElement]:
+    """AND across Slots, OR inside one Slot."""
+    return [has_code(obj_id_col, scheme, g) for g in (groups or [])]
+
+
+def like_value(is_postgres: bool, pattern: str) -> str:
+    """The author pattern as the backend's case-sensitive matcher expects it.
+
+    SQL LIKE semantics (`%` any string, `_` one character) on both backends: PostgreSQL's LIKE
+    with backslash as escape character (a literal backslash is doubled); SQLite's LIKE ignores
+    ASCII case, so there the pattern is rewritten for GLOB, whose specials are bracketed."""
+    if is_postgres:
+        return pattern.replace("\\", "\\\\")
+    out = []
+    for ch in pattern:
+        if ch == "%":
+            out.append("*")
+        elif ch == "_":
+            out.append("?")
+        elif ch in "*?[":
+            out.append(f"[{ch}]")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def like_clause(is_postgres: bool, col, value) -> ColumnElement:
+    """`value` is a like_value() result or a bind parameter that will carry one."""
+    if is_postgres:
+        return col.like(value, escape="\\")
+    return col.op("GLOB")(value)
+
+
+def like_pattern(ctx: Ctx, col, pattern: str) -> ColumnElement:
+    return like_clause(ctx.is_postgres, col, like_value(ctx.is_postgres, pattern))
+
+
+def author_matches(ctx: Ctx, obj_id_col, patterns: Sequence[str]) -> ColumnElement:
+    return exists(select(AU.c.object_id).where(AU.c.object_id == obj_id_col,
+                                               or_(*[like_pattern(ctx, AU.c.person, p) for p in patterns])))
+
+
+def entry_type_filter(ctx: Ctx, d=D) -> ColumnElement:
+    # Without $XDSDocumentEntryType only stable entries are answered (ITI-18, On-Demand Documents).
+    return d.c.entry_type.in_(ctx.params.get("$XDSDocumentEntryType") or [C.OBJECT_TYPE_STABLE])
+
+
+def content_filters(ctx: Ctx, o=O, d=D) -> list[ColumnElement]:
+    """formatCode / confidentialityCode / entry type, as GetAll and the *AndContents queries take them."""
+    p = ctx.params
+    out: list[ColumnElement] = []
+    if p.has("$XDSDocumentEntryFormatCode"):
+        out.append(d.c.format_code.in_(p.get("$XDSDocumentEntryFormatCode")))
+    out += code_groups(o.c.id, C.DE_CONFIDENTIALITY_CODE, p.get("$XDSDocumentEntryConfidentialityCode"))
+    out.append(entry_type_filter(ctx, d))
+    return out
+
+
+def de_select(*where: ColumnElement):
+    return (select(O.c.id, O.c.patient_id).select_from(O.join(D, D.c.id == O.c.id))
+            .where(O.c.kind == S.KIND_DOCUMENT_ENTRY, *where).order_by(O.c.seq))
+
+
+def obj_select(kind: str, *where: ColumnElement):
+    return select(O.c.id, O.c.patient_id).where(O.c.kind == kind, *where).order_by(O.c.seq)
+
+
+def rows_in(ctx: Ctx, make_stmt, ids: Sequence[str]) -> list:
+    """Run a statement built around an IN-list of ids, chunked."""
+    out = []
+    for part in chunks(list(dict.fromkeys(ids))):
+        out += ctx.conn.execute(make_stmt(list(part))).all()
+    return out
+
+
+def associations_touching(ctx: Ctx, ids: Sequence[str], *where: ColumnElement) -> list:
+    """Associations whose source or target is one of ids: (id, type, source, target) rows in seq order."""
+    rows = {}
+    for part in chunks(list(dict.fromkeys(ids))):
+        part = list(part)
+        # Two index-driven lookups rather than one OR, which some planners turn into a scan.
+        for col in (A.c.source, A.c.target):
+            stmt = select(A.c.id, A.c.type, A.c.source, A.c.target, A.c.seq).where(col.in_(part), *where)
+            for r in ctx.conn.execute(stmt):
+                rows[r.id] = r
+    return sorted(rows.values(), key=lambda r: r.seq)
+
