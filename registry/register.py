@@ -13,7 +13,7 @@ from lxml import etree
 
 from xds import constants as C
 from xds import errors as E
-from xds.ebrim import assign_uuids, is_uuid_urn, new_uuid, parse_submission
+from xds.ebrim import assign_uuids, nest_loose_classifications, new_uuid, parse_submission
 from xds.errors import ErrorList, XdsError, XdsException
 from xds.model import Association, DocumentEntry, Folder, RegistryObject, Submission, SubmissionSet
 from xds.validation import validate_submission
@@ -49,6 +49,7 @@ def register(store: RegistryStore, request: etree._Element, config: RegistryConf
 
     submitted_uuids = [o.id for o in sub.objects if o.id.startswith("urn:uuid:")]
     assign_uuids(sub)
+    nest_loose_classifications(sub)
     with store.transaction() as conn:
         _Registration(store, conn, sub, config, submitted_uuids).run()
     return warnings + found.warnings

@@ -321,3 +321,22 @@ def test_concurrent_submissions_of_one_unique_id_with_different_hashes(db_url):
     hashes = {d.hash for d in rows(store, S.doc_entry)}
     assert len(hashes) == 1  # whichever came first, the other hash never got in
     assert results.count("ok") == 2 and results.count(E.NON_IDENTICAL_HASH) == 2
+
+
+def test_package_markers_are_stored_inside_their_packages(db_url):
+    pid = new_pid()
+    store = make_store(db_url, pid)
+    submit(store, builder.simple_submission(pid, 1, folder_too=True))
+    for o in rows(store, S.registry_object):
+        if o.kind in ("SS", "FD"):
+            el = etree.fromstring(o.xml)
+            nodes = [c.get("classificationNode") for c in el.findall(f"{{{C.NS_RIM}}}Classification")]
+            wanted = C.SS_CLASSIFICATION_NODE if o.kind == "SS" else C.FOLDER_CLASSIFICATION_NODE
+            assert wanted in nodes
+            marker = [c for c in el.findall(f"{{{C.NS_RIM}}}Classification")
+                      if c.get("classificationNode") == wanted][0]
+            assert marker.get("classifiedObject") == o.id
+            # ebRIM order: Classifications come before ExternalIdentifiers
+            tags = [etree.QName(c).localname for c in el]
+            assert tags.index("Classification") < tags.index("ExternalIdentifier")
+            assert max(i for i, t in enumerate(tags) if t == "Classification") < tags.index("ExternalIdentifier")

@@ -744,15 +744,18 @@ def test_home_community_id(home, ok):
         expect(errors, META, DE, "home")
 
 
-@pytest.mark.parametrize("damage", ["no LocalizedString", "no value"])
-def test_localized_string_structure(damage):
+def test_localized_string_without_value_is_refused():
     req = make()
     ls = el(req, SS).find(f"{rim('Name')}/{rim('LocalizedString')}")
-    if damage == "no value":
-        del ls.attrib["value"]
-    else:
-        remove(ls)
+    del ls.attrib["value"]
     expect(run(req), META, SS, "Name")
+
+
+def test_empty_name_and_description_are_valid_ebrim():
+    req = make()
+    remove(el(req, SS).find(f"{rim('Name')}/{rim('LocalizedString')}"))
+    etree.SubElement(el(req, DE), rim("Description"))
+    clean(run(req))
 
 
 # --- top-level classifications and packages -------------------------------------------------------------

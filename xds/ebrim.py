@@ -112,6 +112,23 @@ def assign_uuids(sub: Submission) -> dict[str, str]:
     return mapping
 
 
+def nest_loose_classifications(sub: Submission) -> None:
+    """Move top-level Classifications (the SubmissionSet and Folder markers) into the package they
+    classify, so that the stored object carries them and a query answer says what each package is."""
+    by_id = {o.id: o for o in sub.objects if isinstance(o, (SubmissionSet, Folder))}
+    kept = []
+    for c in sub.loose_classifications:
+        owner = by_id.get(c.classified_object or "")
+        if owner is None:
+            kept.append(c)
+            continue
+        el = owner.element
+        pos = next((i for i, child in enumerate(el) if child.tag == rim("ExternalIdentifier")), len(el))
+        el.insert(pos, c.element)  # lxml moves the element out of the RegistryObjectList
+        owner.classifications.append(c)
+    sub.loose_classifications = kept
+
+
 # --- responses ------------------------------------------------------------------------
 
 def _error_list(parent: etree._Element, errors: Iterable[XdsError]) -> None:

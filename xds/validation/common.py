@@ -102,10 +102,9 @@ def _check_localized(report: Report, element: etree._Element, where: str) -> Non
         holder = element.find(_rim(tag))
         if holder is None:
             continue
-        strings = holder.findall(_rim("LocalizedString"))
-        if not strings:
-            report(f"{where}{tag}", "has no LocalizedString")
-        for ls in strings:
+        # ebRIM's InternationalStringType allows zero LocalizedStrings: an empty Name or
+        # Description is valid (the NIST test metadata sends <rim:Description/>).
+        for ls in holder.findall(_rim("LocalizedString")):
             if ls.get("value") is None:
                 report(f"{where}{tag}", "has a LocalizedString without a value attribute")
 

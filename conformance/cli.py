@@ -1,0 +1,103 @@
+"""`xds conformance run …` (also `python -m conformance run …`): NIST test plans against any
+XDS.b registry/repository."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import report, report_html
+from .context import DEFAULT_ASSIGNING_AUTHORITY, RunConfig
+from .results import RunResult
+from .runner import Runner
+from .testkit import TestKit
+from .transactions import Endpoints, parse_hostport
+
+DEFAULT_COLLECTIONS = ("reg", "rep")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--testkit", required=True, metavar="DIR",
+                   help="the NIST test kit (the toolkitx folder, its testkit/ folder or testkit/tests/)")
+    p.add_argument("--registry", metavar="URL", help="registry endpoint (ITI-42, ITI-18, ITI-57, ITI-62 …)")
+    p.add_argument("--repository", metavar="URL", help="repository endpoint (ITI-41, ITI-43, ITI-86)")
+    p.add_argument("--repository-id", metavar="OID", help="the repository's repositoryUniqueId")
+    p.add_argument("--mllp", metavar="HOST:PORT",
+                   help="the SUT's ITI-8 patient identity feed; without it feeds are bypassed and the "
+                        "patient ids to register by hand are printed")
+    p.add_argument("--collection", action="append", metavar="TAG",
+                   help="collection tag from collections.txt: reg, rep, reg_mu, reg_rm, rep_rd … (repeatable; "
+                        "default reg and rep unless --test is given)")
+    p.add_argument("--test", action="append", nargs="+", metavar="ID", help="test id(s) to run")
+    p.add_argument("--report-dir", default="conformance-report", metavar="DIR",
+                   help="where junit.xml and report.html go (default ./conformance-report)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each reply (default 60)")
+    p.add_argument("--assigning-authority", default=DEFAULT_ASSIGNING_AUTHORITY, metavar="OID",
+                   help="assigning authority of the patient ids the harness makes up")
+    p.add_argument("--home-community-id", metavar="URN", help="value for $homeCommunityId$")
+    p.add_argument("--list", action="store_true", help="list the selected tests and exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the closing line")
+
+
+def selected_tests(kit: TestKit, collections: list[str] | None, tests: list[list[str]] | None) -> list[str]:
+    chosen: list[str] = []
+    for group in tests or []:
+        chosen.extend(group)
+    if collections or not chosen:
+        for tag in collections or DEFAULT_COLLECTIONS:
+            chosen.extend(kit.collection(tag))
+    return list(dict.fromkeys(chosen))
+
+
+def execute(args: argparse.Namespace, out=None) -> tuple[RunResult, int]:
+    out = out or sys.stdout
+    kit = TestKit(args.testkit)
+    ids = selected_tests(kit, args.collection, args.test)
+    if args.list:
+        for t in ids:
+            case = kit.test(t) if kit.has(t) else None
+            print(f"{t}\t{' '.join(case.collections) if case else '?'}\t{case.title if case else 'not in the kit'}",
+                  file=out)
+        return RunResult(), 0
+    endpoints = Endpoints(args.registry, args.repository,
+                          parse_hostport(args.mllp) if args.mllp else None, args.timeout)
+    config = RunConfig(endpoints, args.repository_id, kit.source_id, args.assigning_authority,
+                       args.home_community_id)
+    progress = None if args.quiet else (lambda line: print(line, file=out, flush=True))
+    run = Runner(kit, config, progress).run(ids)
+    write_reports(run, args.report_dir)
+    if not args.quiet:
+        print(report.text_listing(run), file=out)
+        print(f"reports: {os.path.join(args.report_dir, 'report.html')}, "
+              f"{os.path.join(args.report_dir, 'junit.xml')}", file=out)
+    print(run.summary_line(), file=out, flush=True)
+    return run, (1 if run.count("failed") else 0)
+
+
+def write_reports(run: RunResult, directory: str) -> None:
+    report.write_junit(run, os.path.join(directory, "junit.xml"))
+    report_html.write_html(run, os.path.join(directory, "report.html"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="xds conformance", description=__doc__)
+    sub = parser.add_subparsers(dest="conformance_command", required=True)
+    add_arguments(sub.add_parser("run", help="run test plans against an endpoint"))
+    args = parser.parse_args(argv)
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if not args.list and not (args.registry or args.repository):
+        print("xds conformance: give --registry and/or --repository", file=sys.stderr)
+        return 2
+    try:
+        _, code = execute(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"xds conformance: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
