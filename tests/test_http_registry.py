@@ -144,13 +144,13 @@ def raw_exchange(server, head: bytes, body: bytes) -> bytes:
     try:
         s.sendall(head + body)
         s.shutdown(socket.SHUT_WR)
-    except (BrokenPipeError, ConnectionResetError):
+    except OSError:
         pass  # the server may answer and close before reading all we send; its answer is still readable
     data = b""
     try:
         while chunk := s.recv(65536):
             data += chunk
-    except ConnectionResetError:
+    except OSError:
         pass
     s.close()
     return data

@@ -62,7 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repository-id", help="the repositoryUniqueId holding the document")
     p.add_argument("-o", "--output", help="output file, '-' for stdout (default: the uniqueId)")
 
+    p = sub.add_parser("conformance", help="run NIST XDS test kit plans against any registry/repository")
+    from conformance.cli import add_arguments as conformance_arguments
+
+    conformance_arguments(p.add_subparsers(dest="conformance_command", required=True)
+                          .add_parser("run", help="run test plans and write JUnit and HTML reports"))
+
     args = parser.parse_args(argv)
+    if args.command == "conformance":
+        from conformance.cli import run_command
+
+        return run_command(args)
     try:
         s = _settings(args)
     except (ValueError, OSError) as exc:

@@ -25,6 +25,7 @@ class Settings:
     registry_url: str | None = None      # remote registry for a repository-only process
     registry_timeout: int = 30           # seconds the repository waits for the registry's ITI-42 answer
     repository_db: str | None = None     # default: the same database as db (tables are prefixed repo_)
+    document_fsync: bool = True          # fsync each stored document; off only where the storage is made durable otherwise
     max_request_bytes: int = 64 * 1024 * 1024
     max_document_bytes: int = 4 * 1024 ** 3
     threads: int = 16

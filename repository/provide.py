@@ -1,0 +1,275 @@
+"""ITI-41 Provide and Register Document Set-b: the repository's whole handling of one request.
+
+Documents are checked against their metadata, staged, and made retrievable only after the
+registry has answered Success to the ITI-42 we send it; any other outcome leaves nothing behind.
+"""
+from __future__ import annotations
+
+import binascii
+import logging
+import os
+from dataclasses import dataclass
+
+from lxml import etree
+
+from xds import constants as C
+from xds import errors as E
+from xds import mtom
+from xds.ebrim import parse_submission
+from xds.errors import ErrorList, XdsError, XdsException
+from xds.model import DocumentEntry
+from xds.validation import validate_submission
+from .blobs import BlobStore, Staged
+from .forward import RegistryLink
+from .store import DocumentRow, RepositoryStore
+
+log = logging.getLogger(__name__)
+
+PNR_TAG = C.q(C.NS_XDSB, "ProvideAndRegisterDocumentSetRequest")
+DOCUMENT_TAG = C.q(C.NS_XDSB, "Document")
+_XOP_INCLUDE = C.q(C.NS_XOP, "Include")
+_BASE64_STEP = 1024 * 1024  # characters decoded at a time
+_WHITESPACE = b" \t\r\n"
+
+
+@dataclass
+class _Content:
+    """One xdsb:Document: where its bytes are, and their SHA-1 and size once known."""
+
+    id: str
+    attachment: mtom.Attachment | None = None
+    staged: Staged | None = None
+
+    @property
+    def sha1(self) -> str:
+        return self.staged.sha1 if self.staged else self.attachment.sha1
+
+    @property
+    def size(self) -> int:
+        return self.staged.size if self.staged else self.attachment.size
+
+
+class Provide:
+    def __init__(self, blobs: BlobStore, store: RepositoryStore, registry: RegistryLink, repository_id: str,
+                 max_document_bytes: int):
+        self.blobs = blobs
+        self.store = store
+        self.registry = registry
+        self.repository_id = repository_id
+        self.max_document_bytes = max_document_bytes
+
+    def __call__(self, body: etree._Element, message: mtom.MtomMessage | None) -> list[XdsError]:
+        """Returns the warnings of a Success; raises XdsException otherwise."""
+        if body.tag != PNR_TAG:
+            raise XdsException(E.REPOSITORY_ERROR, f"expected xdsb:ProvideAndRegisterDocumentSetRequest, "
+                               f"got {etree.QName(body).localname}", "Body")
+        staged: list[Staged] = []
+        try:
+            return self._run(body, message, staged)
+        finally:
+            # Whatever is still listed was neither committed nor dropped: a failure on the way.
+            for s in staged:
+                self.blobs.discard(s)
+
+    def _run(self, body, message, staged: list[Staged]) -> list[XdsError]:
+        contents = self._read_documents(body, message, staged)
+        sub = parse_submission(body)
+        errors = ErrorList(E.REPOSITORY_METADATA_ERROR)
+        # The validator's codes stay as they are: a Document Source reads them like a registry's.
+        errors.items += validate_submission(sub, "provide").items
+        pairs = self._match(sub.document_entries, contents, errors)
+        self._check_unique_ids(pairs, errors)
+        for de, content in pairs:
+            self._check_content(de, content, errors)
+        errors.raise_if_errors()
+
+        stored = self.store.get_many(de.unique_id for de, _ in pairs if de.unique_id)
+        self._check_stored(pairs, stored, errors)
+        errors.raise_if_errors()
+
+        for de, content in pairs:
+            self._fill_slots(de, content)
+        self._stage_attachments(pairs, message, staged)
+        warnings = self.registry.register(sub.request)
+        self._commit(pairs, stored, staged)
+        return warnings + errors.warnings
+
+    def _stage_attachments(self, pairs, message, staged: list[Staged]) -> None:
+        uses: dict[str, int] = {}
+        for _, content in pairs:
+            if content.staged is None:
+                uses[content.attachment.path] = uses.get(content.attachment.path, 0) + 1
+        for _, content in pairs:
+            if content.staged is not None:
+                continue
+            att = content.attachment
+            # Documents may share a MIME part: copies first, and the last user takes the file over.
+            uses[att.path] -= 1
+            content.staged = self.blobs.stage(att.path, sha1=att.sha1, size=att.size, move=uses[att.path] == 0)
+            staged.append(content.staged)
+            if message is not None and not os.path.exists(att.path):
+                # Taken over: the spool's cleanup must not unlink a name another request may reuse.
+                message.parts.pop(att.cid, None)
+
+    # --- reading the Documents ------------------------------------------------------------
+    def _read_documents(self, body, message, staged: list[Staged]) -> dict[str, _Content]:
+        attachments = mtom.resolve_xop(body, message) if message is not None else {}
+        contents: dict[str, _Content] = {}
+        problems = ErrorList(E.REPOSITORY_ERROR)
+        for el in body.iterchildren(DOCUMENT_TAG):
+            ident = (el.get("id") or "").strip()
+            if not ident:
+                problems.add("an xdsb:Document has no id attribute, so no DocumentEntry can describe it", "Document")
+                continue
+            if ident in contents:
+                problems.add(f"two xdsb:Document elements have id {ident}", ident)
+                continue
+            att = attachments.get(el)
+            if att is not None:
+                contents[ident] = _Content(ident, attachment=att)
+            elif el.find(_XOP_INCLUDE) is not None:
+                problems.add(f"Document {ident} holds an xop:Include but the request is not MTOM", ident)
+            else:
+                content = _Content(ident, staged=self._stage_inline(ident, el.text or ""))
+                staged.append(content.staged)
+                contents[ident] = content
+        problems.raise_if_errors()
+        return contents
+
+    def _stage_inline(self, ident: str, text: str) -> Staged:
+        return self.blobs.stage(_decode_base64(text, ident, self.max_document_bytes), move=False)
+
+    # --- checks ---------------------------------------------------------------------------
+    def _match(self, entries: list[DocumentEntry], contents: dict[str, _Content],
+               errors: ErrorList) -> list[tuple[DocumentEntry, _Content]]:
+        stable = {de.id: de for de in entries if de.object_type == C.OBJECT_TYPE_STABLE}
+        pairs = []
+        for de_id, de in stable.items():
+            content = contents.get(de_id)
+            if content is None:
+                errors.add(f"DocumentEntry '{de_id}' (uniqueId {de.unique_id}) has no xdsb:Document with "
+                           f"id {de_id} in the request", de_id, E.MISSING_DOCUMENT)
+            else:
+                pairs.append((de, content))
+        for ident in contents:
+            if ident not in stable:
+                errors.add(f"xdsb:Document '{ident}' has no stable DocumentEntry with id {ident} in the metadata",
+                           ident, E.MISSING_DOCUMENT_METADATA)
+        return pairs
+
+    def _check_unique_ids(self, pairs, errors: ErrorList) -> None:
+        if any(e.code == E.REPOSITORY_DUPLICATE_UNIQUE_ID_IN_MESSAGE for e in errors.items):
+            return  # the validator has said it already
+        seen: dict[str, str] = {}
+        for de, _ in pairs:
+            uid = de.unique_id
+            if uid and uid in seen:
+                errors.add(f"DocumentEntries '{seen[uid]}' and '{de.id}' both have uniqueId {uid}", uid,
+                           E.REPOSITORY_DUPLICATE_UNIQUE_ID_IN_MESSAGE)
+            elif uid:
+                seen[uid] = de.id
+
+    def _check_content(self, de: DocumentEntry, content: _Content, errors: ErrorList) -> None:
+        label = f"DocumentEntry '{de.id}' (uniqueId {de.unique_id})"
+        given_size = de.slot1("size")
+        if given_size is not None and given_size.strip().isdigit() and int(given_size) != content.size:
+            errors.add(f"{label} has size {given_size.strip()} but its document is {content.size} bytes",
+                       de.id, E.REPOSITORY_METADATA_ERROR)
+        given_hash = de.slot1("hash")
+        if given_hash is not None and given_hash.strip().lower() != content.sha1:
+            errors.add(f"{label} has hash {given_hash.strip()} but its document's SHA-1 is {content.sha1}",
+                       de.id, E.REPOSITORY_METADATA_ERROR)
+        given_repo = de.slot1("repositoryUniqueId")
+        if given_repo is not None and given_repo.strip() != self.repository_id:
+            errors.add(f"{label} has repositoryUniqueId {given_repo.strip()} but this repository is "
+                       f"{self.repository_id}", de.id, E.REPOSITORY_METADATA_ERROR)
+
+    @staticmethod
+    def _check_stored(pairs, stored: dict[str, DocumentRow], errors: ErrorList) -> None:
+        for de, content in pairs:
+            row = stored.get(de.unique_id)
+            if row is not None and row.hash.lower() != content.sha1:
+                errors.add(f"DocumentEntry '{de.id}': a document with uniqueId {de.unique_id} is already stored "
+                           f"here with hash {row.hash}, this one has hash {content.sha1}", de.unique_id,
+                           E.NON_IDENTICAL_HASH)
+
+    # --- metadata for the registry ------------------------------------------------------------
+    def _fill_slots(self, de: DocumentEntry, content: _Content) -> None:
+        given_hash = de.slot1("hash")
+        # A hash that matched is kept exactly as sent (upper case included): it is the source's metadata.
+        _set_slot(de.element, "hash", given_hash.strip() if given_hash else content.sha1)
+        _set_slot(de.element, "size", str(content.size))
+        _set_slot(de.element, "repositoryUniqueId", self.repository_id)
+
+    # --- after the registry's Success -------------------------------------------------------
+    def _commit(self, pairs, stored: dict[str, DocumentRow], staged: list[Staged]) -> None:
+        rows = []
+        for de, content in pairs:
+            uid = de.unique_id
+            # Unlisted first: a staging name set free by commit could be reused by another request.
+            staged.remove(content.staged)
+            if uid in stored:
+                # Same uniqueId, same hash: the stored copy is this document already.
+                self.blobs.discard(content.staged)
+                continue
+            try:
+                location = self.blobs.commit(content.staged, uid)
+            except BaseException:
+                self.blobs.discard(content.staged)
+                raise
+            rows.append(DocumentRow(uid, content.sha1, content.size, de.mime_type or "application/octet-stream",
+                                    location, self.repository_id))
+        try:
+            self.store.add(rows)
+        except Exception:
+            # The registry already holds the metadata; say loudly which documents lost their rows.
+            log.error("registered documents %s could not be recorded in the repository database",
+                      [r.unique_id for r in rows])
+            raise
+
+
+def _set_slot(element: etree._Element, name: str, value: str) -> None:
+    rim = C.NS_RIM
+    for s in element.iterchildren(C.q(rim, "Slot")):
+        if s.get("name") == name:
+            for vl in s.findall(C.q(rim, "ValueList")):
+                s.remove(vl)
+            break
+    else:
+        s = etree.Element(C.q(rim, "Slot"), name=name)
+        # ebRIM puts every Slot before Name, Description and the rest; keep the schema order.
+        slots = list(element.iterchildren(C.q(rim, "Slot")))
+        index = element.index(slots[-1]) + 1 if slots else 0
+        element.insert(index, s)
+    vl = etree.SubElement(s, C.q(rim, "ValueList"))
+    etree.SubElement(vl, C.q(rim, "Value")).text = value
+
+
+def _decode_base64(text: str, ident: str, limit: int):
+    """Decoded blocks of an inline Document, a slice at a time so a copy of the whole never exists."""
+    pending = b""
+    total = 0
+    for i in range(0, len(text), _BASE64_STEP):
+        try:
+            data = pending + text[i:i + _BASE64_STEP].encode("ascii").translate(None, _WHITESPACE)
+        except UnicodeEncodeError:
+            raise XdsException(E.REPOSITORY_ERROR, f"Document {ident} holds text that is not base64", ident) from None
+        cut = len(data) - len(data) % 4
+        pending = data[cut:]
+        if cut:
+            block = _a2b(data[:cut], ident)
+            total += len(block)
+            if total > limit:
+                raise XdsException(E.REPOSITORY_ERROR, f"Document {ident} is larger than the limit of {limit} "
+                                   "bytes", ident)
+            yield block
+    if pending:
+        raise XdsException(E.REPOSITORY_ERROR, f"Document {ident} is not valid base64: its length is not a "
+                           "multiple of 4", ident)
+
+
+def _a2b(data: bytes, ident: str) -> bytes:
+    try:
+        return binascii.a2b_base64(data, strict_mode=True)
+    except binascii.Error as exc:
+        raise XdsException(E.REPOSITORY_ERROR, f"Document {ident} is not valid base64: {exc}", ident) from None

@@ -1,0 +1,298 @@
+"""The client side of ITI-41 and ITI-43, for `xds submit` and `xds retrieve`.
+
+Both directions stream: files are read in chunks while the request is sent, and a retrieved
+document goes from the socket to a spool file beside the output, then is renamed into place.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as _dt
+import http.client
+import mimetypes
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from lxml import etree
+
+from xds import builder
+from xds import constants as C
+from xds import mtom, soap
+from xds.client import SoapClient
+from xds.ebrim import read_response_errors
+from xds.errors import XdsError
+
+REPOSITORY_PATH = "/xds/repository"
+PROGRESS_FROM = 8 * 1024 * 1024  # smaller transfers finish before a progress line would help
+
+
+def endpoint_url(url: str) -> str:
+    """Accept a bare http://host:port and add the repository path."""
+    parts = urlsplit(url)
+    return url if parts.path not in ("", "/") else url.rstrip("/") + REPOSITORY_PATH
+
+
+class Progress:
+    """A percentage line on stderr, redrawn in place at most once per percent."""
+
+    def __init__(self, label: str, total: int | None, stream=None):
+        self.label = label
+        self.total = total
+        self.done = 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = bool(total and total >= PROGRESS_FROM)
+        self.shown = -1
+        self.started = time.monotonic()
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        pct = min(100, self.done * 100 // self.total)
+        if pct != self.shown:
+            self.shown = pct
+            rate = self.done / max(time.monotonic() - self.started, 1e-6) / 1e6
+            self.stream.write(f"\r{self.label}: {pct:3d}% of {self.total / 1e6:.1f} MB ({rate:.1f} MB/s)")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.shown >= 0:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class _CountingReader:
+    """A file-like wrapper that reports every block read to a Progress."""
+
+    def __init__(self, inner, progress: Progress):
+        self.inner = inner
+        self.progress = progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.inner.read(n)
+        self.progress.add(len(data))
+        return data
+
+
+@dataclass
+class TransferResult:
+    status: str
+    errors: list[XdsError] = field(default_factory=list)
+    unique_ids: list[tuple[str, str]] = field(default_factory=list)  # (file, uniqueId)
+    mime_type: str | None = None
+    size: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == C.RESPONSE_SUCCESS
+
+
+def _dtm(path: str) -> str:
+    ts = _dt.datetime.fromtimestamp(os.path.getmtime(path), _dt.timezone.utc)
+    return ts.strftime("%Y%m%d%H%M%S")
+
+
+def guess_mime(path: str) -> str:
+    return mimetypes.guess_type(path)[0] or "application/octet-stream"
+
+
+def provide_and_register(submit_objects: etree._Element, documents: dict[str, bytes | str],
+                         inline: bool = False, content_types: dict[str, str] | None = None):
+    """Wrap an lcm:SubmitObjectsRequest into an ITI-41 request.
+
+    documents maps a Document id (the DocumentEntry's id) to its bytes or a file path. With
+    inline=False each Document is an xop:Include and the attachments come back as
+    [(cid, content type, bytes | path)] for SoapClient.call(..., use_mtom=True); with inline=True
+    the bytes are base64 text in the Document and no attachment is needed.
+    """
+    pnr = etree.Element(C.q(C.NS_XDSB, "ProvideAndRegisterDocumentSetRequest"), nsmap={"xdsb": C.NS_XDSB})
+    pnr.append(submit_objects)
+    attachments = []
+    for ident, data in documents.items():
+        doc = etree.SubElement(pnr, C.q(C.NS_XDSB, "Document"), id=ident)
+        if inline:
+            if not isinstance(data, bytes):
+                with open(data, "rb") as f:
+                    data = f.read()
+            doc.text = base64.b64encode(data).decode("ascii")
+            continue
+        cid = mtom.new_cid()
+        mtom.xop_include(doc, cid)
+        attachments.append((cid, (content_types or {}).get(ident, "application/octet-stream"), data))
+    return pnr, attachments
+
+
+def provide_request(patient_id: str, files: list[tuple[str, str]]):
+    """ITI-41 metadata for (path, mimeType) pairs: one SubmissionSet, one DocumentEntry per file.
+
+    Returns the request, its attachments [(cid, mimeType, path)] and the (path, uniqueId) of each entry.
+    """
+    objects = [builder.submission_set(patient_id), builder.submission_set_marker()]
+    unique_ids, documents, types = [], {}, {}
+    for i, (path, mime) in enumerate(files, 1):
+        ident, uid = f"Document{i:02d}", builder.new_oid()
+        objects.append(builder.document_entry(patient_id, id=ident, unique_id=uid, mime_type=mime,
+                                              title=os.path.basename(path)[:128] or "Document",
+                                              creation_time=_dtm(path)))
+        objects.append(builder.association("SubmissionSet01", ident, id=f"ssde{i}"))
+        unique_ids.append((path, uid))
+        documents[ident], types[ident] = path, mime
+    pnr, attachments = provide_and_register(builder.submit_objects_request(objects), documents,
+                                            content_types=types)
+    return pnr, attachments, unique_ids
+
+
+def provide_files(url: str, patient_id: str, paths: list[str], mime: str | None = None,
+                  timeout: float = 600.0, progress_stream=None) -> TransferResult:
+    files = [(p, mime or guess_mime(p)) for p in paths]
+    pnr, parts, unique_ids = provide_request(patient_id, files)
+    client = SoapClient(endpoint_url(url), timeout)
+    writer = mtom.MtomWriter()
+    total = sum(os.path.getsize(p) for p in paths)
+    progress = Progress("sending", total, progress_stream)
+    with contextlib.ExitStack() as stack:
+        for cid, ctype, path in parts:
+            f = stack.enter_context(open(path, "rb"))
+            writer.add_stream(_CountingReader(f, progress), ctype, cid, size=os.path.getsize(path))
+        writer.set_root(client.envelope(C.ACTION_PROVIDE, pnr), soap.CONTENT_TYPE[soap.SOAP12])
+        headers = {"Content-Type": writer.content_type(C.ACTION_PROVIDE),
+                   "Content-Length": str(writer.content_length())}
+        try:
+            reply = client.send_raw(writer.chunks(), headers)
+        finally:
+            progress.close()
+    if reply.mtom is not None:
+        reply.mtom.cleanup()
+    status, errors = _status(reply.envelope.body if reply.envelope is not None else None, reply.status, reply.raw)
+    return TransferResult(status, errors, unique_ids if status == C.RESPONSE_SUCCESS else [])
+
+
+def _status(body, http_status: int, raw: bytes) -> tuple[str, list[XdsError]]:
+    if body is None:
+        return "HTTP " + str(http_status), [XdsError("HTTP", raw[:300].decode("utf-8", "replace"))]
+    if etree.QName(body).localname == "Fault":
+        reason = " ".join(t.strip() for t in body.itertext() if t.strip())
+        return "SOAP Fault", [XdsError("Fault", reason)]
+    rr = body if body.tag == C.q(C.NS_RS, "RegistryResponse") else body.find(C.q(C.NS_RS, "RegistryResponse"))
+    return read_response_errors(rr if rr is not None else body)
+
+
+def retrieve_request(unique_id: str, repository_id: str, home: str | None = None) -> etree._Element:
+    req = etree.Element(C.q(C.NS_XDSB, "RetrieveDocumentSetRequest"), nsmap={"xdsb": C.NS_XDSB})
+    dr = etree.SubElement(req, C.q(C.NS_XDSB, "DocumentRequest"))
+    if home:
+        etree.SubElement(dr, C.q(C.NS_XDSB, "HomeCommunityId")).text = home
+    etree.SubElement(dr, C.q(C.NS_XDSB, "RepositoryUniqueId")).text = repository_id
+    etree.SubElement(dr, C.q(C.NS_XDSB, "DocumentUniqueId")).text = unique_id
+    return req
+
+
+def retrieve_document(url: str, unique_id: str, repository_id: str, out: str, timeout: float = 600.0,
+                      progress_stream=None) -> TransferResult:
+    """Write one document to out ('-' for stdout)."""
+    client = SoapClient(endpoint_url(url), timeout)
+    writer = mtom.MtomWriter()
+    writer.set_root(client.envelope(C.ACTION_RETRIEVE, retrieve_request(unique_id, repository_id)),
+                    soap.CONTENT_TYPE[soap.SOAP12])
+    headers = {"Content-Type": writer.content_type(C.ACTION_RETRIEVE),
+               "Content-Length": str(writer.content_length())}
+    # Spooling beside the output lets the finished part be renamed into place, not copied.
+    spool = os.path.dirname(os.path.abspath(out)) if out != "-" else None
+    parts = urlsplit(client.url)
+    conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = conn_cls(parts.hostname, parts.port, timeout=timeout)
+    message = None
+    try:
+        conn.request("POST", parts.path or "/", body=b"".join(writer.chunks()), headers=headers)
+        resp = conn.getresponse()
+        ctype = resp.getheader("Content-Type", "")
+        length = resp.getheader("Content-Length")
+        if mtom.parse_content_type(ctype)[0] != "multipart/related":
+            raw = resp.read()
+            env = _envelope(raw)
+            status, errors = _status(env.body if env else None, resp.status, raw)
+            return TransferResult(status, errors)
+        progress = Progress("receiving", int(length) if length else None, progress_stream)
+        try:
+            message = mtom.read_multipart(_CountingReader(resp, progress), ctype, spool or client.spool_dir,
+                                          max_part_bytes=1 << 42, max_total_bytes=1 << 43,
+                                          content_length=int(length) if length else None)
+        finally:
+            progress.close()
+        env = _envelope(message.root)
+        if env is None:
+            return TransferResult("HTTP " + str(resp.status), [XdsError("HTTP", "no SOAP envelope in the answer")])
+        status, errors = _status(env.body, resp.status, message.root)
+        found = mtom.resolve_xop(env.body, message)
+        for dr in env.body.iterchildren(C.q(C.NS_XDSB, "DocumentResponse")):
+            doc = dr.find(C.q(C.NS_XDSB, "Document"))
+            att = found.get(doc)
+            if att is None or (dr.findtext(C.q(C.NS_XDSB, "DocumentUniqueId")) or "").strip() != unique_id:
+                continue
+            if out == "-":
+                with open(att.path, "rb") as f:
+                    shutil.copyfileobj(f, sys.stdout.buffer, 1024 * 1024)
+                sys.stdout.buffer.flush()
+            else:
+                os.replace(att.path, out)
+            mime = (dr.findtext(C.q(C.NS_XDSB, "mimeType")) or "").strip()
+            return TransferResult(status, errors, mime_type=mime, size=att.size)
+        return TransferResult(status, errors)
+    finally:
+        conn.close()
+        if message is not None:
+            message.cleanup()
+
+
+def _envelope(raw: bytes):
+    try:
+        return soap.parse_envelope(raw, understood={f"{{{C.NS_WSA}}}RelatesTo"})
+    except Exception:
+        return None
+
+
+# --- the `xds submit` and `xds retrieve` commands ------------------------------------------------
+
+def _print_errors(errors: list[XdsError]) -> None:
+    for e in errors:
+        level = "error" if e.is_error else "warning"
+        print(f"  {level}: {e.code}: {e.message}" + (f" [{e.location}]" if e.location else ""), file=sys.stderr)
+
+
+def submit_command(args, settings) -> int:
+    url = args.url or f"http://{settings.host}:{settings.port}"
+    for p in args.files:
+        if not os.path.isfile(p):
+            print(f"xds: {p} is not a file", file=sys.stderr)
+            return 2
+    try:
+        result = provide_files(url, args.patient, args.files, args.mime)
+    except Exception as exc:  # a CLI answers with one line, not a trace
+        print(f"xds: submit to {url} failed: {exc}", file=sys.stderr)
+        return 1
+    print(result.status.rsplit(":", 1)[-1])
+    _print_errors(result.errors)
+    for path, uid in result.unique_ids:
+        print(f"{uid}\t{path}")
+    return 0 if result.ok else 1
+
+
+def retrieve_command(args, settings) -> int:
+    url = args.url or f"http://{settings.host}:{settings.port}"
+    out = args.output or args.unique_id
+    try:
+        result = retrieve_document(url, args.unique_id, args.repository_id or settings.repository_id, out)
+    except Exception as exc:
+        print(f"xds: retrieve from {url} failed: {exc}", file=sys.stderr)
+        return 1
+    _print_errors(result.errors)
+    if result.size is None:
+        print(f"xds: {args.unique_id} was not retrieved ({result.status.rsplit(':', 1)[-1]})", file=sys.stderr)
+        return 1
+    if out != "-":
+        print(f"{out}\t{result.size} bytes\t{result.mime_type}")
+    return 0
