@@ -14,3 +14,10 @@ class RegistryConfig:
     keep_extra_metadata: bool = True
     # Validation profile: "ihe" (the IHE rules alone) or a national one such as "dmp".
     profile: str = "ihe"
+    # Accept ITI-42 only from repositories in the directory, identified by their TLS client
+    # certificate subject, and only for their own repositoryUniqueIds.
+    require_known_repositories: bool = False
+    # Answer ITI-43 on the registry endpoint by forwarding to the repository hosts in the directory.
+    route_retrieve: bool = True
+    # Seconds to wait for a repository host when forwarding ITI-43.
+    forward_timeout: float = 30.0

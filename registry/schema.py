@@ -123,6 +123,16 @@ patient = Table(
     Column("merged_into", String(256)),
 )
 
+# The repository hosts this registry knows: where ITI-43 for a repositoryUniqueId is forwarded,
+# and which client certificate subject may register documents for it.
+repository_directory = Table(
+    "repository_directory", metadata,
+    Column("repository_unique_id", String(64), primary_key=True),
+    Column("retrieve_url", String(1024), nullable=False),
+    Column("cert_subject", String(1024)),
+    Index("ix_repository_directory_subject", "cert_subject"),
+)
+
 # A single-row counter for registration order; portable across SQLite and PostgreSQL.
 counter = Table(
     "reg_counter", metadata,

@@ -1,12 +1,20 @@
 """The registry actor: its SOAP operations and its patient identity feed."""
 from __future__ import annotations
 
+import logging
+
+
 from xds import constants as C
+from xds import errors as E
 from xds.app import Endpoint, Operation, SoapRequest, SoapResponse
 from xds.ebrim import adhoc_query_response, registry_response
+from xds.errors import XdsException
+from xds.tls import peer_subject
 from .config import RegistryConfig
 from .register import register
 from .store import RegistryStore
+
+log = logging.getLogger(__name__)
 
 
 class FeedPatients:
@@ -23,23 +31,62 @@ class FeedPatients:
 
 
 class RegistryActor:
-    def __init__(self, store: RegistryStore, config: RegistryConfig | None = None):
+    def __init__(self, store: RegistryStore, config: RegistryConfig | None = None, client_ssl_context=None,
+                 spool_dir: str | None = None):
         self.store = store
         self.config = config or RegistryConfig()
+        self.client_ssl_context = client_ssl_context  # presented to repository hosts when forwarding ITI-43
+        self.spool_dir = spool_dir
 
     def endpoint(self, path: str = "/xds/registry") -> Endpoint:
         return Endpoint(path, self.operations(), wsdl="registry.wsdl")
 
     def operations(self) -> dict[str, Operation]:
-        return {
+        ops = {
             C.ACTION_REGISTER: Operation(self.register, C.response_action(C.ACTION_REGISTER)),
             C.ACTION_QUERY: Operation(self.query, C.response_action(C.ACTION_QUERY),
                                       error_payload=lambda errors: adhoc_query_response(errors=errors)),
         }
+        if self.config.route_retrieve:
+            from repository.retrieve import retrieve_response
+            from .route import RetrieveRouter
+
+            router = RetrieveRouter(self.store, self.config.forward_timeout, self.client_ssl_context, self.spool_dir)
+            ops[C.ACTION_RETRIEVE] = Operation(router.retrieve, C.response_action(C.ACTION_RETRIEVE),
+                                               error_payload=lambda errors: retrieve_response(errors),
+                                               mtom_response=True)
+        return ops
 
     def register(self, req: SoapRequest) -> SoapResponse:
+        if self.config.require_known_repositories:
+            self._check_submitter(req)
         warnings = register(self.store, req.body, self.config)
         return SoapResponse(registry_response(warnings))
+
+    def _check_submitter(self, req: SoapRequest) -> None:
+        """Only a known repository host may register, and only documents it holds."""
+        subject = peer_subject(req.environ)
+        peer = req.environ.get("REMOTE_ADDR")
+        if subject is None:
+            log.warning("request %s: ITI-42 from %s refused: no verified client certificate", req.request_id, peer)
+            raise XdsException(E.REGISTRY_ERROR, "ITI-42 is accepted only from repository hosts presenting a "
+                               "client certificate", "TLS")
+        mine = {uid for uid, (_, subj) in self.store.repositories().items() if subj == subject}
+        if not mine:
+            log.warning("request %s: ITI-42 from %s refused: certificate subject %r is not in the repository "
+                        "directory", req.request_id, peer, subject)
+            raise XdsException(E.REGISTRY_ERROR, f"certificate subject {subject} is not a repository in this "
+                               f"registry's directory", "TLS")
+        for eo in req.body.iter(C.q(C.NS_RIM, "ExtrinsicObject")):
+            for slot in eo.findall(C.q(C.NS_RIM, "Slot")):
+                if slot.get("name") == "repositoryUniqueId":
+                    value = (slot.findtext(f"{{{C.NS_RIM}}}ValueList/{{{C.NS_RIM}}}Value") or "").strip()
+                    if value not in mine:
+                        log.warning("request %s: ITI-42 from %r refused: repositoryUniqueId %s is not its own",
+                                    req.request_id, subject, value)
+                        raise XdsException(E.UNKNOWN_REPOSITORY_ID, f"DocumentEntry {eo.get('id')} names "
+                                           f"repositoryUniqueId {value}, which is not a repository of certificate "
+                                           f"subject {subject}", eo.get("id") or "")
 
     def register_element(self, request) -> list:
         """In-process ITI-42, for a repository running in the same process."""

@@ -140,6 +140,26 @@ class RegistryStore:
             with self.transaction() as c:
                 yield c
 
+    # --- repository directory ----------------------------------------------------------------
+    def add_repository(self, unique_id: str, retrieve_url: str, cert_subject: str | None = None) -> None:
+        t = S.repository_directory
+        with self.transaction() as c:
+            c.execute(delete(t).where(t.c.repository_unique_id == unique_id))
+            c.execute(insert(t).values(repository_unique_id=unique_id, retrieve_url=retrieve_url,
+                                       cert_subject=cert_subject))
+
+    def remove_repository(self, unique_id: str) -> bool:
+        t = S.repository_directory
+        with self.transaction() as c:
+            return c.execute(delete(t).where(t.c.repository_unique_id == unique_id)).rowcount > 0
+
+    def repositories(self) -> dict[str, tuple[str, str | None]]:
+        """repositoryUniqueId -> (retrieve URL, certificate subject)."""
+        t = S.repository_directory
+        with self.reading() as c:
+            return {r.repository_unique_id: (r.retrieve_url, r.cert_subject)
+                    for r in c.execute(select(t).order_by(t.c.repository_unique_id))}
+
     # --- lookups used by registration ------------------------------------------------------
     def objects(self, conn: Connection, ids: Iterable[str]) -> dict[str, ObjectRow]:
         ids = list(set(ids))

@@ -42,6 +42,8 @@ class SoapResponse:
     # (content_type, bytes | file path) attachments referenced by xop:Include cids in the payload.
     attachments: list[tuple[str, str, bytes | str]] = field(default_factory=list)
     mtom: bool | None = None  # None: answer in the request's packaging
+    # Called once the answer has been sent (or failed): e.g. deleting files that attachments came from.
+    cleanup: Callable[[], None] | None = None
 
 
 @dataclass
@@ -208,6 +210,16 @@ class XdsApp:
         return message, message.root
 
     def _answer(self, start_response, version, action, relates_to, resp: SoapResponse, use_mtom: bool):
+        if resp.cleanup is None:
+            return self._answer_body(start_response, version, action, relates_to, resp, use_mtom)
+        try:
+            body = self._answer_body(start_response, version, action, relates_to, resp, use_mtom)
+        except BaseException:
+            resp.cleanup()
+            raise
+        return _then(body, resp.cleanup)
+
+    def _answer_body(self, start_response, version, action, relates_to, resp: SoapResponse, use_mtom: bool):
         if not use_mtom:
             body = soap.build_envelope(version, action, relates_to, resp.payload)
             start_response("200 OK", [("Content-Type", f"{soap.CONTENT_TYPE[version]}; charset=UTF-8"),
@@ -260,6 +272,14 @@ class XdsApp:
         body = json.dumps(data).encode()
         start_response(f"{code} OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
+
+
+def _then(body, cleanup):
+    """Iterate body, then clean up, however the iteration ends (the client may hang up)."""
+    try:
+        yield from body
+    finally:
+        cleanup()
 
 
 def _base_url(environ) -> str:
