@@ -35,7 +35,8 @@ class RepositoryActor:
     def from_settings(cls, settings, registry_actor=None) -> "RepositoryActor":
         """Build from xds Settings; registry_actor is the registry of the same process, if any."""
         if settings.registry_url:
-            link: RegistryLink = RemoteRegistry(settings.registry_url, settings.registry_timeout)
+            link: RegistryLink = RemoteRegistry(settings.registry_url, settings.registry_timeout,
+                                                settings.client_ssl_context())
         elif registry_actor is not None:
             link = InProcessRegistry(registry_actor)
         else:

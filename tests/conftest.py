@@ -37,3 +37,13 @@ def db_url(request, tmp_path):
 @pytest.fixture
 def sqlite_url(tmp_path):
     return f"sqlite:///{tmp_path}/registry.db"
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh database on the real PostgreSQL server (for tests that are about production deployments)."""
+    if not pgserver.available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL binaries are missing; .ci/run installs them")
+        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
+    return pgserver.create_database(_pg_admin_url(), f"xds_test_{os.getpid()}_{next(_dbs)}")

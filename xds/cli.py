@@ -10,7 +10,8 @@ from . import settings as settings_mod
 
 def _settings(args) -> settings_mod.Settings:
     overrides = {k: getattr(args, k, None) for k in ("role", "host", "port", "db", "data", "mllp_port",
-                                                      "repository_id", "registry_url", "profile")}
+                                                      "repository_id", "registry_url", "profile", "tls_cert", "tls_key", "tls_ca", "registry_timeout",
+                                                      "require_known_repositories")}
     if getattr(args, "no_patient_check", False):
         overrides["check_patients"] = False
     return settings_mod.load(getattr(args, "config", None), overrides=overrides)
@@ -37,6 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", help="metadata validation profile: ihe (default) or dmp (French DMP)")
     p.add_argument("--repository-id", help="this repository's repositoryUniqueId (OID)")
     p.add_argument("--registry-url", help="remote registry endpoint for --role repository")
+    p.add_argument("--registry-timeout", type=int, help="seconds a repository waits for the registry (default 30)")
+    p.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM); also the client identity outbound")
+    p.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    p.add_argument("--tls-ca", help="CA (PEM) that client certificates must chain to (mutual TLS); also trusted "
+                                    "for outbound HTTPS")
+    p.add_argument("--require-known-repositories", action="store_true", default=None,
+                   help="registry: accept ITI-42 only from repositories in the directory (needs --tls-ca)")
 
     p = sub.add_parser("patient", help="manage the patient ids the registry accepts")
     _add_common(p)
@@ -62,6 +70,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repository-id", help="the repositoryUniqueId holding the document")
     p.add_argument("-o", "--output", help="output file, '-' for stdout (default: the uniqueId)")
 
+    p = sub.add_parser("repository", help="manage the registry's directory of repository hosts")
+    _add_common(p)
+    rsub = p.add_subparsers(dest="repository_command", required=True)
+    ra = rsub.add_parser("add", help="add or replace a repository host")
+    ra.add_argument("repository_id", help="its repositoryUniqueId (OID)")
+    ra.add_argument("retrieve_url", help="its ITI-43 endpoint, e.g. https://host-a:8443/xds/repository")
+    ra.add_argument("--subject", help="the subject of its TLS client certificate, as the registry sees it "
+                                      "(e.g. CN=host-a,O=Example)")
+    rr = rsub.add_parser("remove", help="remove a repository host")
+    rr.add_argument("repository_id")
+    rsub.add_parser("list", help="list repository hosts")
+
     p = sub.add_parser("conformance", help="run NIST XDS test kit plans against any registry/repository")
     from conformance.cli import add_arguments as conformance_arguments
 
@@ -86,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "patient":
         return _patient(args, s)
+    if args.command == "repository":
+        return _repository(args, s)
     if args.command in ("submit", "retrieve"):
         from repository import transfer
 
@@ -117,6 +139,36 @@ def _patient(args, s) -> int:
     else:
         for pid, active, merged in store.list_patients():
             print(pid + ("" if active else f"  (merged into {merged})" if merged else "  (inactive)"))
+    return 0
+
+
+def _repository(args, s) -> int:
+    import os
+    from urllib.parse import urlsplit
+
+    from registry.store import RegistryStore
+    from . import hl7
+
+    os.makedirs(s.data, exist_ok=True)
+    store = RegistryStore(s.db_url)
+    store.create_schema()
+    if args.repository_command == "add":
+        if not hl7.is_oid(args.repository_id):
+            print(f"xds: {args.repository_id} is not an OID", file=sys.stderr)
+            return 2
+        if urlsplit(args.retrieve_url).scheme not in ("http", "https"):
+            print(f"xds: {args.retrieve_url} is not an http(s) URL", file=sys.stderr)
+            return 2
+        store.add_repository(args.repository_id, args.retrieve_url, args.subject)
+        print(f"added {args.repository_id} -> {args.retrieve_url}" + (f" ({args.subject})" if args.subject else ""))
+    elif args.repository_command == "remove":
+        if not store.remove_repository(args.repository_id):
+            print(f"xds: no repository {args.repository_id} in the directory", file=sys.stderr)
+            return 1
+        print(f"removed {args.repository_id}")
+    else:
+        for uid, (url, subject) in store.repositories().items():
+            print(f"{uid}\t{url}\t{subject or '-'}")
     return 0
 
 

@@ -34,7 +34,10 @@ class Services:
             store.create_schema()
             self.registry = RegistryActor(store, RegistryConfig(
                 check_patients=settings.check_patients, max_query_results=settings.max_query_results,
-                keep_extra_metadata=settings.keep_extra_metadata, profile=settings.profile))
+                keep_extra_metadata=settings.keep_extra_metadata, profile=settings.profile,
+                require_known_repositories=settings.require_known_repositories,
+                route_retrieve=settings.route_retrieve, forward_timeout=settings.forward_timeout),
+                client_ssl_context=settings.client_ssl_context(), spool_dir=spool)
             endpoints.append(self.registry.endpoint())
         if settings.role in ("all", "repository"):
             from repository.service import RepositoryActor
@@ -54,6 +57,8 @@ class Services:
         s = self.settings
         self.http = wsgi.Server((s.host, s.port), self.app, numthreads=s.threads, server_name="xds",
                                 shutdown_timeout=10)
+        if s.tls is not None:
+            self.http.ssl_adapter = _ssl_adapter(s)
         self.http.prepare()
         self._thread = threading.Thread(target=self.http.serve, name="xds-http", daemon=True)
         self._thread.start()
@@ -71,7 +76,8 @@ class Services:
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.host}:{self.port}"
+        scheme = "https" if self.settings.tls is not None else "http"
+        return f"{scheme}://{self.settings.host}:{self.port}"
 
     def stop(self) -> None:
         if self.mllp is not None:
@@ -80,6 +86,18 @@ class Services:
             self.http.stop()  # finishes requests in flight within shutdown_timeout
         if self._thread is not None:
             self._thread.join(timeout=15)
+
+
+def _ssl_adapter(s: Settings):
+    from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+    from .tls import server_context
+
+    adapter = BuiltinSSLAdapter(s.tls_cert, s.tls_key)
+    # Our context replaces cheroot's so that client certificates are required and checked against tls_ca
+    # during the handshake; cheroot then exposes the verified subject as SSL_CLIENT_S_DN.
+    adapter.context = server_context(s.tls)
+    return adapter
 
 
 def serve(settings: Settings) -> None:

@@ -26,6 +26,12 @@ class Settings:
     registry_timeout: int = 30           # seconds the repository waits for the registry's ITI-42 answer
     repository_db: str | None = None     # default: the same database as db (tables are prefixed repo_)
     document_fsync: bool = True          # fsync each stored document; off only where the storage is made durable otherwise
+    tls_cert: str | None = None          # serve HTTPS with this certificate (PEM)
+    tls_key: str | None = None
+    tls_ca: str | None = None            # require client certificates signed by this CA; also trusted for outbound calls
+    require_known_repositories: bool = False  # registry: ITI-42 only from certificate subjects in the directory
+    route_retrieve: bool = True          # registry: answer ITI-43 by forwarding to repository hosts
+    forward_timeout: int = 30            # registry: seconds to wait for a repository host
     max_request_bytes: int = 64 * 1024 * 1024
     max_document_bytes: int = 4 * 1024 ** 3
     threads: int = 16
@@ -39,7 +45,26 @@ class Settings:
             return self.db
         return f"sqlite:///{os.path.abspath(os.path.join(self.data, 'registry.db'))}"
 
+    @property
+    def tls(self):
+        from .tls import TlsFiles
+
+        return TlsFiles(self.tls_cert, self.tls_key, self.tls_ca) if self.tls_cert else None
+
+    def client_ssl_context(self):
+        """The context for outbound HTTPS: our certificate as client identity, tls_ca as trust."""
+        from .tls import client_context
+
+        if not (self.tls_cert or self.tls_ca):
+            return None
+        return client_context(self.tls, ca=self.tls_ca)
+
     def validate(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.require_known_repositories and not self.tls_ca:
+            raise ValueError("require_known_repositories needs tls_ca: repositories are known by their "
+                             "client certificates")
         if self.role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, not {self.role!r}")
         from .validation import profile_names
