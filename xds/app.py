@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 from lxml import etree
 
 from . import constants as C
-from . import mtom, soap
+from . import logs, mtom, soap
 from .ebrim import registry_response
 from .errors import REGISTRY_ERROR, SoapFault, XdsError, XdsException
 
@@ -86,7 +86,8 @@ class XdsApp:
 
     # --- WSGI entry -------------------------------------------------------------------------
     def __call__(self, environ, start_response):
-        request_id = environ.get("HTTP_X_REQUEST_ID") or uuid.uuid4().hex[:16]
+        request_id = (environ.get("HTTP_X_REQUEST_ID") or "")[:64] or uuid.uuid4().hex[:16]
+        token = logs.request_id.set(request_id)
         started = time.perf_counter()
         path = (environ.get("PATH_INFO") or "/").rstrip("/") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
@@ -103,8 +104,10 @@ class XdsApp:
                                    [("Allow", "GET, POST")])
             return self._soap(environ, start_response, endpoint, request_id)
         finally:
-            log.info(json.dumps({"event": "request", "request_id": request_id, "method": method, "path": path,
+            log.info(json.dumps({"event": "request", "method": method, "path": path,
+                                 "peer": environ.get("REMOTE_ADDR"),
                                  "ms": round((time.perf_counter() - started) * 1000, 2)}))
+            logs.request_id.reset(token)
 
     # --- SOAP --------------------------------------------------------------------------------------
     def _soap(self, environ, start_response, endpoint: Endpoint, request_id: str):
@@ -155,7 +158,7 @@ class XdsApp:
                 op.mtom_response if op.mtom_response is not None else message is not None)
             return self._answer(start_response, env.version, op.response_action, env.message_id, resp, use_mtom)
         except SoapFault as fault:
-            log.warning(json.dumps({"event": "soap_fault", "request_id": request_id, "reason": fault.reason}))
+            log.warning(json.dumps({"event": "soap_fault", "reason": fault.reason}))
             status, ctype, body = _fault_response(env.version if env else version, fault,
                                                   env.message_id if env else None)
             start_response(status, [("Content-Type", f"{ctype}; charset=UTF-8"), ("Content-Length", str(len(body)))])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from . import settings as settings_mod
@@ -98,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"xds: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=s.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from . import logs
+
+    logs.setup(s.log_level, s.log_format if args.command == "serve" else "text")
     if args.command == "serve":
         from .server import serve
 

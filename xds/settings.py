@@ -36,6 +36,7 @@ class Settings:
     max_document_bytes: int = 4 * 1024 ** 3
     threads: int = 16
     log_level: str = "INFO"
+    log_format: str = "json"             # json (one object a line, with the request id) or text
     base_url: str | None = None
     extra: dict = field(default_factory=dict)
 

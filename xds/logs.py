@@ -1,0 +1,44 @@
+"""Structured logs: one JSON object a line, carrying the id of the request being served."""
+from __future__ import annotations
+
+import contextvars
+import datetime as _dt
+import json
+import logging
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("xds_request_id", default=None)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": _dt.datetime.fromtimestamp(record.created, _dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+        }
+        rid = request_id.get()
+        if rid:
+            out["request_id"] = rid
+        msg = record.getMessage()
+        try:  # messages that are already JSON objects are merged rather than quoted
+            data = json.loads(msg) if msg.startswith("{") else None
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            out.update(data)
+        else:
+            out["msg"] = msg
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup(level: str = "INFO", fmt: str = "json") -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
