@@ -84,10 +84,10 @@ class _Registration:
 
     def run(self) -> None:
         entries = [o for o in self.sub.objects if isinstance(o, (DocumentEntry, SubmissionSet, Folder))]
-        self.store.lock_unique_ids(self.conn, [o.unique_id for o in entries if o.unique_id])
+        holders = self.store.lock_and_find(self.conn, [o.unique_id for o in entries if o.unique_id])
         self._ids_are_new()
         self._patient_known()
-        self._unique_ids(entries)
+        self._unique_ids(entries, holders)
         self.errors.raise_if_errors()
         refs = self._resolve_references()
         self.errors.raise_if_errors()
@@ -98,9 +98,8 @@ class _Registration:
 
         n = len(entries) + len(self.sub.associations) + len(self.new_associations)
         seq = self.store.next_seq(self.conn, n)
-        self.store.insert_objects(self.conn, entries, seq, self.now)
-        self.store.insert_associations(self.conn, self.sub.associations + self.new_associations,
-                                       None if seq is None else seq + len(entries))
+        self.store.write(self.conn, self.store.object_rows(entries, seq, self.now) + self.store.association_rows(
+            self.sub.associations + self.new_associations, None if seq is None else seq + len(entries)))
         if deprecate:
             self.store.set_status(self.conn, deprecate, C.STATUS_DEPRECATED)
         if touched:
@@ -127,10 +126,10 @@ class _Registration:
             self.errors.add(f"patientId {pid} of SubmissionSet {self.ss.id} is not known to the registry{why}",
                             self.ss.id, E.UNKNOWN_PATIENT_ID)
 
-    def _unique_ids(self, entries: list[RegistryObject]) -> None:
+    def _unique_ids(self, entries: list[RegistryObject], holders) -> None:
         wanted = {o.unique_id: o for o in entries if o.unique_id}
         reported = set()
-        for row, stored_hash in self.store.by_unique_ids(self.conn, wanted):
+        for row, stored_hash in holders:
             o = wanted[row.unique_id]
             if o.id in reported:
                 continue

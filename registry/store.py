@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 from lxml import etree
-from sqlalchemy import and_, delete, insert, select, text, update
+from sqlalchemy import Table, and_, delete, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from xds import constants as C
@@ -55,6 +55,13 @@ class RegistryStore:
 
     def create_schema(self) -> None:
         S.metadata.create_all(self.engine)
+
+    def migrate(self) -> None:
+        """Create or upgrade the registry tables to the newest revision (see xds.migrate)."""
+        # Imported here so that only startup pays for loading Alembic.
+        from xds import migrate
+
+        migrate.upgrade(self.engine, "registry")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -181,6 +188,24 @@ class RegistryStore:
                 out[r.id] = AssociationRow(*r)
         return out
 
+    def lock_and_find(self, conn: Connection, unique_ids: Iterable[str]) -> list[tuple[ObjectRow, str | None]]:
+        """lock_unique_ids, then by_unique_ids; on PostgreSQL in one round trip (two statements, each
+        with its own snapshot, so the lookup sees whatever a transaction we waited for committed)."""
+        uids = sorted(set(unique_ids))
+        if not self.is_postgres or not uids:
+            self.lock_unique_ids(conn, uids)
+            return self.by_unique_ids(conn, uids)
+        cur = conn.connection.dbapi_connection.cursor()
+        try:
+            cur.execute("SELECT count(pg_advisory_xact_lock(hashtext(u))) FROM "
+                        "(SELECT unnest(%(u)s::text[]) AS u ORDER BY 1) AS ordered; "
+                        "SELECT o.id, o.lid, o.version, o.kind, o.status, o.patient_id, o.unique_id, d.hash "
+                        "FROM reg_object o LEFT JOIN doc_entry d ON d.id = o.id WHERE o.unique_id = ANY(%(u)s)",
+                        {"u": uids})
+            return [(ObjectRow(*r[:7]), r[7]) for r in cur.fetchall()]
+        finally:
+            cur.close()
+
     def by_unique_ids(self, conn: Connection, unique_ids: Iterable[str]) -> list[tuple[ObjectRow, str | None]]:
         """Objects holding any of these uniqueIds, with the DocumentEntry hash where there is one."""
         uids = list(set(unique_ids))
@@ -231,6 +256,13 @@ class RegistryStore:
 
     # --- writes ------------------------------------------------------------------------------
     def insert_objects(self, conn: Connection, objs: Sequence[RegistryObject], seq0: int | None, now: str) -> None:
+        self.write(conn, self.object_rows(objs, seq0, now))
+
+    def insert_associations(self, conn: Connection, assocs: Sequence[Association], seq0: int | None) -> None:
+        self.write(conn, self.association_rows(assocs, seq0))
+
+    @staticmethod
+    def object_rows(objs: Sequence[RegistryObject], seq0: int | None, now: str) -> list[tuple[Table, list[dict]]]:
         obj_rows, de_rows, ss_rows, fd_rows, code_rows, author_rows, ref_rows = [], [], [], [], [], [], []
         for i, o in enumerate(objs):
             kind = {DocumentEntry: S.KIND_DOCUMENT_ENTRY, SubmissionSet: S.KIND_SUBMISSION_SET,
@@ -254,21 +286,42 @@ class RegistryStore:
                 fd_rows.append(dict(id=o.id, last_update_time=now))
                 code_rows += [dict(object_id=o.id, scheme=C.FOLDER_CODE_LIST, code=c.key)
                               for c in o.codes(C.FOLDER_CODE_LIST)]
-        for table, rows in ((S.registry_object, obj_rows), (S.doc_entry, de_rows), (S.submission_set, ss_rows),
-                            (S.folder, fd_rows), (S.object_code, code_rows), (S.object_author, author_rows),
-                            (S.reference_id, ref_rows)):
-            if rows:
-                conn.execute(insert(table), rows)
+        return [(t, r) for t, r in ((S.registry_object, obj_rows), (S.doc_entry, de_rows),
+                                    (S.submission_set, ss_rows), (S.folder, fd_rows), (S.object_code, code_rows),
+                                    (S.object_author, author_rows), (S.reference_id, ref_rows)) if r]
 
-    def insert_associations(self, conn: Connection, assocs: Sequence[Association], seq0: int | None) -> None:
+    @staticmethod
+    def association_rows(assocs: Sequence[Association], seq0: int | None) -> list[tuple[Table, list[dict]]]:
         rows = [dict(id=a.id, type=a.type, source=a.source, target=a.target, status=C.STATUS_APPROVED,
                      ss_status=a.submission_set_status, xml=stored_xml(a))
                 for a in assocs]
         if seq0 is not None:
             for i, r in enumerate(rows):
                 r["seq"] = seq0 + i
-        if rows:
-            conn.execute(insert(S.association), rows)
+        return [(S.association, rows)] if rows else []
+
+    def write(self, conn: Connection, batches: list[tuple[Table, list[dict]]]) -> None:
+        """Insert rows into several tables. On PostgreSQL all of them go in one round trip."""
+        if not batches:
+            return
+        if not self.is_postgres:
+            for table, rows in batches:
+                conn.execute(insert(table), rows)
+            return
+        cur = conn.connection.dbapi_connection.cursor()
+        try:
+            parts, size = [], 0
+            for table, rows in batches:
+                stmt = _pg_insert(cur, table, rows)
+                parts.append(stmt)
+                size += len(stmt)
+                if size > _PG_BATCH_BYTES:
+                    cur.execute(b";".join(parts))
+                    parts, size = [], 0
+            if parts:
+                cur.execute(b";".join(parts))
+        finally:
+            cur.close()
 
     def set_status(self, conn: Connection, ids: Iterable[str], status: str) -> None:
         for part in _chunks(list(set(ids))):
@@ -297,6 +350,20 @@ class RegistryStore:
             for r in conn.execute(select(t.c.id, t.c.status, t.c.xml).where(t.c.id.in_(part))):
                 found[r.id] = render(r.xml, r.status)
         return [found[i] for i in ids if i in found]
+
+
+_PG_BATCH_BYTES = 4 * 1024 * 1024
+
+
+def _pg_insert(cur, table: Table, rows: list[dict]) -> bytes:
+    """A multi-row INSERT with its values bound by psycopg2 itself (mogrify quotes them), so that
+    several tables can be written with one execute. The registration order comes from the sequence."""
+    cols = list(rows[0])
+    draw_seq = "seq" in table.c and "seq" not in cols
+    template = "(" + ",".join(["%s"] * len(cols)) + (",nextval('reg_seq')" if draw_seq else "") + ")"
+    names = ",".join(cols + (["seq"] if draw_seq else []))
+    values = b",".join(cur.mogrify(template, [r[c] for c in cols]) for r in rows)
+    return f"INSERT INTO {table.name} ({names}) VALUES ".encode() + values
 
 
 def _doc_entry_row(o: DocumentEntry) -> dict:
