@@ -22,7 +22,7 @@ RIM = C.NS_RIM
 _CHUNK = 500  # bound IN-lists so large submissions stay within driver limits
 
 
-def _chunks(seq: Sequence, n: int = _CHUNK) -> Iterator[Sequence]:
+def chunks(seq: Sequence, n: int = _CHUNK) -> Iterator[Sequence]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
 
@@ -172,7 +172,7 @@ class RegistryStore:
         ids = list(set(ids))
         out: dict[str, ObjectRow] = {}
         t = S.registry_object
-        for part in _chunks(ids):
+        for part in chunks(ids):
             for r in conn.execute(select(t.c.id, t.c.lid, t.c.version, t.c.kind, t.c.status, t.c.patient_id,
                                          t.c.unique_id).where(t.c.id.in_(part))):
                 out[r.id] = ObjectRow(*r)
@@ -182,7 +182,7 @@ class RegistryStore:
         ids = list(set(ids))
         out: dict[str, AssociationRow] = {}
         t = S.association
-        for part in _chunks(ids):
+        for part in chunks(ids):
             for r in conn.execute(select(t.c.id, t.c.type, t.c.source, t.c.target, t.c.status, t.c.ss_status)
                                   .where(t.c.id.in_(part))):
                 out[r.id] = AssociationRow(*r)
@@ -211,7 +211,7 @@ class RegistryStore:
         uids = list(set(unique_ids))
         t, d = S.registry_object, S.doc_entry
         out = []
-        for part in _chunks(uids):
+        for part in chunks(uids):
             q = (select(t.c.id, t.c.lid, t.c.version, t.c.kind, t.c.status, t.c.patient_id, t.c.unique_id, d.c.hash)
                  .select_from(t.outerjoin(d, d.c.id == t.c.id)).where(t.c.unique_id.in_(part)))
             for r in conn.execute(q):
@@ -220,23 +220,19 @@ class RegistryStore:
 
     def source_associations(self, conn: Connection, sources: Iterable[str], types: Sequence[str],
                             status: str | None = C.STATUS_APPROVED) -> list[AssociationRow]:
-        t = S.association
-        out = []
-        for part in _chunks(list(set(sources))):
-            q = select(t.c.id, t.c.type, t.c.source, t.c.target, t.c.status, t.c.ss_status).where(
-                t.c.source.in_(part), t.c.type.in_(types))
-            if status:
-                q = q.where(t.c.status == status)
-            out += [AssociationRow(*r) for r in conn.execute(q)]
-        return out
+        return self._associations_at(conn, S.association.c.source, sources, types, status)
 
     def target_associations(self, conn: Connection, targets: Iterable[str], types: Sequence[str],
                             status: str | None = C.STATUS_APPROVED) -> list[AssociationRow]:
+        return self._associations_at(conn, S.association.c.target, targets, types, status)
+
+    def _associations_at(self, conn: Connection, end, ids: Iterable[str], types: Sequence[str],
+                         status: str | None) -> list[AssociationRow]:
         t = S.association
         out = []
-        for part in _chunks(list(set(targets))):
+        for part in chunks(list(set(ids))):
             q = select(t.c.id, t.c.type, t.c.source, t.c.target, t.c.status, t.c.ss_status).where(
-                t.c.target.in_(part), t.c.type.in_(types))
+                end.in_(part), t.c.type.in_(types))
             if status:
                 q = q.where(t.c.status == status)
             out += [AssociationRow(*r) for r in conn.execute(q)]
@@ -246,7 +242,7 @@ class RegistryStore:
         """Approved Folder->DocumentEntry HasMember associations for these entries."""
         t, o = S.association, S.registry_object
         out = []
-        for part in _chunks(list(set(doc_ids))):
+        for part in chunks(list(set(doc_ids))):
             q = (select(t.c.id, t.c.type, t.c.source, t.c.target, t.c.status, t.c.ss_status)
                  .select_from(t.join(o, o.c.id == t.c.source))
                  .where(t.c.target.in_(part), t.c.type == C.ASSOC_HAS_MEMBER, t.c.status == C.STATUS_APPROVED,
@@ -324,11 +320,11 @@ class RegistryStore:
             cur.close()
 
     def set_status(self, conn: Connection, ids: Iterable[str], status: str) -> None:
-        for part in _chunks(list(set(ids))):
+        for part in chunks(list(set(ids))):
             conn.execute(update(S.registry_object).where(S.registry_object.c.id.in_(part)).values(status=status))
 
     def touch_folders(self, conn: Connection, folder_ids: Iterable[str], now: str) -> None:
-        for part in _chunks(list(set(folder_ids))):
+        for part in chunks(list(set(folder_ids))):
             conn.execute(update(S.folder).where(S.folder.c.id.in_(part)).values(last_update_time=now))
 
     # --- reading objects back ------------------------------------------------------------------
@@ -336,7 +332,7 @@ class RegistryStore:
         """Registered objects as answered by queries: current status, version and lastUpdateTime."""
         t, f = S.registry_object, S.folder
         found = {}
-        for part in _chunks(list(dict.fromkeys(ids))):
+        for part in chunks(list(dict.fromkeys(ids))):
             q = (select(t.c.id, t.c.lid, t.c.version, t.c.status, t.c.xml, t.c.kind, f.c.last_update_time)
                  .select_from(t.outerjoin(f, f.c.id == t.c.id)).where(t.c.id.in_(part)))
             for r in conn.execute(q):
@@ -346,7 +342,7 @@ class RegistryStore:
     def load_associations(self, conn: Connection, ids: Sequence[str]) -> list[etree._Element]:
         t = S.association
         found = {}
-        for part in _chunks(list(dict.fromkeys(ids))):
+        for part in chunks(list(dict.fromkeys(ids))):
             for r in conn.execute(select(t.c.id, t.c.status, t.c.xml).where(t.c.id.in_(part))):
                 found[r.id] = render(r.xml, r.status)
         return [found[i] for i in ids if i in found]

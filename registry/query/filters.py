@@ -15,6 +15,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from xds import constants as C
 from registry import schema as S
+from ..store import chunks
 from .params import ASSOCIATION_STATUS, Params
 
 O = S.registry_object
@@ -25,14 +26,6 @@ AU = S.object_author
 REF = S.reference_id
 SSET = S.submission_set
 FOL = S.folder
-
-CHUNK = 500  # bound IN-lists so that long id lists stay within driver limits
-
-
-def chunks(seq: Sequence, n: int = CHUNK) -> Iterable[Sequence]:
-    for i in range(0, len(seq), n):
-        yield seq[i:i + n]
-
 
 @dataclass
 class Ctx:
