@@ -46,7 +46,7 @@ class RepositoryActor:
         shared = registry_actor is not None and db_url == settings.db_url
         # One engine per database keeps the connection pool, and SQLite's single writer, in one place.
         store = RepositoryStore(registry_actor.store.engine if shared else db_url)
-        store.create_schema()
+        store.migrate()
         blobs = FileSystemBlobStore(os.path.join(settings.data, "documents"), durable=settings.document_fsync)
         left = blobs.clean_staging()
         if left:

@@ -35,6 +35,13 @@ class RepositoryStore:
     def create_schema(self) -> None:
         S.metadata.create_all(self.engine)
 
+    def migrate(self) -> None:
+        """Create or upgrade the repository tables to the newest revision (see xds.migrate)."""
+        # Imported here so that only startup pays for loading Alembic.
+        from xds import migrate
+
+        migrate.upgrade(self.engine, "repository")
+
     def get_many(self, unique_ids: Iterable[str]) -> dict[str, DocumentRow]:
         ids = sorted(set(unique_ids))
         found: dict[str, DocumentRow] = {}

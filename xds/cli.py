@@ -81,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     rr.add_argument("repository_id")
     rsub.add_parser("list", help="list repository hosts")
 
+    p = sub.add_parser("db", help="database schema migrations (Alembic) for this process's actors")
+    _add_common(p)
+    p.add_argument("--role", choices=settings_mod.ROLES)
+    dsub = p.add_subparsers(dest="db_command", required=True)
+    dsub.add_parser("upgrade", help="bring the schema to the latest revision (xds serve also does this)")
+    dsub.add_parser("current", help="print the schema revision of each actor")
+
     p = sub.add_parser("conformance", help="run NIST XDS test kit plans against any registry/repository")
     from conformance.cli import add_arguments as conformance_arguments
 
@@ -109,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         return _patient(args, s)
     if args.command == "repository":
         return _repository(args, s)
+    if args.command == "db":
+        return _db(args, s)
     if args.command in ("submit", "retrieve"):
         from repository import transfer
 
@@ -124,7 +133,7 @@ def _patient(args, s) -> int:
 
     os.makedirs(s.data, exist_ok=True)
     store = RegistryStore(s.db_url)
-    store.create_schema()
+    store.migrate()
     if args.patient_command == "add":
         for pid in args.patient_id:
             problems = hl7.check_cx(pid)
@@ -143,6 +152,27 @@ def _patient(args, s) -> int:
     return 0
 
 
+def _db(args, s) -> int:
+    import os
+
+    from . import migrate
+    from .db import make_engine
+
+    os.makedirs(s.data, exist_ok=True)
+    targets = []
+    if s.role in ("all", "registry"):
+        targets.append(("registry", s.db_url))
+    if s.role in ("all", "repository"):
+        targets.append(("repository", s.repository_db or s.db_url))
+    for tree, url in targets:
+        engine = make_engine(url)
+        if args.db_command == "upgrade":
+            migrate.upgrade(engine, tree)
+        print(f"{tree}: {migrate.current(engine, tree) or '(empty)'} (head {', '.join(migrate.heads(tree))})")
+        engine.dispose()
+    return 0
+
+
 def _repository(args, s) -> int:
     import os
     from urllib.parse import urlsplit
@@ -152,7 +182,7 @@ def _repository(args, s) -> int:
 
     os.makedirs(s.data, exist_ok=True)
     store = RegistryStore(s.db_url)
-    store.create_schema()
+    store.migrate()
     if args.repository_command == "add":
         if not hl7.is_oid(args.repository_id):
             print(f"xds: {args.repository_id} is not an OID", file=sys.stderr)

@@ -42,3 +42,5 @@ def setup(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Alembic narrates every start-up at INFO ("Context impl ...") even when there is nothing to do.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))

@@ -31,7 +31,7 @@ class Services:
             from registry.store import RegistryStore
 
             store = RegistryStore(settings.db_url)
-            store.create_schema()
+            store.migrate()
             self.registry = RegistryActor(store, RegistryConfig(
                 check_patients=settings.check_patients, max_query_results=settings.max_query_results,
                 keep_extra_metadata=settings.keep_extra_metadata, profile=settings.profile,

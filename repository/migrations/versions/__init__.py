@@ -1,0 +1,1 @@
+"""Revisions of the repository tree. Alembic loads these files by path, never as modules."""
