@@ -340,3 +340,16 @@ def test_package_markers_are_stored_inside_their_packages(db_url):
             tags = [etree.QName(c).localname for c in el]
             assert tags.index("Classification") < tags.index("ExternalIdentifier")
             assert max(i for i, t in enumerate(tags) if t == "Classification") < tags.index("ExternalIdentifier")
+
+
+def test_values_with_sql_and_format_characters_are_stored_verbatim(db_url):
+    pid = new_pid()
+    store = make_store(db_url, pid)
+    tricky = "100% O'Brien; DROP TABLE reg_object; -- %s %(u)s \\ é"
+    submit(store, builder.simple_submission(pid, doc_kwargs={"extra_slots": {"urn:example:note": [tricky]},
+                                                             "title": tricky}))
+    de = [o for o in rows(store, S.registry_object) if o.kind == "DE"][0]
+    el = etree.fromstring(de.xml)
+    values = [v.text for v in el.iter(f"{{{C.NS_RIM}}}Value")]
+    assert tricky in values
+    assert el.find(f"{{{C.NS_RIM}}}Name/{{{C.NS_RIM}}}LocalizedString").get("value") == tricky
