@@ -34,25 +34,42 @@ def now_dtm() -> str:
 def register(store: RegistryStore, request: etree._Element, config: RegistryConfig,
              mode: str = "register") -> list[XdsError]:
     """Register a SubmitObjectsRequest. Returns warnings; raises XdsException on failure."""
+    sub, found = read_submission(request, config, mode, "ITI-42")
+    if sub.object_refs:
+        found.add("ObjectRef elements are not registered by ITI-42", sub.object_refs[0])
+    found.raise_if_errors()
+    warnings, submitted_uuids = prepare_for_storage(sub, config)
+    with store.transaction() as conn:
+        _Registration(store, conn, sub, config, submitted_uuids).run()
+    return warnings + found.warnings
+
+
+def read_submission(request: etree._Element, config: RegistryConfig, mode: str,
+                    transaction: str) -> tuple[Submission, ErrorList]:
+    """Parse a SubmitObjectsRequest and collect its stateless metadata problems without raising,
+    so that the transaction can add its own before answering with all of them."""
     if request.tag != C.q(C.NS_LCM, "SubmitObjectsRequest"):
         raise XdsException(E.REGISTRY_ERROR, f"expected lcm:SubmitObjectsRequest, got {request.tag}", "Body")
     sub = parse_submission(request)
     found = ErrorList(E.REGISTRY_METADATA_ERROR)
     for el in sub.unknown_elements:
-        found.add(f"rim:RegistryObjectList holds an element {etree.QName(el).localname} that ITI-42 does not accept",
-                  el.get("id") or etree.QName(el).localname)
-    if sub.object_refs:
-        found.add("ObjectRef elements are not registered by ITI-42", sub.object_refs[0])
+        found.add(f"rim:RegistryObjectList holds an element {etree.QName(el).localname} that {transaction} does "
+                  f"not accept", el.get("id") or etree.QName(el).localname)
     found.items += validate_submission(sub, mode, config.profile).items
-    found.raise_if_errors()
-    warnings = _extra_metadata(sub, config)
+    return sub, found
 
+
+def prepare_for_storage(sub: Submission, config: RegistryConfig) -> tuple[list[XdsError], list[str]]:
+    """Drop the extra metadata this registry does not keep and give symbolic ids UUIDs.
+
+    Returns the warnings, and the urn:uuid: ids the submitter chose itself: those must be new
+    to the registry, which only the transaction can check.
+    """
+    warnings = _extra_metadata(sub, config)
     submitted_uuids = [o.id for o in sub.objects if o.id.startswith("urn:uuid:")]
     assign_uuids(sub)
     nest_loose_classifications(sub)
-    with store.transaction() as conn:
-        _Registration(store, conn, sub, config, submitted_uuids).run()
-    return warnings + found.warnings
+    return warnings, submitted_uuids
 
 
 def _extra_metadata(sub: Submission, config: RegistryConfig) -> list[XdsError]:

@@ -47,6 +47,8 @@ class RegistryActor:
             C.ACTION_QUERY: Operation(self.query, C.response_action(C.ACTION_QUERY),
                                       error_payload=lambda errors: adhoc_query_response(errors=errors)),
         }
+        ops[C.ACTION_DELETE] = Operation(self.delete, C.response_action(C.ACTION_DELETE))
+        ops[C.ACTION_UPDATE] = Operation(self.update, C.response_action(C.ACTION_UPDATE))
         if self.config.route_retrieve:
             from repository.retrieve import retrieve_response
             from .route import RetrieveRouter
@@ -87,6 +89,17 @@ class RegistryActor:
                         raise XdsException(E.UNKNOWN_REPOSITORY_ID, f"DocumentEntry {eo.get('id')} names "
                                            f"repositoryUniqueId {value}, which is not a repository of certificate "
                                            f"subject {subject}", eo.get("id") or "")
+
+    def delete(self, req: SoapRequest) -> SoapResponse:
+        from .delete import delete_document_set
+
+        delete_document_set(self.store, req.body)
+        return SoapResponse(registry_response())
+
+    def update(self, req: SoapRequest) -> SoapResponse:
+        from .update import update_document_set
+
+        return SoapResponse(registry_response(update_document_set(self.store, req.body, self.config)))
 
     def register_element(self, request) -> list:
         """In-process ITI-42, for a repository running in the same process."""

@@ -10,6 +10,7 @@ from typing import Iterable, Iterator, Sequence
 
 from lxml import etree
 from sqlalchemy import Table, and_, delete, insert, select, text, update
+from sqlalchemy import or_
 from sqlalchemy.engine import Connection, Engine
 
 from xds import constants as C
@@ -326,6 +327,71 @@ class RegistryStore:
     def touch_folders(self, conn: Connection, folder_ids: Iterable[str], now: str) -> None:
         for part in chunks(list(set(folder_ids))):
             conn.execute(update(S.folder).where(S.folder.c.id.in_(part)).values(last_update_time=now))
+
+    # --- ITI-62 removal -------------------------------------------------------------------------
+    def lock_for_removal(self, conn: Connection, ids: Iterable[str]
+                         ) -> tuple[dict[str, ObjectRow], dict[str, AssociationRow]]:
+        """The registry objects and associations among ids, locked until commit.
+
+        On PostgreSQL the rows are locked in id order, so two removals of overlapping sets run one
+        after the other instead of deadlocking; SQLite's write lock (BEGIN IMMEDIATE) does this already.
+        """
+        ids = sorted(set(ids))
+        objs: dict[str, ObjectRow] = {}
+        assocs: dict[str, AssociationRow] = {}
+        t, a = S.registry_object, S.association
+        for part in chunks(ids):
+            q = (select(t.c.id, t.c.lid, t.c.version, t.c.kind, t.c.status, t.c.patient_id, t.c.unique_id)
+                 .where(t.c.id.in_(part)).order_by(t.c.id).with_for_update())
+            objs.update((r.id, ObjectRow(*r)) for r in conn.execute(q))
+            q = (select(a.c.id, a.c.type, a.c.source, a.c.target, a.c.status, a.c.ss_status)
+                 .where(a.c.id.in_(part)).order_by(a.c.id).with_for_update())
+            assocs.update((r.id, AssociationRow(*r)) for r in conn.execute(q))
+        return objs, assocs
+
+    def associations_touching(self, conn: Connection, ids: Iterable[str]) -> list[AssociationRow]:
+        """Every association, of any type and status, with one of ids as source or target."""
+        t = S.association
+        found: dict[str, AssociationRow] = {}
+        for part in chunks(sorted(set(ids))):
+            q = select(t.c.id, t.c.type, t.c.source, t.c.target, t.c.status, t.c.ss_status).where(
+                or_(t.c.source.in_(part), t.c.target.in_(part)))
+            found.update((r.id, AssociationRow(*r)) for r in conn.execute(q))
+        return list(found.values())
+
+    def remove(self, conn: Connection, object_ids: Iterable[str], association_ids: Iterable[str]) -> None:
+        """Delete associations, and registry objects with every index row they own."""
+        a = S.association
+        for part in chunks(sorted(set(association_ids))):
+            conn.execute(delete(a).where(a.c.id.in_(part)))
+        owned = ((S.doc_entry, S.doc_entry.c.id), (S.submission_set, S.submission_set.c.id),
+                 (S.folder, S.folder.c.id), (S.object_code, S.object_code.c.object_id),
+                 (S.object_author, S.object_author.c.object_id), (S.reference_id, S.reference_id.c.object_id))
+        for part in chunks(sorted(set(object_ids))):
+            # The foreign keys cascade as well, but only where the connection enforces them (SQLite needs
+            # a pragma); deleting the index rows here makes the outcome independent of that.
+            for table, col in owned:
+                conn.execute(delete(table).where(col.in_(part)))
+            conn.execute(delete(S.registry_object).where(S.registry_object.c.id.in_(part)))
+
+    # --- ITI-57 metadata update ------------------------------------------------------------------
+    def latest_versions(self, conn: Connection, lids: Iterable[str]) -> dict[str, tuple[ObjectRow, str | None]]:
+        """The newest version of each logical id, with its objectType where it is a DocumentEntry."""
+        t, d = S.registry_object, S.doc_entry
+        out: dict[str, tuple[ObjectRow, str | None]] = {}
+        for part in chunks(sorted(set(lids))):
+            # Version chains are short, so every version is read and the newest kept here.
+            q = (select(t.c.id, t.c.lid, t.c.version, t.c.kind, t.c.status, t.c.patient_id, t.c.unique_id,
+                        d.c.entry_type).select_from(t.outerjoin(d, d.c.id == t.c.id)).where(t.c.lid.in_(part)))
+            for r in conn.execute(q):
+                row = ObjectRow(*r[:7])
+                if row.lid not in out or out[row.lid][0].version < row.version:
+                    out[row.lid] = (row, r.entry_type)
+        return out
+
+    def set_association_status(self, conn: Connection, ids: Iterable[str], status: str) -> None:
+        for part in chunks(list(set(ids))):
+            conn.execute(update(S.association).where(S.association.c.id.in_(part)).values(status=status))
 
     # --- reading objects back ------------------------------------------------------------------
     def load_objects(self, conn: Connection, ids: Sequence[str]) -> list[etree._Element]:

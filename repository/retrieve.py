@@ -38,10 +38,15 @@ def _text(parent: etree._Element, local: str) -> str | None:
     return child.text.strip()
 
 
-def read_requests(body: etree._Element) -> list[tuple[str | None, str, str]]:
-    """(homeCommunityId, repositoryUniqueId, documentUniqueId) of each DocumentRequest."""
-    if body.tag != REQUEST_TAG:
-        raise XdsException(E.REPOSITORY_ERROR, f"expected xdsb:RetrieveDocumentSetRequest, got "
+def read_requests(body: etree._Element, expected: str = REQUEST_TAG) -> list[tuple[str | None, str, str]]:
+    """(homeCommunityId, repositoryUniqueId, documentUniqueId) of each DocumentRequest.
+
+    expected: the request element, for the transactions that share this list (ITI-86 uses it too).
+    """
+    request_name = etree.QName(expected).localname
+    if body.tag != expected:
+        prefix = {C.NS_XDSB: "xdsb:", C.NS_RMD: "rmd:"}.get(etree.QName(expected).namespace, "")
+        raise XdsException(E.REPOSITORY_ERROR, f"expected {prefix}{request_name}, got "
                            f"{etree.QName(body).localname}", "Body")
     problems = ErrorList(E.REPOSITORY_ERROR)
     items = []
@@ -55,7 +60,7 @@ def read_requests(body: etree._Element) -> list[tuple[str | None, str, str]]:
         if repo is not None and uid is not None:
             items.append((home, repo, uid))
     if not items and not problems.has_errors:
-        problems.add("the RetrieveDocumentSetRequest has no DocumentRequest", "RetrieveDocumentSetRequest")
+        problems.add(f"the {request_name} has no DocumentRequest", request_name)
     problems.raise_if_errors()
     return items
 

@@ -62,11 +62,20 @@ class RepositoryActor:
             C.ACTION_RETRIEVE: Operation(self.retrieve, C.response_action(C.ACTION_RETRIEVE),
                                          error_payload=lambda errors: retrieve_response(errors),
                                          mtom_response=True),
+            # ITI-86 answers plain SOAP even to an MTOM request: its response carries no document.
+            C.ACTION_REMOVE_DOCUMENTS: Operation(self.remove_documents,
+                                                 C.response_action(C.ACTION_REMOVE_DOCUMENTS), mtom_response=False),
         }
 
     def provide(self, req: SoapRequest) -> SoapResponse:
         warnings = self._provide(req.body, req.mtom)
         return SoapResponse(registry_response(warnings))
+
+    def remove_documents(self, req: SoapRequest) -> SoapResponse:
+        from .remove import remove_documents
+
+        payload = remove_documents(req.body, self.store, self.blobs, self.config.repository_id)
+        return SoapResponse(payload, mtom=False)
 
     def retrieve(self, req: SoapRequest) -> SoapResponse:
         payload, attachments = retrieve(req.body, self.store, self.blobs, self.config.repository_id)

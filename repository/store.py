@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -91,6 +91,30 @@ class RepositoryStore:
             except IntegrityError:
                 skipped.append(r)
         return skipped
+
+    def remove(self, unique_ids: Iterable[str],
+               before_commit: Callable[[list[DocumentRow]], None]) -> list[DocumentRow]:
+        """Delete the rows of these uniqueIds in one transaction; returns the rows that were there.
+
+        before_commit gets those rows inside the transaction, for the caller to delete their files:
+        if it fails the rows stay, and if the commit fails after it the rows stay too. Either way a
+        retry finds every row still there and deletes what is left, so no document is kept by mistake.
+        """
+        ids = sorted(set(unique_ids))
+        if not ids:
+            return []
+        t = S.document
+        with self.engine.begin() as conn:
+            rows = []
+            for i in range(0, len(ids), _CHUNK):
+                part = ids[i:i + _CHUNK]
+                # Locked in uniqueId order: two removals of the same documents queue instead of deadlocking.
+                q = select(t).where(t.c.unique_id.in_(part)).order_by(t.c.unique_id).with_for_update()
+                rows += [DocumentRow(r.unique_id, r.hash, r.size, r.mime_type, r.location, r.repository_unique_id,
+                                     r.created) for r in conn.execute(q)]
+                conn.execute(delete(t).where(t.c.unique_id.in_(part)))
+            before_commit(rows)
+        return rows
 
     def count(self) -> int:
         with self.engine.connect() as conn:

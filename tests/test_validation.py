@@ -1067,6 +1067,15 @@ def test_submit_association_targets_an_association_of_the_submission():
     expect(run(req, "update"), META, "sa", "targetObject")
 
 
+@pytest.mark.parametrize("type_", [C.ASSOC_APND, C.ASSOC_HAS_MEMBER])
+def test_submit_association_links_registered_objects_in_update_only(type_):
+    req = make()
+    add(req, builder.association(new_urn(), new_urn(), type_, id="added", ss_status=None))
+    add(req, builder.association(SS, "added", C.ASSOC_SUBMIT_ASSOCIATION, id="sa"))
+    clean(run(req, "update"))
+    expect(run(req), META, "sa", "associationType")
+
+
 # --- DMP profile -------------------------------------------------------------------------------------
 
 INS = "207058575627097^^^&1.2.250.1.213.1.4.10&ISO^NH"

@@ -35,6 +35,10 @@ PARTIAL_SUCCESS = "XDSPartialSuccess"
 UNRESOLVED_REFERENCE = "UnresolvedReferenceException"
 UNMODIFIABLE_METADATA = "UnmodifiableMetadataError"
 MISSING_HOME_COMMUNITY_ID = "XDSMissingHomeCommunityId"
+METADATA_UPDATE_ERROR = "XDSMetadataUpdateError"
+METADATA_VERSION_ERROR = "XDSMetadataVersionError"
+REFERENCES_EXIST = "ReferencesExistException"
+UNREFERENCED_OBJECT = "XDSUnreferencedObjectException"
 
 
 @dataclass

@@ -84,9 +84,18 @@ def _membership(ctx: Context) -> None:
             ctx.report(folder, "SubmissionSet membership", "no HasMember association links the SubmissionSet to it")
 
 
+def _submitted_by_association(ctx: Context) -> set[str]:
+    """Associations that ITI-57 adds between registered objects (SubmissionSet -SubmitAssociation->)."""
+    if ctx.mode != "update":
+        return set()
+    return {a.target for a in ctx.sub.associations
+            if a.type == C.ASSOC_SUBMIT_ASSOCIATION and a.target and ctx.is_submission_set(a.source)}
+
+
 def _has_member_patterns(ctx: Context) -> None:
     held_by_set = {a.target for a in ctx.sub.associations
                    if a.type == C.ASSOC_HAS_MEMBER and ctx.is_submission_set(a.source)}
+    held_by_set |= _submitted_by_association(ctx)
     for a in ctx.sub.associations:
         if a.type != C.ASSOC_HAS_MEMBER:
             continue
@@ -123,13 +132,15 @@ def _set_member(ctx: Context, a: Association, target: str) -> None:
 
 
 def _relationships(ctx: Context) -> None:
+    # A relationship submitted on its own links two registered entries, so its source is not new.
+    between_registered = _submitted_by_association(ctx)
     for a in ctx.sub.associations:
         if a.type not in C.RELATIONSHIP_TYPES:
             continue
         name = a.type.rsplit(":", 1)[-1]
         source = ctx.by_id.get(a.source or "")
         if not isinstance(source, DocumentEntry):
-            if _kind(ctx, a.source) not in (MISSING, UNRESOLVED):
+            if _kind(ctx, a.source) not in (MISSING, UNRESOLVED) and a.id not in between_registered:
                 ctx.report(a, "sourceObject", f"'{a.source}' must be a DocumentEntry of the submission for {name}")
         elif a.type == C.ASSOC_IS_SNAPSHOT_OF and source.is_on_demand:
             ctx.report(a, "sourceObject", f"'{a.source}' is on-demand; an IsSnapshotOf source must be stable")

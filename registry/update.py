@@ -1,0 +1,262 @@
+"""ITI-57 Update Document Set (XDS Metadata Update option): the registry's handling of one message.
+
+The message is read and validated as a Register would be, its operations are told apart
+(update_ops), and every rule that needs the registry's state runs inside the one transaction
+that applies all of them, so that one failing operation leaves the registry untouched.
+"""
+from __future__ import annotations
+
+import logging
+
+from lxml import etree
+
+from xds import constants as C
+from xds import errors as E
+from xds.errors import XdsError
+from xds.model import Association, DocumentEntry
+from . import schema as S
+from .config import RegistryConfig
+from .register import _KIND_NAMES, _new_association, _Registration, prepare_for_storage, read_submission
+from .store import AssociationRow, ObjectRow, RegistryStore
+from .update_ops import AddedAssociation, NewVersion, Operations, StatusChange, read_operations
+
+log = logging.getLogger(__name__)
+
+
+def update_document_set(store: RegistryStore, request: etree._Element, config: RegistryConfig) -> list[XdsError]:
+    """Apply every operation of the SubmitObjectsRequest, or none. Returns warnings; raises XdsException."""
+    sub, found = read_submission(request, config, "update", "ITI-57")
+    found.raise_if_errors()
+    ops = read_operations(sub)
+    warnings, submitted_uuids = prepare_for_storage(sub, config)
+    with store.transaction() as conn:
+        _Update(store, conn, sub, config, submitted_uuids, ops).run()
+    return warnings + found.warnings
+
+
+class _Update(_Registration):
+    """Reuses the Register checks that apply unchanged: new ids, known patient, resolvable references,
+    one patient per association."""
+
+    def __init__(self, store: RegistryStore, conn, sub, config: RegistryConfig, submitted_uuids: list[str],
+                 ops: Operations):
+        super().__init__(store, conn, sub, config, submitted_uuids)
+        self.ops = ops
+        self.new_versions: dict[str, int] = {}  # id of a new version -> its version number
+        self.renamed: dict[str, str] = {}       # id of a replaced latest version -> id of its successor
+        self.deprecate: set[str] = set()
+        self.object_status: dict[str, str] = {}
+        self.association_status: dict[str, str] = {}
+        self.touched: set[str] = set()
+
+    def run(self) -> None:
+        self._lock()
+        holders = self.store.by_unique_ids(self.conn, [self.ss.unique_id] if self.ss.unique_id else [])
+        self._ids_are_new()
+        self._patient_known()
+        self._unique_ids([self.ss], holders)
+        refs = self._resolve_references()
+        self.errors.raise_if_errors()
+
+        lids = [v.obj.lid for v in self.ops.versions] + [r.lid for r in refs.values() if isinstance(r, ObjectRow)]
+        latest = self.store.latest_versions(self.conn, lids)
+        for v in self.ops.versions:
+            self._new_version(v, latest)
+        if not self.errors.has_errors:  # propagation needs every new version to have its predecessor
+            self._propagate(latest)
+        for s in self.ops.statuses:
+            self._status_change(s, refs, latest)
+        for added in self.ops.added:
+            self._added_association(added, refs)
+        for a in self.sub.associations:
+            self._same_patient(a, refs)
+        self.errors.raise_if_errors()
+        self._write()
+
+    def _lock(self) -> None:
+        """Serialise with other updates of the same version chains, associations and object pairs until
+        commit, so that the checks below still hold when this transaction writes."""
+        keys = {v.obj.lid for v in self.ops.versions if v.obj.lid} | {s.target for s in self.ops.statuses}
+        # A status change names a version by id; its chain is known by the lid stored with it.
+        keys |= {r.lid for r in self.store.objects(self.conn, [s.target for s in self.ops.statuses]).values()}
+        keys |= {f"{a.added.source} {a.added.target}" for a in self.ops.added}
+        if self.ss.unique_id:
+            keys.add(self.ss.unique_id)
+        self.store.lock_unique_ids(self.conn, keys)
+
+    # --- new versions of DocumentEntries and Folders -------------------------------------------
+    def _new_version(self, v: NewVersion, latest) -> None:
+        obj, what = v.obj, f"{v.obj.kind} {v.obj.id}"
+        found = latest.get(obj.lid)
+        if found is None:
+            self.errors.add(f"{what} is a new version of logical id {obj.lid}, which the registry does not hold",
+                            obj.id, E.METADATA_VERSION_ERROR)
+            return
+        row, entry_type = found
+        kind = S.KIND_DOCUMENT_ENTRY if isinstance(obj, DocumentEntry) else S.KIND_FOLDER
+        if row.kind != kind:
+            self.errors.add(f"{what} is a new version of logical id {obj.lid}, which is a {_KIND_NAMES[row.kind]}",
+                            obj.id, E.METADATA_UPDATE_ERROR)
+            return
+        if v.previous != row.version:
+            self.errors.add(f"{what} gives PreviousVersion {v.previous} but the latest version of {obj.lid} is "
+                            f"{row.version} ({row.id})", v.link.id, E.METADATA_VERSION_ERROR)
+        if row.status != C.STATUS_APPROVED:
+            self.errors.add(f"{what}: the latest version of {obj.lid} ({row.id}) is {_status_name(row.status)}; "
+                            f"only an Approved version can be updated", obj.id, E.METADATA_UPDATE_ERROR)
+        if obj.unique_id != row.unique_id:
+            self.errors.add(f"{what} has uniqueId {obj.unique_id}, but logical id {obj.lid} has uniqueId "
+                            f"{row.unique_id}; an update keeps the uniqueId", obj.id, E.METADATA_UPDATE_ERROR)
+        if kind == S.KIND_DOCUMENT_ENTRY and (obj.object_type or C.OBJECT_TYPE_STABLE) != entry_type:
+            self.errors.add(f"{what} has objectType {obj.object_type}, but logical id {obj.lid} has objectType "
+                            f"{entry_type}; an update keeps the objectType", obj.id, E.METADATA_UPDATE_ERROR)
+        self.new_versions[obj.id] = row.version + 1
+        self.renamed[row.id] = obj.id
+        self.deprecate.add(row.id)
+
+    def _links(self, version_ids: list[str]) -> list[AssociationRow]:
+        """Approved associations that a new version inherits: Folder membership, a Folder's members,
+        and document relationships."""
+        touching = self.store.associations_touching(self.conn, version_ids) if version_ids else []
+        approved = [a for a in touching if a.status == C.STATUS_APPROVED]
+        ends = self.store.objects(self.conn, {a.source for a in approved} | {a.target for a in approved})
+        out = []
+        for a in approved:
+            source, target = ends.get(a.source), ends.get(a.target)
+            if source is None or target is None:
+                continue  # an association between associations, none of a version's own links
+            if C.STATUS_APPROVED != source.status or C.STATUS_APPROVED != target.status:
+                continue  # e.g. the membership in a Folder's superseded version
+            if (a.type == C.ASSOC_HAS_MEMBER and source.kind == S.KIND_FOLDER) or a.type in C.RELATIONSHIP_TYPES:
+                out.append(a)
+        return out
+
+    def _propagate(self, latest) -> None:
+        by_old = {latest[v.obj.lid][0].id: v for v in self.ops.versions}
+        links = self._links(list(by_old))
+        for old_id, v in by_old.items():
+            mine = [a for a in links if old_id in (a.source, a.target)]
+            if mine and v.obj.patient_id != latest[v.obj.lid][0].patient_id:
+                # A new patient would leave the linked objects with the old one.
+                self.errors.add(f"{v.obj.kind} {v.obj.id} changes patientId from {latest[v.obj.lid][0].patient_id} to "
+                                f"{v.obj.patient_id}, but version {old_id} is linked to other objects (e.g. "
+                                f"association {mine[0].id})", v.obj.id, E.PATIENT_ID_DOES_NOT_MATCH)
+        # A link between two objects both updated here is carried once, between the two new versions.
+        wanted: list[tuple[str, str, str]] = []
+        for a in links:
+            ends = [v for v in (by_old.get(a.source), by_old.get(a.target)) if v is not None]
+            key = (a.type, self.renamed.get(a.source, a.source), self.renamed.get(a.target, a.target))
+            if any(v.propagate for v in ends) and key not in wanted:
+                wanted.append(key)
+        for type_, source, target in wanted:
+            self.new_associations.append(_new_association(source, target, type_, None))
+            if type_ == C.ASSOC_HAS_MEMBER:
+                self.touched.add(source)
+
+    # --- UpdateAvailabilityStatus ------------------------------------------------------------
+    def _status_change(self, s: StatusChange, refs, latest) -> None:
+        target = refs.get(s.target)
+        where, what = s.link.id, f"UpdateAvailabilityStatus {s.link.id}"
+        if isinstance(target, ObjectRow):
+            if target.kind == S.KIND_SUBMISSION_SET:
+                self.errors.add(f"{what} targets SubmissionSet {target.id}, whose status cannot change", where,
+                                E.METADATA_UPDATE_ERROR)
+                return
+            newest = latest[target.lid][0]
+            if target.id in self.renamed:
+                self.errors.add(f"{what} targets {target.id}, which this message replaces with a new version", where,
+                                E.METADATA_UPDATE_ERROR)
+            elif newest.id != target.id:
+                self.errors.add(f"{what} targets version {target.version} of {_KIND_NAMES[target.kind]} {target.lid}; "
+                                f"only its latest version ({newest.version}, {newest.id}) may change status", where,
+                                E.METADATA_UPDATE_ERROR)
+            changes = self.object_status
+        elif isinstance(target, AssociationRow):
+            self._association_status_allowed(s, target)
+            changes = self.association_status
+        else:
+            return  # unresolved: reported already
+        if target.status != s.original:
+            self.errors.add(f"{what} gives OriginalStatus {_status_name(s.original)}, but {target.id} is "
+                            f"{_status_name(target.status)}", where, E.METADATA_UPDATE_ERROR)
+        changes[target.id] = s.new
+
+    def _association_status_allowed(self, s: StatusChange, target: AssociationRow) -> None:
+        what = f"UpdateAvailabilityStatus {s.link.id}"
+        if target.type in C.RELATIONSHIP_TYPES:
+            return
+        if target.type == C.ASSOC_HAS_MEMBER:
+            source = self.store.objects(self.conn, [target.source]).get(target.source)
+            if source is not None and source.kind == S.KIND_FOLDER:
+                return
+            self.errors.add(f"{what} targets HasMember {target.id} of a SubmissionSet; only Folder membership and "
+                            f"document relationships change status", s.link.id, E.METADATA_UPDATE_ERROR)
+            return
+        self.errors.add(f"{what} targets a {_short(target.type)} association ({target.id}); only Folder membership "
+                        f"and document relationships change status", s.link.id, E.METADATA_UPDATE_ERROR)
+
+    # --- SubmitAssociation -------------------------------------------------------------------
+    def _added_association(self, added: AddedAssociation, refs) -> None:
+        a = added.added
+        where, name = a.id, f"submitted {_short(a.type)} {a.id}"
+        ends = []
+        for end, ref in (("sourceObject", a.source), ("targetObject", a.target)):
+            row = refs.get(ref)
+            if isinstance(row, AssociationRow):
+                self.errors.add(f"{name} {end} {ref} is an association; SubmitAssociation links DocumentEntries and "
+                                f"Folders", where, E.METADATA_UPDATE_ERROR)
+            elif isinstance(row, ObjectRow):
+                ends.append(row)
+                if row.kind == S.KIND_SUBMISSION_SET:
+                    self.errors.add(f"{name} {end} {ref} is a SubmissionSet", where, E.METADATA_UPDATE_ERROR)
+                elif row.status == C.STATUS_DEPRECATED:
+                    self.errors.add(f"{name} {end} {ref} is Deprecated", where, E.METADATA_UPDATE_ERROR)
+                elif row.id in self.renamed:
+                    self.errors.add(f"{name} {end} {ref} is replaced by a new version in this message", where,
+                                    E.METADATA_UPDATE_ERROR)
+        if len(ends) != 2:
+            return
+        source, target = ends
+        if a.type == C.ASSOC_HAS_MEMBER:
+            if source.kind != S.KIND_FOLDER or target.kind != S.KIND_DOCUMENT_ENTRY:
+                self.errors.add(f"{name} must go from a Folder to a DocumentEntry, not from a "
+                                f"{_KIND_NAMES[source.kind]} to a {_KIND_NAMES[target.kind]}", where,
+                                E.METADATA_UPDATE_ERROR)
+            self.touched.add(source.id)
+        elif S.KIND_DOCUMENT_ENTRY != source.kind or S.KIND_DOCUMENT_ENTRY != target.kind:
+            self.errors.add(f"{name} must link two DocumentEntries", where, E.METADATA_UPDATE_ERROR)
+        existing = [r for r in self.store.associations_touching(self.conn, [source.id])
+                    if r.source == source.id and r.target == target.id and r.status == C.STATUS_APPROVED]
+        if existing:
+            self.errors.add(f"{name}: {source.id} and {target.id} are already linked by Approved association "
+                            f"{existing[0].id} ({_short(existing[0].type)})", where, E.METADATA_UPDATE_ERROR)
+
+    # --- storing ----------------------------------------------------------------------------
+    def _write(self) -> None:
+        entries = [self.ss] + [v.obj for v in self.ops.versions]
+        assocs: list[Association] = self.sub.associations + self.new_associations
+        seq = self.store.next_seq(self.conn, len(entries) + len(assocs))
+        batches = self.store.object_rows(entries, seq, self.now)
+        for table, rows in batches:
+            if table is S.registry_object:
+                for r in rows:
+                    r["version"] = self.new_versions.get(r["id"], 1)
+        batches += self.store.association_rows(assocs, None if seq is None else seq + len(entries))
+        self.store.write(self.conn, batches)
+        if self.deprecate:
+            self.store.set_status(self.conn, self.deprecate, C.STATUS_DEPRECATED)
+        for status in set(self.object_status.values()):
+            self.store.set_status(self.conn, [i for i, s in self.object_status.items() if s == status], status)
+        for status in set(self.association_status.values()):
+            self.store.set_association_status(self.conn, [i for i, s in self.association_status.items()
+                                                          if s == status], status)
+        if self.touched:
+            self.store.touch_folders(self.conn, self.touched, self.now)
+
+
+def _status_name(status: str | None) -> str:
+    return (status or "?").rsplit(":", 1)[-1]
+
+
+def _short(association_type: str | None) -> str:
+    return (association_type or "?").rsplit(":", 1)[-1]
