@@ -166,8 +166,8 @@ class _Registration:
         outside = {r for a in self.sub.associations for r in (a.source, a.target) if r and r not in self.local}
         found: dict[str, ObjectRow | AssociationRow] = {}
         if outside:
-            found.update(self.store.objects(self.conn, outside))
-            found.update(self.store.associations(self.conn, outside - set(found)))
+            found.update(self.store.objects(self.conn, outside, share_lock=True))
+            found.update(self.store.associations(self.conn, outside - set(found), share_lock=True))
         for a in self.sub.associations:
             for end, ref in (("sourceObject", a.source), ("targetObject", a.target)):
                 if ref and ref not in self.local and ref not in found:

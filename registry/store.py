@@ -169,23 +169,31 @@ class RegistryStore:
                     for r in c.execute(select(t).order_by(t.c.repository_unique_id))}
 
     # --- lookups used by registration ------------------------------------------------------
-    def objects(self, conn: Connection, ids: Iterable[str]) -> dict[str, ObjectRow]:
-        ids = list(set(ids))
+    def objects(self, conn: Connection, ids: Iterable[str], share_lock: bool = False) -> dict[str, ObjectRow]:
+        """Registry objects by id. share_lock keeps them from being removed (ITI-62, which takes
+        FOR UPDATE) until this transaction ends, for a submission that links to them."""
+        ids = sorted(set(ids))
         out: dict[str, ObjectRow] = {}
         t = S.registry_object
         for part in chunks(ids):
-            for r in conn.execute(select(t.c.id, t.c.lid, t.c.version, t.c.kind, t.c.status, t.c.patient_id,
-                                         t.c.unique_id).where(t.c.id.in_(part))):
+            q = select(t.c.id, t.c.lid, t.c.version, t.c.kind, t.c.status, t.c.patient_id,
+                       t.c.unique_id).where(t.c.id.in_(part))
+            if share_lock and self.is_postgres:
+                q = q.order_by(t.c.id).with_for_update(read=True)
+            for r in conn.execute(q):
                 out[r.id] = ObjectRow(*r)
         return out
 
-    def associations(self, conn: Connection, ids: Iterable[str]) -> dict[str, AssociationRow]:
-        ids = list(set(ids))
+    def associations(self, conn: Connection, ids: Iterable[str], share_lock: bool = False
+                     ) -> dict[str, AssociationRow]:
+        ids = sorted(set(ids))
         out: dict[str, AssociationRow] = {}
         t = S.association
         for part in chunks(ids):
-            for r in conn.execute(select(t.c.id, t.c.type, t.c.source, t.c.target, t.c.status, t.c.ss_status)
-                                  .where(t.c.id.in_(part))):
+            q = select(t.c.id, t.c.type, t.c.source, t.c.target, t.c.status, t.c.ss_status).where(t.c.id.in_(part))
+            if share_lock and self.is_postgres:
+                q = q.order_by(t.c.id).with_for_update(read=True)
+            for r in conn.execute(q):
                 out[r.id] = AssociationRow(*r)
         return out
 
