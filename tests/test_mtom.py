@@ -3,18 +3,25 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import io
 import os
+import random
+import threading
+import time
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from lxml import etree
 
 from xds import constants as C
+from xds import mtom as mtom_module
 from xds.mtom import (
     CHUNK,
     MtomError,
     MtomWriter,
+    direct_input,
     is_mtom,
     parse_content_type,
     read_multipart,
@@ -269,6 +276,10 @@ def _fails(tmp_path, body, ct, match, **kw):
         with pytest.raises(MtomError, match=match):
             read_multipart(Trickle(body, chunk), ct, str(tmp_path), **kw)
         assert spool_empty(tmp_path), f"spooled files left behind at chunk {chunk}"
+    # A stream with readinto is read another way (straight into the reader's blocks).
+    with pytest.raises(MtomError, match=match):
+        read_multipart(io.BytesIO(body), ct, str(tmp_path), **kw)
+    assert spool_empty(tmp_path), "spooled files left behind reading with readinto"
 
 
 def test_error_no_boundary_parameter(tmp_path):
@@ -433,6 +444,8 @@ def test_200mb_stream_keeps_memory_flat(tmp_path):
             yield block
         yield tail
 
+    # Blocks kept from earlier tests would be invisible to tracemalloc; this read must allocate its own.
+    mtom_module._spare_blocks.clear()
     tracemalloc.start()
     try:
         msg = read_multipart(GenStream(blocks()), w.content_type(), str(tmp_path), 256 * MB, 300 * MB,
@@ -447,3 +460,232 @@ def test_200mb_stream_keeps_memory_flat(tmp_path):
         assert os.path.getsize(att.path) == total
     assert peak < 8 * MB, f"tracemalloc peak {peak / MB:.1f} MB"
     assert spool_empty(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# The block path: binary parts read into blocks and hashed on a helper thread
+
+
+class SlowExecutor(ThreadPoolExecutor):
+    """Hashes late, so that a block the reader refilled too early would change under the hash."""
+
+    tasks = 0
+
+    def submit(self, fn, *args, **kwargs):
+        SlowExecutor.tasks += 1
+
+        def late():
+            time.sleep(0.001)
+            return fn(*args, **kwargs)
+
+        return super().submit(late)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks small enough for test bodies to cross many of their edges, and a helper that hashes late."""
+    monkeypatch.setattr(mtom_module, "BLOCK", 4096)
+    monkeypatch.setattr(mtom_module, "CHUNK", 1024)
+    monkeypatch.setattr(mtom_module, "ThreadPoolExecutor", SlowExecutor)
+    SlowExecutor.tasks = 0
+    yield
+    assert not [t for t in threading.enumerate() if t.name.startswith("mtom-sha1")], "helper thread left running"
+
+
+def delimiter_minefield(boundary: str, size: int, seed: int) -> bytes:
+    """Content dense with partial and false delimiters, so block edges fall inside them everywhere."""
+    delim = b"\r\n--" + boundary.encode()
+    rnd = random.Random(seed)
+    out = bytearray()
+    while len(out) < size:
+        out += rnd.randbytes(rnd.randrange(0, 300))
+        pick = rnd.randrange(4)
+        if pick == 0:
+            out += delim[:rnd.randrange(1, len(delim))]
+        elif pick == 1:
+            out += delim + b"X"  # a delimiter not followed by a line end is content
+        elif pick == 2:
+            out += delim + b"-X"  # nor is one followed by a single dash
+        else:
+            out += b"\r\n" * rnd.randrange(1, 4)
+    return bytes(out)
+
+
+STREAMS = {
+    "readinto": lambda body: io.BytesIO(body),
+    "read-7": lambda body: Trickle(body, 7),
+    "read-1000": lambda body: Trickle(body, 1000),
+}
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+def test_block_path_round_trip_with_delimiters_on_block_edges(tmp_path, small_blocks, stream):
+    boundary = "MIMEBoundary_edgecase"
+    contents = [delimiter_minefield(boundary, 60_000, seed) for seed in range(3)]
+    contents += tricky_contents(boundary) + [os.urandom(4096 * 5 + 1), b"z"]
+    w, cids, root, body = build(contents, boundary)
+    with read_multipart(STREAMS[stream](body), w.content_type(), str(tmp_path), BIG, BIG,
+                        content_length=len(body)) as msg:
+        assert msg.root == root
+        for cid, data in zip(cids, contents):
+            att = msg.parts[cid]
+            assert att.read_bytes() == data
+            assert (att.size, att.sha1) == (len(data), hashlib.sha1(data).hexdigest())
+    assert SlowExecutor.tasks >= 3, "the helper was not used"
+    assert spool_empty(tmp_path)
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+def test_false_delimiters_at_every_offset_of_a_block_edge(tmp_path, small_blocks, stream):
+    boundary = "b0undary"
+    delim = b"\r\n--" + boundary.encode()
+    # Block edges sit a fixed step apart (the block minus the carried delimiter length); pieces one
+    # byte longer than that step move a delimiter across an edge one byte per block.
+    step = mtom_module.BLOCK - len(delim) + 1
+    pieces = []
+    for k in range(3 * len(delim)):
+        tail = delim + b"X" if k % 2 else delim[:-1] + b"|"
+        pieces.append(os.urandom(step - len(tail)) + tail)
+    content = b"".join(pieces)
+    w, cids, _, body = build([content, content[::-1]], boundary)
+    with read_multipart(STREAMS[stream](body), w.content_type(), str(tmp_path), BIG, BIG) as msg:
+        assert msg.parts[cids[0]].read_bytes() == content
+        assert msg.parts[cids[1]].read_bytes() == content[::-1]
+        assert msg.parts[cids[0]].sha1 == hashlib.sha1(content).hexdigest()
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+def test_closing_delimiters_at_every_offset_of_a_block_edge(tmp_path, small_blocks, monkeypatch, stream):
+    boundary = "b0undary"
+    delim = b"\r\n--" + boundary.encode()
+    # The smallest block the fast path takes, so that a few dozen parts cover every offset: each
+    # part's framing is one byte longer than a whole number of block steps.
+    monkeypatch.setattr(mtom_module, "BLOCK", 4 * len(delim))
+    step = mtom_module.BLOCK - len(delim)
+    head = len(MtomWriter(boundary)._part_head(mtom_module._OutPart("x" * 32 + "@xds.local",
+                                                                    "application/octet-stream")))
+    contents = [os.urandom(8 * step + 1 - head) for _ in range(step + len(delim))]
+    w, cids, _, body = build(contents, boundary)
+    with read_multipart(STREAMS[stream](body), w.content_type(), str(tmp_path), BIG, BIG) as msg:
+        assert [msg.parts[c].read_bytes() for c in cids] == contents
+        assert [msg.parts[c].sha1 for c in cids] == [hashlib.sha1(c).hexdigest() for c in contents]
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+def test_block_path_errors_keep_their_messages_and_clean_up(tmp_path, small_blocks, stream):
+    data = os.urandom(50_000)
+    w, cids, _, body = build([data, b"after"], "bnd")
+    ct = w.content_type()
+    start = body.index(data)
+    cases = [
+        (body[:start + 30_000], {}, r"body truncated: the stream ended inside MIME part #2 <.*> before its closing"),
+        (body, {"max_part_bytes": 40_000}, r"MIME part #2 <.*> exceeds the per-part limit of 40000 bytes"),
+        (body, {"max_total_bytes": start + 20_000}, f"exceeds the total limit of {start + 20_000} bytes"),
+        (body, {"content_length": start + 30_000},
+         rf"the {start + 30_000} bytes announced by Content-Length end inside MIME part #2"),
+        (body[:start + 30_000], {"content_length": len(body)},
+         rf"stream ended after {start + 30_000} of the {len(body)} bytes announced by Content-Length"),
+    ]
+    for data_in, kw, match in cases:
+        kw = {"max_part_bytes": BIG, "max_total_bytes": BIG, **kw}
+        with pytest.raises(MtomError, match=match):
+            read_multipart(STREAMS[stream](data_in), ct, str(tmp_path), **kw)
+        assert spool_empty(tmp_path), f"spooled files left behind: {match}"
+
+
+def test_base64_and_root_parts_beside_block_parts(tmp_path, small_blocks):
+    data = os.urandom(30_000)
+    b64 = base64.encodebytes(data)
+    big = os.urandom(30_000)
+    body = (b"--b\r\nContent-Type: application/xop+xml\r\n\r\n<r>" + b"x" * 20_000 + b"</r>"
+            b"\r\n--b\r\nContent-ID: <a@x>\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64 +
+            b"\r\n--b\r\nContent-ID: <b@x>\r\n\r\n" + big + b"\r\n--b--\r\n")
+    for stream in STREAMS.values():
+        with read_multipart(stream(body), "multipart/related; boundary=b", str(tmp_path), BIG, BIG) as msg:
+            assert len(msg.root) == 20_007
+            assert msg.parts["a@x"].read_bytes() == data
+            assert msg.parts["b@x"].sha1 == hashlib.sha1(big).hexdigest()
+
+
+def test_a_boundary_too_long_for_the_blocks_takes_the_slow_path(tmp_path, small_blocks):
+    boundary = "B" * 1100  # above RFC 2046's 70, which the reader tolerates; x4 exceeds the 4096-byte block
+    data = delimiter_minefield(boundary, 20_000, 7)
+    line = b"\r\n--" + boundary.encode()
+    body = (line[2:] + b"\r\nContent-Type: application/xop+xml\r\n\r\n<r/>" +
+            line + b"\r\nContent-ID: <a@x>\r\n\r\n" + data + line + b"--\r\n")
+    ct = f'multipart/related; boundary="{boundary}"'
+    with read_multipart(io.BytesIO(body), ct, str(tmp_path), BIG, BIG) as msg:
+        assert msg.parts["a@x"].read_bytes() == data
+    assert SlowExecutor.tasks == 0
+
+
+# --------------------------------------------------------------------------------------------
+# cheroot's wsgi.input
+
+
+def test_direct_input_leaves_other_streams_alone():
+    from cheroot.server import KnownLengthRFile
+
+    class Sub(KnownLengthRFile):
+        pass
+
+    for stream in (io.BytesIO(b"x"), Sub(io.BytesIO(b"x"), 1), Trickle(b"x", 1)):
+        assert direct_input(stream) is stream
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_cheroot_input_read_directly_keeps_the_connection_usable(tmp_path, tls):
+    import ssl
+
+    from cheroot import wsgi
+    from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+    from tests.certs import Authority
+
+    seen = []
+
+    def app(environ, start_response):
+        stream = direct_input(environ["wsgi.input"])
+        seen.append(type(stream).__name__)
+        length = environ.get("CONTENT_LENGTH")
+        with read_multipart(stream, environ["CONTENT_TYPE"], str(spool), BIG, BIG,
+                            content_length=int(length) if length else None) as msg:
+            out = " ".join(f"{att.size}:{att.sha1}" for att in msg.parts.values()).encode()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(out)))])
+        return [out]
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    server = wsgi.Server(("127.0.0.1", 0), app, numthreads=2)
+    if tls:
+        ca = Authority(str(tmp_path))
+        server.ssl_adapter = BuiltinSSLAdapter(*ca.issue("server"))
+    server.prepare()
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    data = os.urandom(3 * MB + 17)
+    w, _, _, body = build([data, b"small"])
+    expected = f"{len(data)}:{hashlib.sha1(data).hexdigest()} 5:{hashlib.sha1(b'small').hexdigest()}"
+    # Past the closing delimiter: the reader stops there, and cheroot must drain the rest exactly,
+    # or the next request on the connection would start inside this one's epilogue.
+    epilogue = b"E" * 300_000
+    try:
+        if tls:
+            conn = http.client.HTTPSConnection("127.0.0.1", server.bind_addr[1], timeout=20,
+                                               context=ssl.create_default_context(cafile=ca.path))
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", server.bind_addr[1], timeout=20)
+        for framing in ("length", "chunked", "length"):
+            if framing == "length":
+                conn.request("POST", "/", body=body + epilogue, headers={"Content-Type": w.content_type()})
+            else:
+                pieces = [body[i:i + 5000] for i in range(0, len(body), 5000)]
+                conn.request("POST", "/", body=iter(pieces), headers={"Content-Type": w.content_type()},
+                             encode_chunked=True)
+            resp = conn.getresponse()
+            assert (resp.status, resp.read().decode()) == (200, expected), framing
+        conn.close()
+    finally:
+        server.stop()
+    assert seen == ["_CherootInput", "_ChunkedInput", "_CherootInput"]
+    assert spool_empty(spool)

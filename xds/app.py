@@ -204,7 +204,8 @@ class XdsApp:
             raise SoapFault(f"request of {length} bytes is above the limit of {self.config.max_mtom_bytes} bytes",
                             http_status=413)
         try:
-            message = mtom.read_multipart(environ["wsgi.input"], content_type, self.config.spool_dir,
+            message = mtom.read_multipart(mtom.direct_input(environ["wsgi.input"]), content_type,
+                                          self.config.spool_dir,
                                           max_part_bytes=self.config.max_document_bytes,
                                           max_total_bytes=self.config.max_mtom_bytes,
                                           max_xml_bytes=self.config.max_request_bytes, content_length=length)
