@@ -398,3 +398,18 @@ def test_concurrent_submissions_all_land(server):
     _, docs = retrieve(server, *(uid for uid, _, _ in results))
     assert docs == {uid: (data, "text/plain") for uid, data, _ in results}
     assert leftovers(server)["staging"] == [] and leftovers(server)["spool"] == []
+
+
+def test_all_in_one_registry_endpoint_routes_retrieve_to_the_local_repository(server):
+    pid = patient(server)
+    req = builder.simple_submission(pid, 1, register=False)
+    uid = unique_ids(req)["Document01"]
+    provide(server, req, {"Document01": BINARY})
+    assert server.registry.store.repositories()[REPO][0] == server.url + "/xds/repository"
+    ask = etree.Element(f"{{{C.NS_XDSB}}}RetrieveDocumentSetRequest", nsmap={"xdsb": C.NS_XDSB})
+    ask.append(retrieve_request(uid, REPO)[0])
+    reply = SoapClient(server.url + "/xds/registry", timeout=60).call(C.ACTION_RETRIEVE, ask, use_mtom=True)
+    assert status_codes(reply.body) == (C.RESPONSE_SUCCESS, [])
+    found = mtom.resolve_xop(reply.body, reply.mtom)
+    assert [a.read_bytes() for a in found.values()] == [BINARY]
+    reply.mtom.cleanup()

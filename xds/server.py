@@ -62,6 +62,10 @@ class Services:
         self.http.prepare()
         self._thread = threading.Thread(target=self.http.serve, name="xds-http", daemon=True)
         self._thread.start()
+        if self.registry is not None and self.repository is not None and s.route_retrieve:
+            # All in one process: the registry's own directory names the local repository, so ITI-43
+            # sent to the registry endpoint reaches it like any other host.
+            self.registry.store.add_repository(s.repository_id, self.url + "/xds/repository")
         if self.registry is not None and s.mllp_port is not None:
             from registry.feed import internal_error_ack
             from .mllp import MllpServer
