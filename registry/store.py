@@ -5,6 +5,7 @@ ITI-42 registration, stored queries and the patient feed reach the database thro
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
@@ -26,6 +27,14 @@ _CHUNK = 500  # bound IN-lists so large submissions stay within driver limits
 def chunks(seq: Sequence, n: int = _CHUNK) -> Iterator[Sequence]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
+
+
+def _sqlite_writer_lock(engine: Engine) -> threading.RLock:
+    # One lock per engine, shared by every store built on it (the repository shares the registry's).
+    lock = engine.__dict__.get("_xds_writer_lock")
+    if lock is None:
+        lock = engine.__dict__.setdefault("_xds_writer_lock", threading.RLock())
+    return lock
 
 
 @dataclass
@@ -53,6 +62,9 @@ class RegistryStore:
     def __init__(self, engine: Engine | str):
         self.engine = make_engine(engine) if isinstance(engine, str) else engine
         self.is_postgres = self.engine.dialect.name == "postgresql"
+        # SQLite has one writer at a time and makes the others poll with growing sleeps; queueing this
+        # process's writers on a lock hands the database over at once instead.
+        self._writers = None if self.is_postgres else _sqlite_writer_lock(self.engine)
 
     def create_schema(self) -> None:
         S.metadata.create_all(self.engine)
@@ -66,7 +78,11 @@ class RegistryStore:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+        if self._writers is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self._writers, self.engine.begin() as conn:
             yield conn
 
     @contextlib.contextmanager
