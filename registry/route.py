@@ -6,7 +6,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from lxml import etree
 
-from repository.retrieve import read_requests, retrieve_response
+from xds.xdsb import read_requests, retrieve_response
 from xds import constants as C
 from xds import errors as E
 from xds.app import SoapRequest, SoapResponse

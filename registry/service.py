@@ -50,7 +50,7 @@ class RegistryActor:
         ops[C.ACTION_DELETE] = Operation(self.delete, C.response_action(C.ACTION_DELETE))
         ops[C.ACTION_UPDATE] = Operation(self.update, C.response_action(C.ACTION_UPDATE))
         if self.config.route_retrieve:
-            from repository.retrieve import retrieve_response
+            from xds.xdsb import retrieve_response
             from .route import RetrieveRouter
 
             router = RetrieveRouter(self.store, self.config.forward_timeout, self.client_ssl_context, self.spool_dir)

@@ -15,7 +15,7 @@ from xds import errors as E
 from xds.ebrim import registry_response
 from xds.errors import XdsError
 from .blobs import BlobStore
-from .retrieve import read_requests
+from xds.xdsb import read_requests
 from .store import DocumentRow, RepositoryStore
 
 log = logging.getLogger(__name__)
