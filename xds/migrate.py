@@ -77,6 +77,19 @@ def own_tables(metadata: sa.MetaData) -> Callable[[str | None, str, dict], bool]
     return include_name
 
 
+def run_env(context, metadata: sa.MetaData) -> None:
+    """The body of each tree's env.py: Alembic runs it with the connection xds.migrate passed in."""
+    connection = context.config.attributes.get("connection")
+    if connection is None:
+        # There is no alembic.ini with a URL, and offline SQL scripts are not supported.
+        raise RuntimeError("run migrations through xds.migrate, which passes a connection")
+    context.configure(connection=connection, target_metadata=metadata,
+                      version_table=context.config.attributes["tree"].version_table,
+                      include_name=own_tables(metadata))
+    with context.begin_transaction():
+        context.run_migrations()
+
+
 def heads(tree: str) -> list[str]:
     return list(ScriptDirectory.from_config(config(tree)).get_heads())
 

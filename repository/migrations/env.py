@@ -2,15 +2,6 @@
 from alembic import context
 
 from repository.schema import metadata
-from xds.migrate import own_tables
+from xds.migrate import run_env
 
-connection = context.config.attributes.get("connection")
-if connection is None:
-    # There is no alembic.ini with a URL, and offline SQL scripts are not supported.
-    raise RuntimeError("run repository migrations through xds.migrate, which passes a connection")
-
-context.configure(connection=connection, target_metadata=metadata,
-                  version_table=context.config.attributes["tree"].version_table,
-                  include_name=own_tables(metadata))
-with context.begin_transaction():
-    context.run_migrations()
+run_env(context, metadata)
