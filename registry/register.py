@@ -212,9 +212,7 @@ class _Registration:
             self._same_patient(a, refs)
 
     def _snapshot_target(self, a: Association, target: ObjectRow) -> None:
-        from sqlalchemy import select
-        entry_type = self.conn.execute(select(S.doc_entry.c.entry_type).where(S.doc_entry.c.id == a.target)).scalar()
-        if entry_type != C.OBJECT_TYPE_ON_DEMAND:
+        if self.store.entry_type(self.conn, a.target) != C.OBJECT_TYPE_ON_DEMAND:
             self.errors.add(f"IsSnapshotOf {a.id} must target an On-Demand DocumentEntry; {a.target} is stable", a.id)
 
     def _same_patient(self, a: Association, refs) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+
 from lxml import etree
 
-from xds.xdsb import read_requests, retrieve_response
 from xds import constants as C
 from xds import errors as E
 from xds.app import SoapRequest, SoapResponse
@@ -14,14 +14,10 @@ from xds.client import SoapClient, TransportError
 from xds.ebrim import read_response_errors
 from xds.errors import XdsError
 from xds.mtom import href_to_cid, new_cid
+from xds.xdsb import read_requests, retrieve_response, x as _x
 from .store import RegistryStore
 
 log = logging.getLogger(__name__)
-_X = C.NS_XDSB
-
-
-def _x(local: str) -> str:
-    return C.q(_X, local)
 
 
 class RetrieveRouter:
@@ -66,7 +62,7 @@ class RetrieveRouter:
         return SoapResponse(response, attachments, mtom=True, cleanup=cleanup)
 
     def _forward(self, repo: str, url: str, wanted: list[tuple[str | None, str]], request_id: str):
-        request = etree.Element(_x("RetrieveDocumentSetRequest"), nsmap={"xdsb": _X})
+        request = etree.Element(_x("RetrieveDocumentSetRequest"), nsmap={"xdsb": C.NS_XDSB})
         for home, uid in wanted:
             dr = etree.SubElement(request, _x("DocumentRequest"))
             if home:

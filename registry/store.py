@@ -243,25 +243,21 @@ class RegistryStore:
                 out.append((ObjectRow(*r[:7]), r.hash))
         return out
 
-    def source_associations(self, conn: Connection, sources: Iterable[str], types: Sequence[str],
-                            status: str | None = C.STATUS_APPROVED) -> list[AssociationRow]:
-        return self._associations_at(conn, S.association.c.source, sources, types, status)
-
     def target_associations(self, conn: Connection, targets: Iterable[str], types: Sequence[str],
                             status: str | None = C.STATUS_APPROVED) -> list[AssociationRow]:
-        return self._associations_at(conn, S.association.c.target, targets, types, status)
-
-    def _associations_at(self, conn: Connection, end, ids: Iterable[str], types: Sequence[str],
-                         status: str | None) -> list[AssociationRow]:
         t = S.association
         out = []
-        for part in chunks(list(set(ids))):
+        for part in chunks(list(set(targets))):
             q = select(t.c.id, t.c.type, t.c.source, t.c.target, t.c.status, t.c.ss_status).where(
-                end.in_(part), t.c.type.in_(types))
+                t.c.target.in_(part), t.c.type.in_(types))
             if status:
                 q = q.where(t.c.status == status)
             out += [AssociationRow(*r) for r in conn.execute(q)]
         return out
+
+    def entry_type(self, conn: Connection, entry_id: str) -> str | None:
+        """The objectType (stable or On-Demand) of a registered DocumentEntry."""
+        return conn.execute(select(S.doc_entry.c.entry_type).where(S.doc_entry.c.id == entry_id)).scalar()
 
     def folders_holding(self, conn: Connection, doc_ids: Iterable[str]) -> list[AssociationRow]:
         """Approved Folder->DocumentEntry HasMember associations for these entries."""

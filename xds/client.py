@@ -58,12 +58,9 @@ class SoapClient:
         return http.client.HTTPConnection(host, port, timeout=self.timeout)
 
     def envelope(self, action: str, payload: etree._Element, version: str = soap.SOAP12) -> bytes:
-        env, body = soap._envelope(version, None, None)
+        env, body = soap._envelope(version, None, None)  # writes the MessageID
         header = env[0]
-        for tag, text in ((f"{{{C.NS_WSA}}}Action", action), (f"{{{C.NS_WSA}}}MessageID", None),
-                          (f"{{{C.NS_WSA}}}To", self.url)):
-            if tag.endswith("MessageID"):
-                continue  # _envelope already wrote a MessageID
+        for tag, text in ((f"{{{C.NS_WSA}}}Action", action), (f"{{{C.NS_WSA}}}To", self.url)):
             el = etree.SubElement(header, tag)
             el.text = text
             el.set(f"{{{soap._ENV_NS[version]}}}mustUnderstand", "true" if version == soap.SOAP12 else "1")
