@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from repository.transfer import provide_and_register  # noqa: E402
+from node.transfer import provide_and_register  # noqa: E402
 from xds import builder  # noqa: E402
 from xds import constants as C  # noqa: E402
 from xds import mtom  # noqa: E402
@@ -47,13 +47,13 @@ def free_port() -> int:
 # --- the XDS server ----------------------------------------------------------------------------------
 
 class XdsServer:
-    """`python -m xds.cli serve` in a child process, on a fresh data folder."""
+    """`python -m node.cli serve` in a child process, on a fresh data folder."""
 
     def __init__(self, workdir: str, db: str = "sqlite", fsync: bool = True, name: str = "xds-data"):
         self.data = os.path.join(workdir, name)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "xds.cli", "serve", "--port", str(self.port), "--data", self.data,
+        cmd = [sys.executable, "-m", "node.cli", "serve", "--port", str(self.port), "--data", self.data,
                "--no-patient-check"]
         self.pg = None
         if db == "postgresql":

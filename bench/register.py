@@ -40,7 +40,7 @@ def start_server(db_url: str, data: str) -> tuple[subprocess.Popen, str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, XDS_LOG_LEVEL="WARNING")
-    proc = subprocess.Popen([sys.executable, "-m", "xds.cli", "serve", "--port", str(port), "--db", db_url,
+    proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--port", str(port), "--db", db_url,
                              "--data", data, "--no-patient-check"], env=env, stdout=subprocess.PIPE)
     proc.stdout.readline()  # "xds: all on ..." once listening
     return proc, f"http://127.0.0.1:{port}"

@@ -25,7 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import provide as P  # noqa: E402  (the helpers of bench/provide.py)
 
-from repository.transfer import retrieve_request  # noqa: E402
+from node.transfer import retrieve_request  # noqa: E402
 from xds import builder  # noqa: E402
 from xds import constants as C  # noqa: E402
 from xds import mtom  # noqa: E402

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-dir", default="conformance-report")
     args = parser.parse_args(argv)
 
-    from xds.server import Services
+    from node.server import Services
     from xds.settings import Settings
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")

@@ -6,16 +6,13 @@ from typing import Callable
 from lxml import etree
 
 from xds import constants as C
+from xds.constants import last_segment
 
 from .plan import UseId
 
 
 def _rim(local: str) -> str:
     return C.q(C.NS_RIM, local)
-
-
-def _short(value: str | None) -> str:
-    return (value or "").rsplit(":", 1)[-1]
 
 
 class Contents:
@@ -45,7 +42,7 @@ class Contents:
     def has_member(self, sources: list[etree._Element], targets: list[etree._Element]) -> int:
         src = {s.get("id") for s in sources}
         tgt = {t.get("id") for t in targets}
-        return sum(1 for a in self.assocs if _short(a.get("associationType")) == "HasMember"
+        return sum(1 for a in self.assocs if last_segment(a.get("associationType"), "") == "HasMember"
                    and a.get("sourceObject") in src and a.get("targetObject") in tgt)
 
     def describe(self) -> str:
@@ -68,12 +65,12 @@ def _count(c: Contents, what: str, expected: int) -> list[str]:
 
 
 def _status_all(objs, status: str, label: str) -> list[str]:
-    bad = [o.get("id") for o in objs if _short(o.get("status")) != status]
+    bad = [o.get("id") for o in objs if last_segment(o.get("status"), "") != status]
     return [f"{label}: expected every one {status}, not so for {', '.join(map(str, bad))}"] if bad else []
 
 
 def _status_one(objs, status: str, label: str) -> list[str]:
-    return [] if any(_short(o.get("status")) == status for o in objs) else [f"{label}: none is {status}"]
+    return [] if any(last_segment(o.get("status"), "") == status for o in objs) else [f"{label}: none is {status}"]
 
 
 def _shape(c: Contents, ss: int, docs: int, folders: int, assocs: int, label: str) -> list[str]:
@@ -94,7 +91,7 @@ def _ss_with_docs(c: Contents, n: int, label: str, approved: bool) -> list[str]:
 
 
 def _has_type(c: Contents, kind: str) -> list[str]:
-    if any(_short(a.get("associationType")) == kind for a in c.assocs):
+    if any(last_segment(a.get("associationType"), "") == kind for a in c.assocs):
         return []
     return [f"Has{kind}: no {kind} Association in the response"]
 

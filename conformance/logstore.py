@@ -80,9 +80,6 @@ class LogStore:
     def get(self, test: str, section: str) -> SectionLog | None:
         return self._logs.get((test, section))
 
-    def has_test(self, test: str) -> bool:
-        return any(t == test for t, _ in self._logs)
-
 
 def resolve_testdir(test: str, section: str, testdir: str) -> tuple[str, str] | None:
     """A UseId testdir is a path relative to the current section's log folder <test>/<section>."""

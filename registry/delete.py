@@ -12,9 +12,10 @@ from lxml import etree
 
 from xds import constants as C
 from xds import errors as E
+from xds.constants import last_segment
 from xds.errors import ErrorList, XdsException
 from . import schema as S
-from .register import now_dtm
+from .checks import now_dtm
 from .store import AssociationRow, ObjectRow, RegistryStore
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,6 @@ _OBJECT_REF_LIST = C.q(C.NS_RIM, "ObjectRefList")
 _OBJECT_REF = C.q(C.NS_RIM, "ObjectRef")
 _REQUEST_SLOTS = C.q(C.NS_RS, "RequestSlotList")
 _DELETE_ALL = "urn:oasis:names:tc:ebxml-regrep:DeletionScopeType:DeleteAll"
-_KIND_NAMES = {S.KIND_DOCUMENT_ENTRY: "DocumentEntry", S.KIND_SUBMISSION_SET: "SubmissionSet",
-               S.KIND_FOLDER: "Folder"}
 
 
 def delete_document_set(store: RegistryStore, request: etree._Element) -> None:
@@ -125,7 +124,7 @@ class _Removal:
             if not holders:
                 continue
             what = _describe(i, objs, assocs)
-            listed = ", ".join(f"{_type_name(a.type)} {a.id}" for a in holders[:5])
+            listed = ", ".join(f"{last_segment(a.type)} {a.id}" for a in holders[:5])
             more = f" and {len(holders) - 5} more" if len(holders) > 5 else ""
             self.errors.add(f"cannot remove {what}: Association {listed}{more} still point at it and "
                             f"would be left dangling; remove them in the same request", i, E.REFERENCES_EXIST)
@@ -154,16 +153,12 @@ class _Removal:
         return {i for i, row in self.store.objects(self.conn, sources).items() if row.kind == S.KIND_FOLDER}
 
 
-def _type_name(assoc_type: str) -> str:
-    return assoc_type.rsplit(":", 1)[-1]
-
-
 def _describe(ident: str, objs: dict[str, ObjectRow], assocs: dict[str, AssociationRow]) -> str:
     if ident in objs:
         row = objs[ident]
         uid = f" (uniqueId {row.unique_id})" if row.unique_id else ""
-        return f"{_KIND_NAMES.get(row.kind, 'object')} {ident}{uid}"
+        return f"{S.KIND_NAMES.get(row.kind, 'object')} {ident}{uid}"
     if ident in assocs:
         a = assocs[ident]
-        return f"{_type_name(a.type)} Association {ident} ({a.source} -> {a.target})"
+        return f"{last_segment(a.type)} Association {ident} ({a.source} -> {a.target})"
     return f"object {ident}"

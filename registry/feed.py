@@ -369,13 +369,6 @@ def _merge_pairs(msg: Message, pid: list[str], mrg: list[str], number: int) -> l
 
 
 def feed_handler(patients: PatientStore):
-    """The ``handler`` for ``MllpServer``."""
+    """The ``handler`` for ``MllpServer``: applies each ITI-8 message to ``patients``, answers its ACK.
+    Pair it with ``error_reply=internal_error_ack``."""
     return lambda message: handle_adt(message, patients)
-
-
-def make_feed_server(patients: PatientStore, host: str = "0.0.0.0", port: int = 2575, **kwargs):
-    """An ``MllpServer`` (not yet started) that applies ITI-8 messages to ``patients``."""
-    from xds.mllp import MllpServer
-
-    kwargs.setdefault("error_reply", internal_error_ack)
-    return MllpServer(host, port, feed_handler(patients), **kwargs)

@@ -19,13 +19,24 @@ from .store import RegistryStore
 
 log = logging.getLogger(__name__)
 
+MAX_FORWARDS = 8  # repository hosts asked at once
+
 
 class RetrieveRouter:
+    """Forwards ITI-43 to the repository hosts of the directory, several at once on a pool of threads
+    that lives as long as the router: `close()` ends it."""
+
     def __init__(self, store: RegistryStore, timeout: float = 30.0, ssl_context=None, spool_dir: str | None = None):
         self.store = store
         self.timeout = timeout
         self.ssl_context = ssl_context
         self.spool_dir = spool_dir
+        # Threads are started as forwards need them, up to MAX_FORWARDS.
+        self._pool = ThreadPoolExecutor(max_workers=MAX_FORWARDS, thread_name_prefix="xds-route")
+
+    def close(self) -> None:
+        """Wait for the forwards in flight, then end the threads."""
+        self._pool.shutdown(wait=True)
 
     def retrieve(self, req: SoapRequest) -> SoapResponse:
         items = read_requests(req.body)
@@ -38,9 +49,8 @@ class RetrieveRouter:
                                        f"{uid}) is not in this registry's repository directory", repo))
             else:
                 groups.setdefault(repo, []).append((home, uid))
-        with ThreadPoolExecutor(max_workers=max(1, min(8, len(groups)))) as pool:
-            replies = list(pool.map(lambda kv: self._forward(kv[0], directory[kv[0]][0], kv[1], req.request_id),
-                                    groups.items()))
+        replies = list(self._pool.map(lambda kv: self._forward(kv[0], directory[kv[0]][0], kv[1], req.request_id),
+                                      groups.items()))
         answers, attachments, cleanups = [], [], []
         for repo_errors, repo_answers, repo_attachments, cleanup in replies:
             errors += repo_errors

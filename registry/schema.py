@@ -23,6 +23,8 @@ DTM = String(14)
 KIND_DOCUMENT_ENTRY = "DE"
 KIND_SUBMISSION_SET = "SS"
 KIND_FOLDER = "FD"
+# How the kinds are named in messages.
+KIND_NAMES = {KIND_DOCUMENT_ENTRY: "DocumentEntry", KIND_SUBMISSION_SET: "SubmissionSet", KIND_FOLDER: "Folder"}
 
 # Every DocumentEntry, SubmissionSet and Folder version.
 registry_object = Table(

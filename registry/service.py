@@ -9,7 +9,6 @@ from xds import errors as E
 from xds.app import Endpoint, Operation, SoapRequest, SoapResponse
 from xds.ebrim import adhoc_query_response, registry_response
 from xds.errors import XdsException
-from xds.tls import peer_subject
 from .config import RegistryConfig
 from .register import register
 from .store import RegistryStore
@@ -37,6 +36,7 @@ class RegistryActor:
         self.config = config or RegistryConfig()
         self.client_ssl_context = client_ssl_context  # presented to repository hosts when forwarding ITI-43
         self.spool_dir = spool_dir
+        self._router = None  # the ITI-43 RetrieveRouter, made with the first operations() that routes
 
     def endpoint(self, path: str = "/xds/registry") -> Endpoint:
         return Endpoint(path, self.operations(), wsdl="registry.wsdl")
@@ -53,11 +53,18 @@ class RegistryActor:
             from xds.xdsb import retrieve_response
             from .route import RetrieveRouter
 
-            router = RetrieveRouter(self.store, self.config.forward_timeout, self.client_ssl_context, self.spool_dir)
-            ops[C.ACTION_RETRIEVE] = Operation(router.retrieve, C.response_action(C.ACTION_RETRIEVE),
+            if self._router is None:
+                self._router = RetrieveRouter(self.store, self.config.forward_timeout, self.client_ssl_context,
+                                              self.spool_dir)
+            ops[C.ACTION_RETRIEVE] = Operation(self._router.retrieve, C.response_action(C.ACTION_RETRIEVE),
                                                error_payload=lambda errors: retrieve_response(errors),
                                                mtom_response=True)
         return ops
+
+    def close(self) -> None:
+        """Release what the actor holds for its lifetime: the ITI-43 router's forwarding threads."""
+        if self._router is not None:
+            self._router.close()
 
     def register(self, req: SoapRequest) -> SoapResponse:
         if self.config.require_known_repositories:
@@ -67,7 +74,7 @@ class RegistryActor:
 
     def _check_submitter(self, req: SoapRequest) -> None:
         """Only a known repository host may register, and only documents it holds."""
-        subject = peer_subject(req.environ)
+        subject = req.peer_subject
         peer = req.environ.get("REMOTE_ADDR")
         if subject is None:
             log.warning("request %s: ITI-42 from %s refused: no verified client certificate", req.request_id, peer)
@@ -111,7 +118,6 @@ class RegistryActor:
         return SoapResponse(stored_query(self.store, req.body, self.config))
 
     def feed_handler(self):
-        from .feed import handle_adt
+        from .feed import feed_handler
 
-        patients = FeedPatients(self.store)
-        return lambda message: handle_adt(message, patients)
+        return feed_handler(FeedPatients(self.store))

@@ -1,21 +1,26 @@
-"""The registry's storage: the only module that reads and writes the registry tables.
+"""The registry's storage: RegistryStore, and the stored queries' SQL.
 
-ITI-42 registration, stored queries and the patient feed reach the database through here.
+The storage layer is this module with registry.query.filters and registry.query.queries (the
+ITI-18 SQL, which runs on a reading connection opened here); it alone reads and writes the
+registry tables (registry.schema). The transactions (register, update, delete, route, the
+patient feed, and the ITI-18 handler in registry.query) reach the database through
+RegistryStore, or, for ITI-18, through the query functions; they take nothing else from
+registry.schema than its KIND_* constants. tests/test_registry_layout.py checks this.
 """
 from __future__ import annotations
 
 import contextlib
 import threading
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from lxml import etree
-from sqlalchemy import Table, and_, delete, insert, select, text, update
-from sqlalchemy import or_
+from sqlalchemy import Table, delete, insert, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from xds import constants as C
 from xds.db import make_engine
+from xds.ebrim import to_xml
 from xds.model import Association, DocumentEntry, Folder, RegistryObject, SubmissionSet
 from xds.xmlsafe import parse as safe_parse
 from . import schema as S
@@ -272,20 +277,29 @@ class RegistryStore:
         return out
 
     # --- writes ------------------------------------------------------------------------------
-    def insert_objects(self, conn: Connection, objs: Sequence[RegistryObject], seq0: int | None, now: str) -> None:
-        self.write(conn, self.object_rows(objs, seq0, now))
+    def insert_submission(self, conn: Connection, objects: Sequence[RegistryObject],
+                          associations: Sequence[Association], now: str,
+                          versions: Mapping[str, int] | None = None) -> None:
+        """Insert Approved registry objects (DocumentEntries, SubmissionSets, Folders) and associations
+        with their index rows, numbered in registration order, objects first, in one batch.
 
-    def insert_associations(self, conn: Connection, assocs: Sequence[Association], seq0: int | None) -> None:
-        self.write(conn, self.association_rows(assocs, seq0))
+        now: the lastUpdateTime of new Folders. versions: the version number of each object that is
+        a new version of a registered logical id (ITI-57), by id; every other object is version 1.
+        """
+        seq = self.next_seq(conn, len(objects) + len(associations))
+        self.write(conn, self._object_rows(objects, seq, now, versions or {}) + self._association_rows(
+            associations, None if seq is None else seq + len(objects)))
 
     @staticmethod
-    def object_rows(objs: Sequence[RegistryObject], seq0: int | None, now: str) -> list[tuple[Table, list[dict]]]:
+    def _object_rows(objs: Sequence[RegistryObject], seq0: int | None, now: str,
+                     versions: Mapping[str, int]) -> list[tuple[Table, list[dict]]]:
         obj_rows, de_rows, ss_rows, fd_rows, code_rows, author_rows, ref_rows = [], [], [], [], [], [], []
         for i, o in enumerate(objs):
             kind = {DocumentEntry: S.KIND_DOCUMENT_ENTRY, SubmissionSet: S.KIND_SUBMISSION_SET,
                     Folder: S.KIND_FOLDER}[type(o)]
-            obj_rows.append(dict(id=o.id, lid=o.lid or o.id, version=1, kind=kind, status=C.STATUS_APPROVED,
-                                 patient_id=o.patient_id, unique_id=o.unique_id, xml=stored_xml(o)))
+            obj_rows.append(dict(id=o.id, lid=o.lid or o.id, version=versions.get(o.id, 1), kind=kind,
+                                 status=C.STATUS_APPROVED, patient_id=o.patient_id, unique_id=o.unique_id,
+                                 xml=stored_xml(o)))
             if seq0 is not None:
                 obj_rows[-1]["seq"] = seq0 + i
             if isinstance(o, DocumentEntry):
@@ -308,7 +322,7 @@ class RegistryStore:
                                     (S.object_author, author_rows), (S.reference_id, ref_rows)) if r]
 
     @staticmethod
-    def association_rows(assocs: Sequence[Association], seq0: int | None) -> list[tuple[Table, list[dict]]]:
+    def _association_rows(assocs: Sequence[Association], seq0: int | None) -> list[tuple[Table, list[dict]]]:
         rows = [dict(id=a.id, type=a.type, source=a.source, target=a.target, status=C.STATUS_APPROVED,
                      ss_status=a.submission_set_status, xml=stored_xml(a))
                 for a in assocs]
@@ -370,7 +384,8 @@ class RegistryStore:
         return objs, assocs
 
     def associations_touching(self, conn: Connection, ids: Iterable[str]) -> list[AssociationRow]:
-        """Every association, of any type and status, with one of ids as source or target."""
+        """Every association, of any type and status, with one of ids as source or target (for the
+        transactions' checks; the stored queries filter and order theirs: filters.associations_in_seq_order)."""
         t = S.association
         found: dict[str, AssociationRow] = {}
         for part in chunks(sorted(set(ids))):
@@ -466,14 +481,11 @@ def _doc_entry_row(o: DocumentEntry) -> dict:
 
 
 def stored_xml(o: RegistryObject) -> str:
-    el = o.element
     # The `home` attribute belongs to the community answering a query, not to stored metadata.
-    if "home" in el.attrib:
-        del el.attrib["home"]
-    if not el.get("lid"):
-        el.set("lid", el.get("id"))
-    el.set("status", C.STATUS_APPROVED)
-    return etree.tostring(el, encoding="unicode")
+    o.home = None
+    o.lid = o.lid or o.id
+    o.status = C.STATUS_APPROVED
+    return to_xml(o)
 
 
 _AFTER_VERSION_INFO = {f"{{{RIM}}}{n}" for n in ("Classification", "ExternalIdentifier", "ContentVersionInfo")}

@@ -12,11 +12,14 @@ from lxml import etree
 
 from xds import constants as C
 from xds import errors as E
+from xds.constants import last_segment
 from xds.errors import XdsError
-from xds.model import Association, DocumentEntry
+from xds.model import Association, DocumentEntry, Submission
+from xds.validation import Mode
 from . import schema as S
+from .checks import Reference, SubmissionChecks, new_association, now_dtm
 from .config import RegistryConfig
-from .register import _KIND_NAMES, _new_association, _Registration, prepare_for_storage, read_submission
+from .register import prepare_for_storage, read_submission
 from .store import AssociationRow, ObjectRow, RegistryStore
 from .update_ops import AddedAssociation, NewVersion, Operations, StatusChange, read_operations
 
@@ -25,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def update_document_set(store: RegistryStore, request: etree._Element, config: RegistryConfig) -> list[XdsError]:
     """Apply every operation of the SubmitObjectsRequest, or none. Returns warnings; raises XdsException."""
-    sub, found = read_submission(request, config, "update", "ITI-57")
+    sub, found = read_submission(request, config, Mode.UPDATE, "ITI-57")
     found.raise_if_errors()
     ops = read_operations(sub)
     warnings, submitted_uuids = prepare_for_storage(sub, config)
@@ -34,14 +37,19 @@ def update_document_set(store: RegistryStore, request: etree._Element, config: R
     return warnings + found.warnings
 
 
-class _Update(_Registration):
-    """Reuses the Register checks that apply unchanged: new ids, known patient, resolvable references,
-    one patient per association."""
+class _Update:
+    """ITI-57's rules that need the registry's state, then its writes, in the one transaction. The
+    checks that ITI-42 makes as well (new ids, known patient, the SubmissionSet's uniqueId, resolvable
+    references, one patient per association) are those of registry.checks."""
 
-    def __init__(self, store: RegistryStore, conn, sub, config: RegistryConfig, submitted_uuids: list[str],
-                 ops: Operations):
-        super().__init__(store, conn, sub, config, submitted_uuids)
-        self.ops = ops
+    def __init__(self, store: RegistryStore, conn, sub: Submission, config: RegistryConfig,
+                 submitted_uuids: list[str], ops: Operations):
+        self.checks = SubmissionChecks(store, conn, sub, config, submitted_uuids)
+        self.store, self.conn, self.sub, self.ops = store, conn, sub, ops
+        self.errors = self.checks.errors
+        self.ss = self.checks.ss
+        self.now = now_dtm()
+        self.new_associations: list[Association] = []  # links the new versions inherit
         self.new_versions: dict[str, int] = {}  # id of a new version -> its version number
         self.renamed: dict[str, str] = {}       # id of a replaced latest version -> id of its successor
         self.deprecate: set[str] = set()
@@ -52,10 +60,10 @@ class _Update(_Registration):
     def run(self) -> None:
         self._lock()
         holders = self.store.by_unique_ids(self.conn, [self.ss.unique_id] if self.ss.unique_id else [])
-        self._ids_are_new()
-        self._patient_known()
-        self._unique_ids([self.ss], holders)
-        refs = self._resolve_references()
+        self.checks.ids_are_new()
+        self.checks.patient_known()
+        self.checks.unique_ids([self.ss], holders)
+        refs = self.checks.resolve_references()
         self.errors.raise_if_errors()
 
         lids = [v.obj.lid for v in self.ops.versions] + [r.lid for r in refs.values() if isinstance(r, ObjectRow)]
@@ -69,7 +77,7 @@ class _Update(_Registration):
         for added in self.ops.added:
             self._added_association(added, refs)
         for a in self.sub.associations:
-            self._same_patient(a, refs)
+            self.checks.same_patient(a, refs)
         self.errors.raise_if_errors()
         self._write()
 
@@ -95,14 +103,14 @@ class _Update(_Registration):
         row, entry_type = found
         kind = S.KIND_DOCUMENT_ENTRY if isinstance(obj, DocumentEntry) else S.KIND_FOLDER
         if row.kind != kind:
-            self.errors.add(f"{what} is a new version of logical id {obj.lid}, which is a {_KIND_NAMES[row.kind]}",
+            self.errors.add(f"{what} is a new version of logical id {obj.lid}, which is a {S.KIND_NAMES[row.kind]}",
                             obj.id, E.METADATA_UPDATE_ERROR)
             return
         if v.previous != row.version:
             self.errors.add(f"{what} gives PreviousVersion {v.previous} but the latest version of {obj.lid} is "
                             f"{row.version} ({row.id})", v.link.id, E.METADATA_VERSION_ERROR)
         if row.status != C.STATUS_APPROVED:
-            self.errors.add(f"{what}: the latest version of {obj.lid} ({row.id}) is {_status_name(row.status)}; "
+            self.errors.add(f"{what}: the latest version of {obj.lid} ({row.id}) is {last_segment(row.status)}; "
                             f"only an Approved version can be updated", obj.id, E.METADATA_UPDATE_ERROR)
         if obj.unique_id != row.unique_id:
             self.errors.add(f"{what} has uniqueId {obj.unique_id}, but logical id {obj.lid} has uniqueId "
@@ -149,12 +157,12 @@ class _Update(_Registration):
             if any(v.propagate for v in ends) and key not in wanted:
                 wanted.append(key)
         for type_, source, target in wanted:
-            self.new_associations.append(_new_association(source, target, type_, None))
+            self.new_associations.append(new_association(source, target, type_, None))
             if type_ == C.ASSOC_HAS_MEMBER:
                 self.touched.add(source)
 
     # --- UpdateAvailabilityStatus ------------------------------------------------------------
-    def _status_change(self, s: StatusChange, refs, latest) -> None:
+    def _status_change(self, s: StatusChange, refs: dict[str, Reference], latest) -> None:
         target = refs.get(s.target)
         where, what = s.link.id, f"UpdateAvailabilityStatus {s.link.id}"
         if isinstance(target, ObjectRow):
@@ -167,7 +175,7 @@ class _Update(_Registration):
                 self.errors.add(f"{what} targets {target.id}, which this message replaces with a new version", where,
                                 E.METADATA_UPDATE_ERROR)
             elif newest.id != target.id:
-                self.errors.add(f"{what} targets version {target.version} of {_KIND_NAMES[target.kind]} {target.lid}; "
+                self.errors.add(f"{what} targets version {target.version} of {S.KIND_NAMES[target.kind]} {target.lid}; "
                                 f"only its latest version ({newest.version}, {newest.id}) may change status", where,
                                 E.METADATA_UPDATE_ERROR)
             changes = self.object_status
@@ -177,8 +185,8 @@ class _Update(_Registration):
         else:
             return  # unresolved: reported already
         if target.status != s.original:
-            self.errors.add(f"{what} gives OriginalStatus {_status_name(s.original)}, but {target.id} is "
-                            f"{_status_name(target.status)}", where, E.METADATA_UPDATE_ERROR)
+            self.errors.add(f"{what} gives OriginalStatus {last_segment(s.original)}, but {target.id} is "
+                            f"{last_segment(target.status)}", where, E.METADATA_UPDATE_ERROR)
         changes[target.id] = s.new
 
     def _association_status_allowed(self, s: StatusChange, target: AssociationRow) -> None:
@@ -192,13 +200,13 @@ class _Update(_Registration):
             self.errors.add(f"{what} targets HasMember {target.id} of a SubmissionSet; only Folder membership and "
                             f"document relationships change status", s.link.id, E.METADATA_UPDATE_ERROR)
             return
-        self.errors.add(f"{what} targets a {_short(target.type)} association ({target.id}); only Folder membership "
-                        f"and document relationships change status", s.link.id, E.METADATA_UPDATE_ERROR)
+        self.errors.add(f"{what} targets a {last_segment(target.type)} association ({target.id}); only Folder "
+                        f"membership and document relationships change status", s.link.id, E.METADATA_UPDATE_ERROR)
 
     # --- SubmitAssociation -------------------------------------------------------------------
-    def _added_association(self, added: AddedAssociation, refs) -> None:
+    def _added_association(self, added: AddedAssociation, refs: dict[str, Reference]) -> None:
         a = added.added
-        where, name = a.id, f"submitted {_short(a.type)} {a.id}"
+        where, name = a.id, f"submitted {last_segment(a.type)} {a.id}"
         ends = []
         for end, ref in (("sourceObject", a.source), ("targetObject", a.target)):
             row = refs.get(ref)
@@ -220,7 +228,7 @@ class _Update(_Registration):
         if a.type == C.ASSOC_HAS_MEMBER:
             if source.kind != S.KIND_FOLDER or target.kind != S.KIND_DOCUMENT_ENTRY:
                 self.errors.add(f"{name} must go from a Folder to a DocumentEntry, not from a "
-                                f"{_KIND_NAMES[source.kind]} to a {_KIND_NAMES[target.kind]}", where,
+                                f"{S.KIND_NAMES[source.kind]} to a {S.KIND_NAMES[target.kind]}", where,
                                 E.METADATA_UPDATE_ERROR)
             self.touched.add(source.id)
         elif S.KIND_DOCUMENT_ENTRY != source.kind or S.KIND_DOCUMENT_ENTRY != target.kind:
@@ -229,20 +237,13 @@ class _Update(_Registration):
                     if r.source == source.id and r.target == target.id and r.status == C.STATUS_APPROVED]
         if existing:
             self.errors.add(f"{name}: {source.id} and {target.id} are already linked by Approved association "
-                            f"{existing[0].id} ({_short(existing[0].type)})", where, E.METADATA_UPDATE_ERROR)
+                            f"{existing[0].id} ({last_segment(existing[0].type)})", where, E.METADATA_UPDATE_ERROR)
 
     # --- storing ----------------------------------------------------------------------------
     def _write(self) -> None:
         entries = [self.ss] + [v.obj for v in self.ops.versions]
-        assocs: list[Association] = self.sub.associations + self.new_associations
-        seq = self.store.next_seq(self.conn, len(entries) + len(assocs))
-        batches = self.store.object_rows(entries, seq, self.now)
-        for table, rows in batches:
-            if table is S.registry_object:
-                for r in rows:
-                    r["version"] = self.new_versions.get(r["id"], 1)
-        batches += self.store.association_rows(assocs, None if seq is None else seq + len(entries))
-        self.store.write(self.conn, batches)
+        self.store.insert_submission(self.conn, entries, self.sub.associations + self.new_associations, self.now,
+                                     versions=self.new_versions)
         if self.deprecate:
             self.store.set_status(self.conn, self.deprecate, C.STATUS_DEPRECATED)
         for status in set(self.object_status.values()):
@@ -252,11 +253,3 @@ class _Update(_Registration):
                                                           if s == status], status)
         if self.touched:
             self.store.touch_folders(self.conn, self.touched, self.now)
-
-
-def _status_name(status: str | None) -> str:
-    return (status or "?").rsplit(":", 1)[-1]
-
-
-def _short(association_type: str | None) -> str:
-    return (association_type or "?").rsplit(":", 1)[-1]

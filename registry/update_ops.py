@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from xds import constants as C
 from xds import errors as E
+from xds.constants import last_segment
 from xds.ebrim import is_uuid_urn
 from xds.errors import ErrorList
 from xds.model import Association, DocumentEntry, Folder, Submission
@@ -86,9 +87,9 @@ class _Reader:
                 self._added_association(a)
         for a in self.sub.associations:
             if a.id not in self.used:
-                self.errors.add(f"Association {a.id} ({_short(a.type)} from {a.source} to {a.target}) is not part of "
-                                f"any ITI-57 operation (new version, UpdateAvailabilityStatus or SubmitAssociation)",
-                                a.id)
+                self.errors.add(f"Association {a.id} ({last_segment(a.type)} from {a.source} to {a.target}) is not "
+                                f"part of any ITI-57 operation (new version, UpdateAvailabilityStatus or "
+                                f"SubmitAssociation)", a.id)
         self._one_operation_per_object()
         if not (self.ops.versions or self.ops.statuses or self.ops.added) and not self.errors.has_errors:
             self.errors.add(f"SubmissionSet {self.ss.id} carries no update operation", self.ss.id)
@@ -172,8 +173,8 @@ class _Reader:
         self.used.add(added.id)
         ok = True
         if added.type not in SUBMITTABLE_TYPES:
-            self.errors.add(f"SubmitAssociation {a.id} adds a {_short(added.type)} association ({added.id}); only "
-                            f"HasMember and the document relationships can be added", added.id)
+            self.errors.add(f"SubmitAssociation {a.id} adds a {last_segment(added.type)} association ({added.id}); "
+                            f"only HasMember and the document relationships can be added", added.id)
             ok = False
         for end, ref in (("sourceObject", added.source), ("targetObject", added.target)):
             if ref in self.local:
@@ -197,7 +198,3 @@ class _Reader:
             if s.target in targets:
                 self.errors.add(f"the status of {s.target} is changed twice in one message", s.link.id)
             targets.add(s.target)
-
-
-def _short(association_type: str | None) -> str:
-    return (association_type or "?").rsplit(":", 1)[-1]

@@ -15,10 +15,10 @@ from lxml import etree
 from xds import constants as C
 from xds import errors as E
 from xds import mtom
-from xds.ebrim import parse_submission
+from xds.ebrim import parse_submission, to_element
 from xds.errors import ErrorList, XdsError, XdsException
 from xds.model import DocumentEntry
-from xds.validation import validate_submission
+from xds.validation import Mode, validate_submission
 from .blobs import BlobStore, Staged
 from .forward import RegistryLink
 from .store import DocumentRow, RepositoryStore
@@ -58,25 +58,31 @@ class Provide:
         self.repository_id = repository_id
         self.max_document_bytes = max_document_bytes
 
-    def __call__(self, body: etree._Element, message: mtom.MtomMessage | None) -> list[XdsError]:
-        """Returns the warnings of a Success; raises XdsException otherwise."""
+    def __call__(self, body: etree._Element, message: mtom.MtomMessage | None,
+                 xop: dict[etree._Element, mtom.Attachment] | None = None) -> list[XdsError]:
+        """Returns the warnings of a Success; raises XdsException otherwise.
+
+        xop: the attachment each xop:Include of the request names, keyed by the Include's parent, as
+        resolved once by the HTTP application (SoapRequest.xop); message: the MTOM message they are
+        parts of, which hands over (take) the spooled files the repository moves into its store.
+        """
         if body.tag != PNR_TAG:
             raise XdsException(E.REPOSITORY_ERROR, f"expected xdsb:ProvideAndRegisterDocumentSetRequest, "
                                f"got {etree.QName(body).localname}", "Body")
         staged: list[Staged] = []
         try:
-            return self._run(body, message, staged)
+            return self._run(body, message, xop or {}, staged)
         finally:
             # Whatever is still listed was neither committed nor dropped: a failure on the way.
             for s in staged:
                 self.blobs.discard(s)
 
-    def _run(self, body, message, staged: list[Staged]) -> list[XdsError]:
-        contents = self._read_documents(body, message, staged)
+    def _run(self, body, message, xop, staged: list[Staged]) -> list[XdsError]:
+        contents = self._read_documents(body, xop, staged)
         sub = parse_submission(body)
         errors = ErrorList(E.REPOSITORY_METADATA_ERROR)
         # The validator's codes stay as they are: a Document Source reads them like a registry's.
-        errors.items += validate_submission(sub, "provide").items
+        errors.items += validate_submission(sub, Mode.PROVIDE).items
         pairs = self._match(sub.document_entries, contents, errors)
         self._check_unique_ids(pairs, errors)
         for de, content in pairs:
@@ -108,12 +114,11 @@ class Provide:
             content.staged = self.blobs.stage(att.path, sha1=att.sha1, size=att.size, move=uses[att.path] == 0)
             staged.append(content.staged)
             if message is not None and not os.path.exists(att.path):
-                # Taken over: the spool's cleanup must not unlink a name another request may reuse.
-                message.parts.pop(att.cid, None)
+                # Moved into the store: the spool's cleanup must not unlink a name another request may reuse.
+                message.take(att.cid)
 
     # --- reading the Documents ------------------------------------------------------------
-    def _read_documents(self, body, message, staged: list[Staged]) -> dict[str, _Content]:
-        attachments = mtom.resolve_xop(body, message) if message is not None else {}
+    def _read_documents(self, body, attachments, staged: list[Staged]) -> dict[str, _Content]:
         contents: dict[str, _Content] = {}
         problems = ErrorList(E.REPOSITORY_ERROR)
         for el in body.iterchildren(DOCUMENT_TAG):
@@ -197,9 +202,10 @@ class Provide:
     def _fill_slots(self, de: DocumentEntry, content: _Content) -> None:
         given_hash = de.slot1("hash")
         # A hash that matched is kept exactly as sent (upper case included): it is the source's metadata.
-        _set_slot(de.element, "hash", given_hash.strip() if given_hash else content.sha1)
-        _set_slot(de.element, "size", str(content.size))
-        _set_slot(de.element, "repositoryUniqueId", self.repository_id)
+        de.set_slot("hash", [given_hash.strip() if given_hash else content.sha1])
+        de.set_slot("size", [str(content.size)])
+        de.set_slot("repositoryUniqueId", [self.repository_id])
+        to_element(de)  # into the request forwarded to the registry
 
     # --- after the registry's Success -------------------------------------------------------
     def _commit(self, pairs, stored: dict[str, DocumentRow], staged: list[Staged]) -> None:
@@ -226,23 +232,6 @@ class Provide:
             log.error("registered documents %s could not be recorded in the repository database",
                       [r.unique_id for r in rows])
             raise
-
-
-def _set_slot(element: etree._Element, name: str, value: str) -> None:
-    rim = C.NS_RIM
-    for s in element.iterchildren(C.q(rim, "Slot")):
-        if s.get("name") == name:
-            for vl in s.findall(C.q(rim, "ValueList")):
-                s.remove(vl)
-            break
-    else:
-        s = etree.Element(C.q(rim, "Slot"), name=name)
-        # ebRIM puts every Slot before Name, Description and the rest; keep the schema order.
-        slots = list(element.iterchildren(C.q(rim, "Slot")))
-        index = element.index(slots[-1]) + 1 if slots else 0
-        element.insert(index, s)
-    vl = etree.SubElement(s, C.q(rim, "ValueList"))
-    etree.SubElement(vl, C.q(rim, "Value")).text = value
 
 
 def _decode_base64(text: str, ident: str, limit: int):

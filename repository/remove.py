@@ -12,7 +12,7 @@ from lxml import etree
 
 from xds import constants as C
 from xds import errors as E
-from xds.ebrim import registry_response
+from xds.ebrim import registry_response, status_for
 from xds.errors import XdsError
 from .blobs import BlobStore
 from xds.xdsb import read_requests
@@ -44,7 +44,5 @@ def remove_documents(body: etree._Element, store: RepositoryStore, blobs: BlobSt
                                    f"document {uid} is not stored in repository {repository_id}", uid))
     if removed:
         log.info("ITI-86 removed %d documents", len(removed))
-    status = C.RESPONSE_SUCCESS
-    if errors:
-        status = C.RESPONSE_PARTIAL_SUCCESS if removed else C.RESPONSE_FAILURE
+    status = status_for(errors, partial=bool(removed))
     return registry_response(errors, status)

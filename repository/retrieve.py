@@ -5,6 +5,7 @@ from lxml import etree
 
 from xds import constants as C
 from xds import errors as E
+from xds.ebrim import status_for
 from xds.errors import XdsError
 from xds.mtom import new_cid, xop_include
 from xds.xdsb import SAFE_MIME, read_requests, retrieve_response, x as _x
@@ -47,9 +48,7 @@ def retrieve(body: etree._Element, store: RepositoryStore, blobs: BlobStore, rep
         answers.append(dr)
         part_type = row.mime_type if SAFE_MIME.match(row.mime_type) else "application/octet-stream"
         attachments.append((cid, part_type, path))
-    status = C.RESPONSE_SUCCESS
-    if errors:
-        status = C.RESPONSE_PARTIAL_SUCCESS if answers else C.RESPONSE_FAILURE
+    status = status_for(errors, partial=bool(answers))
     response = retrieve_response(errors, status)
     for dr in answers:
         response.append(dr)

@@ -68,7 +68,7 @@ class RepositoryActor:
         }
 
     def provide(self, req: SoapRequest) -> SoapResponse:
-        warnings = self._provide(req.body, req.mtom)
+        warnings = self._provide(req.body, req.mtom, req.xop)
         return SoapResponse(registry_response(warnings))
 
     def remove_documents(self, req: SoapRequest) -> SoapResponse:

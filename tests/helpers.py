@@ -16,6 +16,15 @@ from xds import constants as C
 _n = itertools.count(1)
 
 
+def make_feed_server(patients, host: str = "0.0.0.0", port: int = 2575, **kwargs):
+    """An ``MllpServer`` (not yet started) that applies ITI-8 messages to ``patients``."""
+    from registry.feed import feed_handler, internal_error_ack
+    from xds.mllp import MllpServer
+
+    kwargs.setdefault("error_reply", internal_error_ack)
+    return MllpServer(host, port, feed_handler(patients), **kwargs)
+
+
 def new_pid(root: str = "1.2.250.1.213.1.4.10") -> str:
     return f"P{next(_n):06d}^^^&{root}&ISO"
 

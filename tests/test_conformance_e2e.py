@@ -12,7 +12,7 @@ from conformance.results import FAILED, NOT_RUN, PASSED, SKIPPED
 from conformance.runner import Runner
 from conformance.testkit import TestKit
 from conformance.transactions import Endpoints
-from xds.server import Services
+from node.server import Services
 from xds.settings import Settings
 
 KIT = os.path.join(os.path.dirname(__file__), "fixtures", "conformance", "kit")
@@ -80,7 +80,7 @@ def test_cli_writes_reports_and_exits_non_zero_on_failure(server, tmp_path):
 
 
 def test_xds_command_has_the_subcommand(capsys):
-    from xds.cli import main
+    from node.cli import main
 
     assert main(["conformance", "run", "--testkit", KIT, "--list", "--collection", "mini"]) == 0
     listed = capsys.readouterr().out

@@ -119,8 +119,73 @@ def test_assign_uuids_rewrites_every_reference_and_keeps_extra_slots():
             assert e.registry_object == o.id
     for c in sub.loose_classifications:
         assert c.classified_object in ids
-    text = etree.tostring(req).decode()
+    assert "Document01" in etree.tostring(req).decode()  # the model changed, not yet its elements
+    text = etree.tostring(ebrim.to_request(sub)).decode()
     assert "Document01" not in text and "urn:example:x" in text and "kept" in text
+
+
+def _pretty_submission():
+    req = builder.simple_submission("1^^^&1.2.3&ISO", 1, folder_too=True,
+                                    doc_kwargs={"extra_slots": {"urn:example:x": ["kept"]}})
+    return etree.fromstring(etree.tostring(req, pretty_print=True))
+
+
+def test_model_has_no_xml_and_writing_an_unchanged_object_keeps_its_bytes():
+    req = _pretty_submission()
+    before = etree.tostring(req)
+    sub = ebrim.parse_submission(req)
+    de = sub.document_entries[0]
+    assert not any(isinstance(v, etree._Element) for k, v in vars(de).items() if k != "origin")
+    assert de.names[0].value == "Document" and de.ebrim_class == "ExtrinsicObject"
+    for o in sub.objects:
+        assert ebrim.to_element(o) is o.origin.element
+    assert etree.tostring(ebrim.to_request(sub)) == before
+
+
+def test_writer_applies_slot_changes_in_place_and_keeps_the_rest():
+    req = _pretty_submission()
+    sub = ebrim.parse_submission(req)
+    de = sub.document_entries[0]
+    untouched = etree.tostring(de.origin.element.find(f"{{{C.NS_RIM}}}Name"))
+    de.set_slot("languageCode", ["en-US"])       # existing: rewritten where it is
+    de.drop_slot("urn:example:x")                 # dropped
+    assert de.slot("note") is None
+    de.set_slot("note", ["12"])                   # new: after the last slot
+    el = ebrim.to_element(de)
+    slots = el.findall(f"{{{C.NS_RIM}}}Slot")
+    assert [s.get("name") for s in slots] == [s.name for s in de.slots]
+    assert slots[-1].get("name") == "note" and slots[-1].findtext(f".//{{{C.NS_RIM}}}Value") == "12"
+    assert [v.text for v in el.iterfind(f"{{{C.NS_RIM}}}Slot[@name='languageCode']//{{{C.NS_RIM}}}Value")] == ["en-US"]
+    assert etree.tostring(el.find(f"{{{C.NS_RIM}}}Name")) == untouched
+    again = ebrim.read_object(el)
+    assert [(s.name, s.values) for s in again.slots] == [(s.name, s.values) for s in de.slots]
+
+
+def test_nesting_and_uuids_go_through_the_model():
+    sub = ebrim.parse_submission(builder.simple_submission("1^^^&1.2.3&ISO", 1, folder_too=True))
+    ebrim.assign_uuids(sub)
+    ebrim.nest_loose_classifications(sub)
+    assert sub.loose_classifications == []
+    ss = sub.submission_sets[0]
+    el = ebrim.to_element(ss)
+    children = [etree.QName(c).localname for c in el]
+    marker = next(c for c in el if c.get("classificationNode") == C.SS_CLASSIFICATION_NODE)
+    assert marker.get("classifiedObject") == ss.id and ebrim.is_uuid_urn(ss.id) and el.get("id") == ss.id
+    assert children.index("Classification") < children.index("ExternalIdentifier")
+    assert max(i for i, n in enumerate(children) if n == "Classification") < children.index("ExternalIdentifier")
+
+
+def test_an_object_built_in_code_gets_an_element():
+    from xds.model import Association, Slot
+    a = Association(id="urn:uuid:00000000-0000-4000-8000-000000000001", object_type=C.OBJECT_TYPE_ASSOCIATION,
+                    type=C.ASSOC_HAS_MEMBER, source="s", target="t", slots=[Slot("SubmissionSetStatus", ["Original"])])
+    el = ebrim.to_element(a)
+    assert el.tag == f"{{{C.NS_RIM}}}Association" and el.get("sourceObject") == "s"
+    back = ebrim.read_object(el)
+    assert (back.type, back.source, back.target, back.submission_set_status) == (a.type, "s", "t", "Original")
+    a.target = "u"
+    assert ebrim.to_element(a) is el and el.get("targetObject") == "u"
+
 
 
 def test_registry_response_lists_errors_and_warnings():
@@ -164,7 +229,7 @@ def test_settings_errors_are_clear(tmp_path, content, env, match):
 
 
 def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "xds.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
 
 
@@ -188,7 +253,7 @@ def test_cli_serve_on_embedded_defaults(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "xds.cli", "serve", "--port", str(port)], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--port", str(port)], cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -16,7 +16,7 @@ from xds import constants as C
 from xds import errors as E
 from xds.client import SoapClient
 from xds.errors import XdsException
-from xds.server import Services
+from node.server import Services
 from xds.settings import Settings
 from tests.helpers import count_all, make_store, new_pid, replacement, rows, submit
 

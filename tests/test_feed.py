@@ -5,8 +5,9 @@ import time
 import pytest
 
 from registry.feed import (
-    ack, handle_adt, internal_error_ack, make_feed_server, parse_message, unescape, escape, Encoding,
+    ack, handle_adt, internal_error_ack, parse_message, unescape, escape, Encoding,
 )
+from tests.helpers import make_feed_server
 from xds.mllp import FrameDecoder, FrameTooLarge, MllpServer, encode_frame, mllp_send
 
 OID = "1.3.6.1.4.1.21367.2005.3.7"

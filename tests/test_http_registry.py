@@ -11,7 +11,7 @@ from xds import constants as C
 from xds import soap
 from xds.client import SoapClient
 from xds.mllp import mllp_send
-from xds.server import Services
+from node.server import Services
 from xds.settings import Settings
 from tests.helpers import new_pid
 

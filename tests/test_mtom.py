@@ -16,12 +16,13 @@ import pytest
 from lxml import etree
 
 from xds import constants as C
-from xds import mtom as mtom_module
+from xds.mtom import reader as mtom_reader
+from xds.mtom import writer as mtom_writer
 from xds.mtom import (
     CHUNK,
     MtomError,
+    MtomLimitError,
     MtomWriter,
-    direct_input,
     is_mtom,
     parse_content_type,
     read_multipart,
@@ -269,16 +270,19 @@ def _fixture(tmp_path):
     return w.content_type(), body
 
 
-def _fails(tmp_path, body, ct, match, **kw):
+def _fails(tmp_path, body, ct, match, limit=False, **kw):
+    """The body is refused with that message, as a size limit (MtomLimitError: HTTP 413) or not (400)."""
     kw.setdefault("max_part_bytes", BIG)
     kw.setdefault("max_total_bytes", BIG)
     for chunk in (1, 4096, CHUNK):
-        with pytest.raises(MtomError, match=match):
+        with pytest.raises(MtomError, match=match) as info:
             read_multipart(Trickle(body, chunk), ct, str(tmp_path), **kw)
+        assert isinstance(info.value, MtomLimitError) == limit, info.value
         assert spool_empty(tmp_path), f"spooled files left behind at chunk {chunk}"
     # A stream with readinto is read another way (straight into the reader's blocks).
-    with pytest.raises(MtomError, match=match):
+    with pytest.raises(MtomError, match=match) as info:
         read_multipart(io.BytesIO(body), ct, str(tmp_path), **kw)
+    assert isinstance(info.value, MtomLimitError) == limit, info.value
     assert spool_empty(tmp_path), "spooled files left behind reading with readinto"
 
 
@@ -331,17 +335,20 @@ def test_error_stream_shorter_than_content_length(tmp_path):
 
 def test_error_part_over_limit(tmp_path):
     ct, body = _fixture(tmp_path)
-    _fails(tmp_path, body, ct, r"MIME part #3 <.*> exceeds the per-part limit of 8999 bytes", max_part_bytes=8999)
+    _fails(tmp_path, body, ct, r"MIME part #3 <.*> exceeds the per-part limit of 8999 bytes", limit=True,
+           max_part_bytes=8999)
 
 
 def test_error_root_over_xml_limit(tmp_path):
     ct, body = _fixture(tmp_path)
-    _fails(tmp_path, body, ct, "the root XML part .* exceeds the limit of 100 bytes", max_xml_bytes=100)
+    _fails(tmp_path, body, ct, "the root XML part .* exceeds the limit of 100 bytes", limit=True,
+           max_xml_bytes=100)
 
 
 def test_error_total_over_limit(tmp_path):
     ct, body = _fixture(tmp_path)
-    _fails(tmp_path, body, ct, f"exceeds the total limit of {len(body) - 5} bytes", max_total_bytes=len(body) - 5)
+    _fails(tmp_path, body, ct, f"exceeds the total limit of {len(body) - 5} bytes", limit=True,
+           max_total_bytes=len(body) - 5)
 
 
 def test_error_missing_root_part(tmp_path):
@@ -445,7 +452,7 @@ def test_200mb_stream_keeps_memory_flat(tmp_path):
         yield tail
 
     # Blocks kept from earlier tests would be invisible to tracemalloc; this read must allocate its own.
-    mtom_module._spare_blocks.clear()
+    mtom_reader._spare_blocks.clear()
     tracemalloc.start()
     try:
         msg = read_multipart(GenStream(blocks()), w.content_type(), str(tmp_path), 256 * MB, 300 * MB,
@@ -484,9 +491,9 @@ class SlowExecutor(ThreadPoolExecutor):
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Blocks small enough for test bodies to cross many of their edges, and a helper that hashes late."""
-    monkeypatch.setattr(mtom_module, "BLOCK", 4096)
-    monkeypatch.setattr(mtom_module, "CHUNK", 1024)
-    monkeypatch.setattr(mtom_module, "ThreadPoolExecutor", SlowExecutor)
+    monkeypatch.setattr(mtom_reader, "BLOCK", 4096)
+    monkeypatch.setattr(mtom_reader, "CHUNK", 1024)
+    monkeypatch.setattr(mtom_reader, "ThreadPoolExecutor", SlowExecutor)
     SlowExecutor.tasks = 0
     yield
     assert not [t for t in threading.enumerate() if t.name.startswith("mtom-sha1")], "helper thread left running"
@@ -541,7 +548,7 @@ def test_false_delimiters_at_every_offset_of_a_block_edge(tmp_path, small_blocks
     delim = b"\r\n--" + boundary.encode()
     # Block edges sit a fixed step apart (the block minus the carried delimiter length); pieces one
     # byte longer than that step move a delimiter across an edge one byte per block.
-    step = mtom_module.BLOCK - len(delim) + 1
+    step = mtom_reader.BLOCK - len(delim) + 1
     pieces = []
     for k in range(3 * len(delim)):
         tail = delim + b"X" if k % 2 else delim[:-1] + b"|"
@@ -560,9 +567,9 @@ def test_closing_delimiters_at_every_offset_of_a_block_edge(tmp_path, small_bloc
     delim = b"\r\n--" + boundary.encode()
     # The smallest block the fast path takes, so that a few dozen parts cover every offset: each
     # part's framing is one byte longer than a whole number of block steps.
-    monkeypatch.setattr(mtom_module, "BLOCK", 4 * len(delim))
-    step = mtom_module.BLOCK - len(delim)
-    head = len(MtomWriter(boundary)._part_head(mtom_module._OutPart("x" * 32 + "@xds.local",
+    monkeypatch.setattr(mtom_reader, "BLOCK", 4 * len(delim))
+    step = mtom_reader.BLOCK - len(delim)
+    head = len(MtomWriter(boundary)._part_head(mtom_writer._OutPart("x" * 32 + "@xds.local",
                                                                     "application/octet-stream")))
     contents = [os.urandom(8 * step + 1 - head) for _ in range(step + len(delim))]
     w, cids, _, body = build(contents, boundary)
@@ -617,75 +624,3 @@ def test_a_boundary_too_long_for_the_blocks_takes_the_slow_path(tmp_path, small_
     with read_multipart(io.BytesIO(body), ct, str(tmp_path), BIG, BIG) as msg:
         assert msg.parts["a@x"].read_bytes() == data
     assert SlowExecutor.tasks == 0
-
-
-# --------------------------------------------------------------------------------------------
-# cheroot's wsgi.input
-
-
-def test_direct_input_leaves_other_streams_alone():
-    from cheroot.server import KnownLengthRFile
-
-    class Sub(KnownLengthRFile):
-        pass
-
-    for stream in (io.BytesIO(b"x"), Sub(io.BytesIO(b"x"), 1), Trickle(b"x", 1)):
-        assert direct_input(stream) is stream
-
-
-@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
-def test_cheroot_input_read_directly_keeps_the_connection_usable(tmp_path, tls):
-    import ssl
-
-    from cheroot import wsgi
-    from cheroot.ssl.builtin import BuiltinSSLAdapter
-
-    from tests.certs import Authority
-
-    seen = []
-
-    def app(environ, start_response):
-        stream = direct_input(environ["wsgi.input"])
-        seen.append(type(stream).__name__)
-        length = environ.get("CONTENT_LENGTH")
-        with read_multipart(stream, environ["CONTENT_TYPE"], str(spool), BIG, BIG,
-                            content_length=int(length) if length else None) as msg:
-            out = " ".join(f"{att.size}:{att.sha1}" for att in msg.parts.values()).encode()
-        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(out)))])
-        return [out]
-
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    server = wsgi.Server(("127.0.0.1", 0), app, numthreads=2)
-    if tls:
-        ca = Authority(str(tmp_path))
-        server.ssl_adapter = BuiltinSSLAdapter(*ca.issue("server"))
-    server.prepare()
-    thread = threading.Thread(target=server.serve, daemon=True)
-    thread.start()
-    data = os.urandom(3 * MB + 17)
-    w, _, _, body = build([data, b"small"])
-    expected = f"{len(data)}:{hashlib.sha1(data).hexdigest()} 5:{hashlib.sha1(b'small').hexdigest()}"
-    # Past the closing delimiter: the reader stops there, and cheroot must drain the rest exactly,
-    # or the next request on the connection would start inside this one's epilogue.
-    epilogue = b"E" * 300_000
-    try:
-        if tls:
-            conn = http.client.HTTPSConnection("127.0.0.1", server.bind_addr[1], timeout=20,
-                                               context=ssl.create_default_context(cafile=ca.path))
-        else:
-            conn = http.client.HTTPConnection("127.0.0.1", server.bind_addr[1], timeout=20)
-        for framing in ("length", "chunked", "length"):
-            if framing == "length":
-                conn.request("POST", "/", body=body + epilogue, headers={"Content-Type": w.content_type()})
-            else:
-                pieces = [body[i:i + 5000] for i in range(0, len(body), 5000)]
-                conn.request("POST", "/", body=iter(pieces), headers={"Content-Type": w.content_type()},
-                             encode_chunked=True)
-            resp = conn.getresponse()
-            assert (resp.status, resp.read().decode()) == (200, expected), framing
-        conn.close()
-    finally:
-        server.stop()
-    assert seen == ["_CherootInput", "_ChunkedInput", "_CherootInput"]
-    assert spool_empty(spool)

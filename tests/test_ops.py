@@ -12,7 +12,7 @@ import pytest
 from xds import builder, logs
 from xds import constants as C
 from xds.client import SoapClient
-from xds.server import Services
+from node.server import Services
 from xds.settings import Settings, load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

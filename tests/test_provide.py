@@ -10,14 +10,14 @@ from registry.config import RegistryConfig
 from registry.service import RegistryActor
 from repository.blobs import FileSystemBlobStore
 from repository.forward import InProcessRegistry, RemoteRegistry
-from repository.provide import Provide, _set_slot
+from repository.provide import Provide
 from repository.store import RepositoryStore
-from repository.transfer import provide_and_register
-from xds import builder
+from node.transfer import provide_and_register
+from xds import builder, ebrim
 from xds import constants as C
 from xds import errors as E
 from xds.errors import XdsError, XdsException
-from xds.mtom import Attachment, MtomMessage
+from xds.mtom import Attachment, MtomMessage, resolve_xop
 from tests.helpers import by_unique_id, make_store, new_pid, unique_ids
 
 REPO = "1.2.250.1.999.3.1"
@@ -34,7 +34,11 @@ class Repo:
         self.blobs = FileSystemBlobStore(str(tmp_path / "documents"))
         self.spool = tmp_path / "spool"
         self.spool.mkdir()
-        self.provide = Provide(self.blobs, self.store, registry or InProcessRegistry(self.actor), REPO, 10_000_000)
+        self.handler = Provide(self.blobs, self.store, registry or InProcessRegistry(self.actor), REPO, 10_000_000)
+
+    def provide(self, pnr, message: MtomMessage | None):
+        """The ITI-41 handler as the HTTP application calls it: the xop:Includes resolved beforehand."""
+        return self.handler(pnr, message, resolve_xop(pnr, message) if message is not None else None)
 
     def message(self, attachments) -> MtomMessage:
         parts = {}
@@ -297,7 +301,7 @@ def test_bad_inline_content(repo, text, words):
 
 def test_inline_document_above_the_limit(tmp_path, db_url):
     repo = Repo(tmp_path, db_url)
-    repo.provide.max_document_bytes = 1000
+    repo.handler.max_document_bytes = 1000
     pid = patient(repo)
     codes = repo.codes(request_for(pid), {"Document01": b"x" * 5000}, inline=True)
     assert codes == [E.REPOSITORY_ERROR]
@@ -322,5 +326,10 @@ def test_wrong_body_element(repo):
 
 def test_set_slot_replaces_an_existing_value():
     el = builder.document_entry("P^^^&1.2&ISO", hash="ABC")
-    _set_slot(el, "hash", "def")
-    assert slot_values(el, "hash") == ["def"]
+    de = ebrim.read_object(el)
+    de.set_slot("hash", ["def"])
+    de.set_slot("size", ["3"])
+    assert ebrim.to_element(de) is el
+    assert slot_values(el, "hash") == ["def"] and slot_values(el, "size") == ["3"]
+    names = [s.get("name") for s in el.findall(f"{{{C.NS_RIM}}}Slot")]
+    assert names.index("size") == names.index("hash") + 1 and names[-1] == "size"

@@ -47,8 +47,8 @@ def load(store: RegistryStore, request: etree._Element, now: str = "202401010000
         on_demand = [o.id for o in sub.document_entries if o.is_on_demand]
         for o in sub.document_entries:
             if o.is_on_demand:
-                o.element.set("objectType", STABLE)
-        register(store, request, RegistryConfig(check_patients=False))
+                o.object_type = STABLE
+        register(store, ebrim.to_request(sub), RegistryConfig(check_patients=False))
         with store.transaction() as conn:
             conn.execute(update(S.doc_entry).where(S.doc_entry.c.id.in_(on_demand)).values(entry_type=ON_DEMAND))
         return mapping
@@ -62,11 +62,9 @@ def load(store: RegistryStore, request: etree._Element, now: str = "202401010000
         for link in store.folders_holding(conn, replaced):
             fd = builder.association(link.source, replaced[link.target], id=ebrim.new_uuid(), ss_status=None)
             ref = builder.association(sub.submission_sets[0].id, fd.get("id"), id=ebrim.new_uuid())
-            assocs += [Association(fd), Association(ref)]
+            assocs += [ebrim.read_object(fd), ebrim.read_object(ref)]
             touched.add(link.source)
-        seq0 = store.next_seq(conn, len(objs) + len(assocs))  # None: PostgreSQL draws them itself
-        store.insert_objects(conn, objs, seq0, now)
-        store.insert_associations(conn, assocs, None if seq0 is None else seq0 + len(objs))
+        store.insert_submission(conn, objs, assocs, now)
         store.set_status(conn, list(replaced), DEPRECATED)
         store.touch_folders(conn, touched, now)
     return mapping
@@ -860,7 +858,7 @@ def test_find_documents_uses_reg_object_index_on_postgres(db_url):
     sub = ebrim.parse_submission(builder.submit_objects_request(objs))
     ebrim.assign_uuids(sub)
     with store.transaction() as c:
-        store.insert_objects(c, sub.objects, store.next_seq(c, len(sub.objects)), "20240101000000")
+        store.insert_submission(c, sub.objects, [], "20240101000000")
     with store.engine.connect() as c:
         c.exec_driver_sql("ANALYZE")
     params = parse_params(C.SQ_FIND_DOCUMENTS, [

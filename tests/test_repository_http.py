@@ -7,14 +7,14 @@ import socket
 import pytest
 from lxml import etree
 
-from repository.transfer import provide_and_register, retrieve_request
+from node.transfer import provide_and_register, retrieve_request
 from xds import builder
 from xds import constants as C
 from xds import errors as E
 from xds import mtom
-from xds.cli import main as cli_main
+from node.cli import main as cli_main
 from xds.client import SoapClient
-from xds.server import Services
+from node.server import Services
 from xds.settings import Settings
 from tests.helpers import new_pid, unique_ids
 
@@ -366,7 +366,7 @@ def test_cli_reports_failures(server, tmp_path, capsys):
 def test_large_transfers_show_progress_on_stderr(server, tmp_path):
     import io
 
-    from repository import transfer
+    from node import transfer
 
     pid = patient(server)
     big = tmp_path / "nine.bin"

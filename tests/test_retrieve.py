@@ -7,7 +7,7 @@ from lxml import etree
 from repository.blobs import FileSystemBlobStore
 from repository.retrieve import retrieve, retrieve_response
 from repository.store import DocumentRow, RepositoryStore
-from repository.transfer import retrieve_request
+from node.transfer import retrieve_request
 from xds import constants as C
 from xds import errors as E
 from xds.errors import XdsError, XdsException

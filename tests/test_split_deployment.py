@@ -13,7 +13,7 @@ import time
 import pytest
 from lxml import etree
 
-from repository.transfer import provide_and_register
+from node.transfer import provide_and_register
 from xds import builder
 from xds import constants as C
 from xds.client import SoapClient, TransportError
@@ -45,14 +45,14 @@ class Proc:
         self.proc = None
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
-        r = subprocess.run([sys.executable, "-m", "xds.cli", *args], cwd=ROOT, capture_output=True, text=True,
+        r = subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=ROOT, capture_output=True, text=True,
                            env={**os.environ, **self.env})
         assert r.returncode == 0, r.stderr
         return r
 
     def start(self) -> "Proc":
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "xds.cli", *self.args], cwd=ROOT,
+            self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", *self.args], cwd=ROOT,
                                          env={**os.environ, **self.env}, stdout=subprocess.PIPE, stderr=log)
         line = self.proc.stdout.readline().decode()
         assert "xds:" in line, open(self.log).read()

@@ -17,7 +17,7 @@ from xds import errors as E
 from xds.client import SoapClient
 from xds.ebrim import new_uuid
 from xds.errors import XdsException
-from xds.server import Services
+from node.server import Services
 from xds.settings import Settings
 from tests.helpers import by_unique_id, entry_id, make_store, new_pid, replacement, rows, submit, unique_ids
 from tests.test_query import request as query_request

@@ -12,7 +12,7 @@ from xds import builder
 from xds import constants as C
 from xds import errors as E
 from xds.ebrim import parse_submission
-from xds.validation import validate_submission
+from xds.validation import Mode, validate_submission
 from xds.validation.dmp import check_author_institution, check_ins_patient_id
 
 PID = "P1^^^&1.2.3.4&ISO"
@@ -30,7 +30,7 @@ def make(register=True, n_docs=1, pid=PID, **kw):
     return builder.simple_submission(pid, n_docs, folder_too=True, register=register, **kw)
 
 
-def run(req, mode="register", profile=None):
+def run(req, mode=Mode.REGISTER, profile=None):
     return validate_submission(parse_submission(req), mode, profile).items
 
 
@@ -138,7 +138,26 @@ def test_bad_mode_and_profile_are_programming_errors():
     with pytest.raises(ValueError):
         validate_submission(sub, "query")
     with pytest.raises(ValueError):
-        validate_submission(sub, "register", "nowhere")
+        validate_submission(sub, Mode.REGISTER, "nowhere")
+
+
+def test_modes_are_an_enum_whose_values_are_still_accepted():
+    req = make()
+    assert [e.message for e in run(req, Mode.PROVIDE)] == [e.message for e in run(req, "provide")]
+    assert f"{Mode.UPDATE}" == "update"
+
+
+def test_rule_modules_never_import_the_profiles():
+    import ast
+    import pathlib
+    import xds.validation as v
+    for path in pathlib.Path(v.__file__).parent.glob("*.py"):
+        if path.name in ("profiles.py", "__init__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [a.name for a in node.names]
+                assert not any(n.endswith("profiles") for n in names), path.name
 
 
 def test_ihe_profile_is_the_default():

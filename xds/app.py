@@ -2,6 +2,11 @@
 
 The core knows no actor: registry and repository each contribute an Endpoint with their
 operations, and one application can carry either or both.
+
+The application knows no HTTP server either: it is a WSGI callable that reads two keys the
+server's adapter (docs/decisions.md, "HTTP server adapter") puts into the environ, INPUT_KEY and
+PEER_KEY below. Without them (an environ made by hand) it reads wsgi.input and sees no client
+certificate.
 """
 from __future__ import annotations
 
@@ -23,6 +28,17 @@ from .errors import REGISTRY_ERROR, SoapFault, XdsError, XdsException
 
 log = logging.getLogger("xds.app")
 
+# The request body: an object with read(n), and readinto(memoryview) when the server can fill a buffer.
+INPUT_KEY = "xds.input"
+# The subject of the client certificate verified during the TLS handshake; absent without one.
+PEER_KEY = "xds.peer_subject"
+
+
+def request_input(environ: dict):
+    """The body of the request, as the server's adapter hands it over (INPUT_KEY), else wsgi.input."""
+    stream = environ.get(INPUT_KEY)
+    return environ["wsgi.input"] if stream is None else stream
+
 
 @dataclass
 class SoapRequest:
@@ -30,10 +46,17 @@ class SoapRequest:
     environ: dict
     request_id: str
     mtom: mtom.MtomMessage | None = None
+    # The attachment each xop:Include names, keyed by the Include's parent (resolved once, by the app).
+    xop: dict[etree._Element, mtom.Attachment] = field(default_factory=dict)
 
     @property
     def body(self) -> etree._Element:
         return self.envelope.body
+
+    @property
+    def peer_subject(self) -> str | None:
+        """The verified client certificate subject (RFC 2253-like DN), or None."""
+        return self.environ.get(PEER_KEY)
 
 
 @dataclass
@@ -137,15 +160,16 @@ class XdsApp:
             if op is None:
                 raise SoapFault(f"action {action} is not served at {endpoint.path}; served here: "
                                 f"{', '.join(sorted(endpoint.operations))}", subcode="a:ActionNotSupported")
+            xop = {}
             if message is not None:
                 try:
-                    mtom.resolve_xop(env.root, message)
+                    xop = mtom.resolve_xop(env.root, message)
                 except mtom.MtomError as exc:
                     raise SoapFault(str(exc)) from None
             elif env.root.find(f".//{{{C.NS_XOP}}}Include") is not None:
                 raise SoapFault("the envelope holds an xop:Include but the request is not MTOM "
                                 "(multipart/related; type=\"application/xop+xml\")")
-            req = SoapRequest(envelope=env, environ=environ, request_id=request_id, mtom=message)
+            req = SoapRequest(envelope=env, environ=environ, request_id=request_id, mtom=message, xop=xop)
             try:
                 resp = op.handler(req)
             except XdsException as exc:
@@ -181,7 +205,7 @@ class XdsApp:
         limit = self.config.max_request_bytes
         if length is not None and length > limit:
             raise SoapFault(f"request of {length} bytes is above the limit of {limit} bytes", http_status=413)
-        stream = environ["wsgi.input"]
+        stream = request_input(environ)
         if length is not None:
             data = stream.read(length)
             if len(data) < length:
@@ -204,13 +228,14 @@ class XdsApp:
             raise SoapFault(f"request of {length} bytes is above the limit of {self.config.max_mtom_bytes} bytes",
                             http_status=413)
         try:
-            message = mtom.read_multipart(mtom.direct_input(environ["wsgi.input"]), content_type,
+            message = mtom.read_multipart(request_input(environ), content_type,
                                           self.config.spool_dir,
                                           max_part_bytes=self.config.max_document_bytes,
                                           max_total_bytes=self.config.max_mtom_bytes,
                                           max_xml_bytes=self.config.max_request_bytes, content_length=length)
         except mtom.MtomError as exc:
-            raise SoapFault(f"MTOM request rejected: {exc}", http_status=413 if "limit" in str(exc) else 400) from None
+            raise SoapFault(f"MTOM request rejected: {exc}",
+                            http_status=413 if isinstance(exc, mtom.MtomLimitError) else 400) from None
         return message, message.root
 
     def _answer(self, start_response, version, action, relates_to, resp: SoapResponse, use_mtom: bool):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import ssl
 import tempfile
-import uuid
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -133,6 +132,3 @@ def registry_call(url: str, action: str, payload: etree._Element, timeout: float
                            f"RegistryResponse: {reason}", url)
     return reply.body
 
-
-def new_message_id() -> str:
-    return "urn:uuid:" + str(uuid.uuid4())

@@ -27,6 +27,11 @@ def q(ns: str, local: str) -> str:
     return "{%s}%s" % (ns, local)
 
 
+def last_segment(value: str | None, default: str = "?") -> str:
+    """The part of a URN after its last colon (e.g. "HasMember", "Approved"); default when there is no value."""
+    return (value or default).rsplit(":", 1)[-1]
+
+
 # --- SOAP actions ------------------------------------------------------------
 ACTION_REGISTER = "urn:ihe:iti:2007:RegisterDocumentSet-b"
 ACTION_PROVIDE = "urn:ihe:iti:2007:ProvideAndRegisterDocumentSet-b"

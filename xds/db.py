@@ -33,7 +33,6 @@ def make_engine(url: str, **kwargs) -> Engine:
             else:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-        engine.dialect._xds_sqlite = True  # marker used by tests
         _disable_pysqlite_begin(engine)
         return engine
     kwargs.setdefault("pool_pre_ping", True)

@@ -1,29 +1,35 @@
-"""The XDS metadata model: typed views over ebRIM 3.0 elements.
+"""The XDS metadata model: plain dataclasses, with no XML in them.
 
-Each object keeps the element it was parsed from, so that whatever the submitter sent
-(extra slots, names, descriptions) is stored and returned exactly.
+xds.ebrim converts both ways: it reads ebRIM 3.0 elements into these objects and writes the
+objects back as elements. Code reads and changes metadata here (``obj.id = ...``,
+``obj.set_slot(...)``), never on an element. Objects read from XML carry an ``origin``: what
+ebrim's writer needs to apply the object back onto the element it came from, so that
+everything the model does not describe (extra attributes, formatting, unknown children)
+is stored exactly as submitted. ``origin`` is opaque: only xds.ebrim reads or sets it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from lxml import etree
+from typing import Any, ClassVar
 
 from . import constants as C
 
-RIM = C.NS_RIM
+
+def _origin() -> Any:
+    return field(default=None, repr=False, compare=False)
 
 
-def _t(local: str) -> str:
-    return C.q(RIM, local)
+@dataclass(frozen=True)
+class LocalizedString:
+    """One rim:LocalizedString of a Name or Description; value None when the attribute is absent."""
+
+    value: str | None
+    lang: str | None = None
+    charset: str | None = None
 
 
-def localized(el: etree._Element, child: str) -> str | None:
-    holder = el.find(_t(child))
-    if holder is None:
-        return None
-    ls = holder.find(_t("LocalizedString"))
-    return ls.get("value") if ls is not None else None
+def first_value(strings: list[LocalizedString]) -> str | None:
+    return strings[0].value if strings else None
 
 
 @dataclass
@@ -32,12 +38,31 @@ class Slot:
     values: list[str]
 
 
-def read_slots(el: etree._Element) -> list[Slot]:
-    slots = []
-    for s in el.findall(_t("Slot")):
-        values = [(v.text or "") for v in s.iterfind(f"{_t('ValueList')}/{_t('Value')}")]
-        slots.append(Slot(s.get("name") or "", values))
-    return slots
+class _Slotted:
+    """Slot access shared by every object that carries slots."""
+
+    slots: list[Slot]
+
+    def slot(self, name: str) -> list[str] | None:
+        for s in self.slots:
+            if s.name == name:
+                return s.values
+        return None
+
+    def slot1(self, name: str) -> str | None:
+        v = self.slot(name)
+        return v[0] if v else None
+
+    def set_slot(self, name: str, values: list[str]) -> None:
+        """Give slot ``name`` these values (the first slot of that name), or add it after the others."""
+        for s in self.slots:
+            if s.name == name:
+                s.values = list(values)
+                return
+        self.slots.append(Slot(name, list(values)))
+
+    def drop_slot(self, name: str) -> None:
+        self.slots = [s for s in self.slots if s.name != name]
 
 
 @dataclass
@@ -53,21 +78,21 @@ class Code:
 
 
 @dataclass
-class Classification:
-    element: etree._Element
-    id: str
-    scheme: str | None
-    classified_object: str | None
-    node_representation: str | None
-    classification_node: str | None
-    name: str | None
-    slots: list[Slot]
+class Classification(_Slotted):
+    id: str = ""
+    scheme: str | None = None
+    classified_object: str | None = None
+    node_representation: str | None = None
+    classification_node: str | None = None
+    object_type: str | None = None
+    slots: list[Slot] = field(default_factory=list)
+    names: list[LocalizedString] = field(default_factory=list)
+    descriptions: list[LocalizedString] = field(default_factory=list)
+    origin: Any = _origin()
 
-    def slot(self, name: str) -> list[str] | None:
-        for s in self.slots:
-            if s.name == name:
-                return s.values
-        return None
+    @property
+    def name(self) -> str | None:
+        return first_value(self.names)
 
     def as_code(self) -> Code:
         cs = self.slot("codingScheme") or [""]
@@ -76,12 +101,18 @@ class Classification:
 
 @dataclass
 class ExternalIdentifier:
-    element: etree._Element
-    id: str
-    scheme: str | None
-    registry_object: str | None
-    value: str | None
-    name: str | None
+    id: str = ""
+    scheme: str | None = None
+    registry_object: str | None = None
+    value: str | None = None
+    object_type: str | None = None
+    names: list[LocalizedString] = field(default_factory=list)
+    descriptions: list[LocalizedString] = field(default_factory=list)
+    origin: Any = _origin()
+
+    @property
+    def name(self) -> str | None:
+        return first_value(self.names)
 
 
 @dataclass
@@ -93,48 +124,31 @@ class Author:
     telecoms: list[str] = field(default_factory=list)
 
 
-class RegistryObject:
-    kind = "RegistryObject"
-    author_scheme: str | None = None
-    patient_scheme: str | None = None
-    unique_scheme: str | None = None
+@dataclass(eq=False, repr=False)
+class RegistryObject(_Slotted):
+    """A top-level object of a submission. Compared by identity, like the objects it models."""
 
-    def __init__(self, element: etree._Element):
-        self.element = element
-        self.slots = read_slots(element)
-        self.classifications = [_classification(c) for c in element.findall(_t("Classification"))]
-        self.external_ids = [_external_id(e) for e in element.findall(_t("ExternalIdentifier"))]
+    kind: ClassVar[str] = "RegistryObject"
+    ebrim_class: ClassVar[str] = ""  # the rim element it is written as
+    author_scheme: ClassVar[str | None] = None
+    patient_scheme: ClassVar[str | None] = None
+    unique_scheme: ClassVar[str | None] = None
 
-    # Attribute access reads the element so that id rewriting stays in one place.
-    @property
-    def id(self) -> str:
-        return self.element.get("id") or ""
-
-    @property
-    def lid(self) -> str | None:
-        return self.element.get("lid")
-
-    @property
-    def status(self) -> str | None:
-        return self.element.get("status")
-
-    @property
-    def object_type(self) -> str | None:
-        return self.element.get("objectType")
+    id: str = ""
+    lid: str | None = None
+    status: str | None = None
+    object_type: str | None = None
+    home: str | None = None
+    slots: list[Slot] = field(default_factory=list)
+    names: list[LocalizedString] = field(default_factory=list)
+    descriptions: list[LocalizedString] = field(default_factory=list)
+    classifications: list[Classification] = field(default_factory=list)
+    external_ids: list[ExternalIdentifier] = field(default_factory=list)
+    origin: Any = _origin()
 
     @property
     def name(self) -> str | None:
-        return localized(self.element, "Name")
-
-    def slot(self, name: str) -> list[str] | None:
-        for s in self.slots:
-            if s.name == name:
-                return s.values
-        return None
-
-    def slot1(self, name: str) -> str | None:
-        v = self.slot(name)
-        return v[0] if v else None
+        return first_value(self.names)
 
     def classifications_by(self, scheme: str) -> list[Classification]:
         return [c for c in self.classifications if c.scheme == scheme]
@@ -184,99 +198,78 @@ class RegistryObject:
         return f"<{self.kind} {self.id}>"
 
 
+@dataclass(eq=False, repr=False)
 class DocumentEntry(RegistryObject):
-    kind = "DocumentEntry"
-    author_scheme = C.DE_AUTHOR
-    patient_scheme = C.DE_PATIENT_ID
-    unique_scheme = C.DE_UNIQUE_ID
+    kind: ClassVar[str] = "DocumentEntry"
+    ebrim_class: ClassVar[str] = "ExtrinsicObject"
+    author_scheme: ClassVar[str | None] = C.DE_AUTHOR
+    patient_scheme: ClassVar[str | None] = C.DE_PATIENT_ID
+    unique_scheme: ClassVar[str | None] = C.DE_UNIQUE_ID
 
-    @property
-    def mime_type(self) -> str | None:
-        return self.element.get("mimeType")
+    mime_type: str | None = None
 
     @property
     def is_on_demand(self) -> bool:
         return self.object_type == C.OBJECT_TYPE_ON_DEMAND
 
 
+@dataclass(eq=False, repr=False)
 class SubmissionSet(RegistryObject):
-    kind = "SubmissionSet"
-    author_scheme = C.SS_AUTHOR
-    patient_scheme = C.SS_PATIENT_ID
-    unique_scheme = C.SS_UNIQUE_ID
+    kind: ClassVar[str] = "SubmissionSet"
+    ebrim_class: ClassVar[str] = "RegistryPackage"
+    author_scheme: ClassVar[str | None] = C.SS_AUTHOR
+    patient_scheme: ClassVar[str | None] = C.SS_PATIENT_ID
+    unique_scheme: ClassVar[str | None] = C.SS_UNIQUE_ID
 
     @property
     def source_id(self) -> str | None:
         return self.external_id(C.SS_SOURCE_ID)
 
 
+@dataclass(eq=False, repr=False)
 class Folder(RegistryObject):
-    kind = "Folder"
-    patient_scheme = C.FOLDER_PATIENT_ID
-    unique_scheme = C.FOLDER_UNIQUE_ID
+    kind: ClassVar[str] = "Folder"
+    ebrim_class: ClassVar[str] = "RegistryPackage"
+    patient_scheme: ClassVar[str | None] = C.FOLDER_PATIENT_ID
+    unique_scheme: ClassVar[str | None] = C.FOLDER_UNIQUE_ID
 
 
+@dataclass(eq=False, repr=False)
 class UnknownPackage(RegistryObject):
     """A RegistryPackage classified as neither SubmissionSet nor Folder."""
 
-    kind = "RegistryPackage"
+    kind: ClassVar[str] = "RegistryPackage"
+    ebrim_class: ClassVar[str] = "RegistryPackage"
 
 
+@dataclass(eq=False, repr=False)
 class Association(RegistryObject):
-    kind = "Association"
+    kind: ClassVar[str] = "Association"
+    ebrim_class: ClassVar[str] = "Association"
 
-    @property
-    def type(self) -> str | None:
-        return self.element.get("associationType")
-
-    @property
-    def source(self) -> str | None:
-        return self.element.get("sourceObject")
-
-    @property
-    def target(self) -> str | None:
-        return self.element.get("targetObject")
+    type: str | None = None     # associationType
+    source: str | None = None   # sourceObject
+    target: str | None = None   # targetObject
 
     @property
     def submission_set_status(self) -> str | None:
         return self.slot1("SubmissionSetStatus")
 
 
-def _classification(el: etree._Element) -> Classification:
-    return Classification(
-        element=el,
-        id=el.get("id") or "",
-        scheme=el.get("classificationScheme"),
-        classified_object=el.get("classifiedObject"),
-        node_representation=el.get("nodeRepresentation"),
-        classification_node=el.get("classificationNode"),
-        name=localized(el, "Name"),
-        slots=read_slots(el),
-    )
-
-
-def _external_id(el: etree._Element) -> ExternalIdentifier:
-    return ExternalIdentifier(
-        element=el,
-        id=el.get("id") or "",
-        scheme=el.get("identificationScheme"),
-        registry_object=el.get("registryObject"),
-        value=el.get("value"),
-        name=localized(el, "Name"),
-    )
-
-
 @dataclass
 class Submission:
     """The objects of one SubmitObjectsRequest, in document order."""
 
-    request: etree._Element
+    # The lcm:SubmitObjectsRequest element it was read from: ebrim.to_request() brings it up to
+    # date with the objects before it is forwarded.
+    request: Any
     objects: list[RegistryObject]
     # Classifications placed at the top level of the list (the SubmissionSet marker in
     # particular) rather than nested in the object they classify.
     loose_classifications: list[Classification] = field(default_factory=list)
     object_refs: list[str] = field(default_factory=list)
-    unknown_elements: list[etree._Element] = field(default_factory=list)
+    # RegistryObjectList children of no kind the model knows, as read (opaque elements).
+    unknown_elements: list[Any] = field(default_factory=list)
 
     def of(self, cls) -> list:
         return [o for o in self.objects if isinstance(o, cls)]

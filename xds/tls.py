@@ -35,9 +35,3 @@ def client_context(files: TlsFiles | None, ca: str | None = None) -> ssl.SSLCont
         ctx.load_cert_chain(files.cert, files.key)
     return ctx
 
-
-def peer_subject(environ: dict) -> str | None:
-    """The verified client certificate subject as cheroot reports it (RFC 2253-like DN), or None."""
-    if environ.get("SSL_CLIENT_VERIFY") != "SUCCESS":
-        return None
-    return environ.get("SSL_CLIENT_S_DN")

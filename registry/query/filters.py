@@ -1,5 +1,8 @@
 """SQL building blocks shared by the stored queries (SQLAlchemy Core over registry.schema).
 
+Part of the registry's storage layer, with registry.store and registry.query.queries: the SQL
+here runs on a connection the store opened (Ctx.conn).
+
 Filters are written so that the patient (or id) predicate drives the plan through an index,
 and the optional filters are checked per candidate row: codes and authors live in side tables
 and are tested with correlated EXISTS probes on their (object_id, ...) indexes.
@@ -210,8 +213,10 @@ def rows_in(ctx: Ctx, make_stmt, ids: Sequence[str]) -> list:
     return out
 
 
-def associations_touching(ctx: Ctx, ids: Sequence[str], *where: ColumnElement) -> list:
-    """Associations whose source or target is one of ids: (id, type, source, target) rows in seq order."""
+def associations_in_seq_order(ctx: Ctx, ids: Sequence[str], *where: ColumnElement) -> list:
+    """Associations whose source or target is one of ids and that match where: (id, type, source, target,
+    seq) rows in registration order, as a query answers them. (RegistryStore.associations_touching is
+    the unfiltered lookup of the transactions' checks.)"""
     rows = {}
     for part in chunks(list(dict.fromkeys(ids))):
         part = list(part)

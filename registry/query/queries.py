@@ -1,5 +1,7 @@
 """The fourteen ITI-18 stored queries, each as SQL over the registry's indexed columns.
 
+Part of the registry's storage layer, with registry.store and registry.query.filters.
+
 Every function takes the query context and returns the ids it selected (objects with their
 patientId, then associations); rendering and the LeafClass checks happen in the caller.
 """
@@ -12,7 +14,7 @@ from sqlalchemy import bindparam, exists, or_, select
 from xds import constants as C
 from registry import schema as S
 from .filters import (
-    A, AU, D, FOL, O, OC, REF, SSET, Ctx, Found, assoc_status_filter, associations_touching, author_matches,
+    A, AU, D, FOL, O, OC, REF, SSET, Ctx, Found, assoc_status_filter, associations_in_seq_order, author_matches,
     code_groups, content_filters, de_select, de_visible, entry_type_filter, fd_visible, latest_version,
     like_clause, like_value, needs_latest_check, obj_select, rows_in, time_range,
 )
@@ -185,7 +187,7 @@ def get_all(ctx: Ctx) -> Found:
     if ctx.leaf_class and ctx.max_results is not None and found.count > ctx.max_results:
         return found  # the caller refuses the answer; the associations would only add to it
     ids = [i for i, _ in found.objects]
-    found.add_associations(r.id for r in associations_touching(ctx, ids, *assoc_status_filter(ctx.params)))
+    found.add_associations(r.id for r in associations_in_seq_order(ctx, ids, *assoc_status_filter(ctx.params)))
     return found
 
 
@@ -235,7 +237,7 @@ def get_folders(ctx: Ctx) -> Found:
 
 def get_associations(ctx: Ctx) -> Found:
     found = Found()
-    found.add_associations(r.id for r in associations_touching(ctx, ctx.params.get("$uuid"),
+    found.add_associations(r.id for r in associations_in_seq_order(ctx, ctx.params.get("$uuid"),
                                                                *assoc_status_filter(ctx.params)))
     return found
 
@@ -244,7 +246,7 @@ def get_documents_and_associations(ctx: Ctx) -> Found:
     found = Found()
     found.add_objects(_documents_by_id(ctx, "$XDSDocumentEntryEntryUUID", "$XDSDocumentEntryUniqueId"))
     ids = [i for i, _ in found.objects]
-    found.add_associations(r.id for r in associations_touching(ctx, ids, *assoc_status_filter(ctx.params)))
+    found.add_associations(r.id for r in associations_in_seq_order(ctx, ids, *assoc_status_filter(ctx.params)))
     return found
 
 
@@ -351,7 +353,7 @@ def get_related_documents(ctx: Ctx) -> Found:
         return found
     focus_ids = {f.id for f in focus}
     types = [t for t in p.get("$AssociationTypes") if t != HM]
-    assocs = associations_touching(ctx, list(focus_ids), A.c.type.in_(types), *assoc_status_filter(p))
+    assocs = associations_in_seq_order(ctx, list(focus_ids), A.c.type.in_(types), *assoc_status_filter(p))
     other = {}
     for a in assocs:
         if a.source in focus_ids and a.target not in focus_ids:

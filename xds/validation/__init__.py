@@ -10,21 +10,23 @@ from ..errors import ErrorList
 from ..model import Submission
 from .associations import check_associations
 from .common import check_every_object
-from .context import MODES, Context
+from .context import MODES, Context, Mode
 from .objects import check_objects
 from .profiles import Profile, get_profile, profile_names, register_profile
 from .structure import check_structure
 
-__all__ = ["validate_submission", "MODES", "Profile", "get_profile", "profile_names", "register_profile"]
+__all__ = ["validate_submission", "Mode", "MODES", "Profile", "get_profile", "profile_names", "register_profile"]
 
 
-def validate_submission(sub: Submission, mode: str, profile: str | None = None) -> ErrorList:
-    """All metadata problems of ``sub`` for ``mode`` ("register", "provide" or "update").
+def validate_submission(sub: Submission, mode: Mode, profile: str | None = None) -> ErrorList:
+    """All metadata problems of ``sub`` for ``mode`` (Mode.REGISTER, PROVIDE or UPDATE; their
+    string values are accepted too).
 
     ``profile`` names extra rules (see profiles.py); None means plain IHE.
     """
     if mode not in MODES:
         raise ValueError(f"unknown validation mode {mode!r}; expected one of {', '.join(MODES)}")
+    mode = Mode(mode)
     chosen = get_profile(profile or "ihe")
     errors = ErrorList(E.REGISTRY_METADATA_ERROR)
     ctx = Context.build(sub, mode, chosen, errors)

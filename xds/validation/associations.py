@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .. import constants as C
 from ..model import Association, DocumentEntry
-from .context import Context, is_symbolic
+from .context import Context, Mode, is_symbolic
 
 SS_STATUS_VALUES = ("Original", "Reference")
 _DOCUMENTED_TYPES = (C.ASSOC_RPLC, C.ASSOC_XFRM, C.ASSOC_APND, C.ASSOC_XFRM_RPLC)
@@ -14,7 +14,7 @@ _UPDATE_ONLY_TYPES = (C.ASSOC_UPDATE_AVAILABILITY_STATUS, C.ASSOC_SUBMIT_ASSOCIA
 
 
 def check_associations(ctx: Context) -> None:
-    allowed = C.REGISTER_ASSOCIATION_TYPES + (_UPDATE_ONLY_TYPES if ctx.mode == "update" else ())
+    allowed = C.REGISTER_ASSOCIATION_TYPES + (_UPDATE_ONLY_TYPES if ctx.mode == Mode.UPDATE else ())
     for a in ctx.sub.associations:
         _check_type(ctx, a, allowed)
         _check_ends(ctx, a)

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from lxml import etree
-
-from .. import constants as C
 from ..hl7 import is_oid, is_uuid_urn
-from ..model import Classification, ExternalIdentifier, RegistryObject, Slot
+from ..model import Classification, ExternalIdentifier, LocalizedString, RegistryObject, Slot
 from .context import FOLDER_MARKER, SS_MARKER, Context
 
 # ebRIM 3.0 types a slot Value as LongName (256 characters) and IPF rejects anything longer.
@@ -20,10 +17,6 @@ from .context import FOLDER_MARKER, SS_MARKER, Context
 MAX_SLOT_VALUE = 256
 
 Report = Callable[..., None]
-
-
-def _rim(local: str) -> str:
-    return C.q(C.NS_RIM, local)
 
 
 def check_every_object(ctx: Context) -> None:
@@ -35,7 +28,7 @@ def check_every_object(ctx: Context) -> None:
         _claim_lid(ctx, obj, lids)
         _check_home(ctx, obj)
         check_slot_hygiene(report, obj.slots, "")
-        _check_localized(report, obj.element, "")
+        _check_localized(report, obj.names, obj.descriptions, "")
         for c in obj.classifications:
             _nested_classification(ctx, obj, c, owners)
         for e in obj.external_ids:
@@ -77,7 +70,7 @@ def _claim_lid(ctx: Context, obj: RegistryObject, lids: dict[str, str]) -> None:
 
 
 def _check_home(ctx: Context, obj: RegistryObject) -> None:
-    home = obj.element.get("home")
+    home = obj.home
     if home is not None and not (home.startswith("urn:oid:") and is_oid(home[len("urn:oid:"):])):
         ctx.report(obj, "home", f"'{home}' is not a homeCommunityId (urn:oid: followed by an OID)")
 
@@ -97,15 +90,13 @@ def check_slot_hygiene(report: Report, slots: list[Slot], where: str) -> None:
                        f"a value is {len(v)} characters long, at most {MAX_SLOT_VALUE} allowed")
 
 
-def _check_localized(report: Report, element: etree._Element, where: str) -> None:
-    for tag in ("Name", "Description"):
-        holder = element.find(_rim(tag))
-        if holder is None:
-            continue
+def _check_localized(report: Report, names: list[LocalizedString], descriptions: list[LocalizedString],
+                     where: str) -> None:
+    for tag, strings in (("Name", names), ("Description", descriptions)):
         # ebRIM's InternationalStringType allows zero LocalizedStrings: an empty Name or
         # Description is valid (the NIST test metadata sends <rim:Description/>).
-        for ls in holder.findall(_rim("LocalizedString")):
-            if ls.get("value") is None:
+        for ls in strings:
+            if ls.value is None:
                 report(f"{where}{tag}", "has a LocalizedString without a value attribute")
 
 
@@ -121,7 +112,7 @@ def _nested_classification(ctx: Context, obj: RegistryObject, c: Classification,
     elif c.scheme and not is_uuid_urn(c.scheme):
         report(f"{what} classificationScheme", f"'{c.scheme}' is not a urn:uuid: identifier")
     check_slot_hygiene(report, c.slots, f"{what} ")
-    _check_localized(report, c.element, f"{what} ")
+    _check_localized(report, c.names, c.descriptions, f"{what} ")
 
 
 def _nested_external_id(ctx: Context, obj: RegistryObject, e: ExternalIdentifier, owners: dict[str, str]) -> None:
@@ -139,7 +130,7 @@ def _nested_external_id(ctx: Context, obj: RegistryObject, e: ExternalIdentifier
         report(f"{what} value", "is empty")
     if not e.name:
         report(f"{what} Name", "is missing")
-    _check_localized(report, e.element, f"{what} ")
+    _check_localized(report, e.names, e.descriptions, f"{what} ")
 
 
 def _loose_classification(ctx: Context, c: Classification, owners: dict[str, str]) -> None:
@@ -156,5 +147,5 @@ def _loose_classification(ctx: Context, c: Classification, owners: dict[str, str
                              "Folder markers may stand at the top level")
         return
     target = ctx.by_id.get(c.classified_object or "")
-    if target is None or target.element.tag != _rim("RegistryPackage"):
+    if target is None or target.ebrim_class != "RegistryPackage":
         report("classifiedObject", f"'{c.classified_object}' is not a RegistryPackage of the submission")

@@ -6,24 +6,65 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from enum import StrEnum
+from typing import Callable, Mapping
 
 from .. import constants as C
 from .. import errors as E
+from .. import hl7
 from ..errors import ErrorList
 from ..model import Association, RegistryObject, Submission
 
-if TYPE_CHECKING:
-    from .profiles import Profile
 
-MODES = ("register", "provide", "update")
+class Mode(StrEnum):
+    """The transaction a submission arrives by; some rules differ between them."""
+
+    REGISTER = "register"  # ITI-42
+    PROVIDE = "provide"    # ITI-41: the repository fills hash, size and repositoryUniqueId
+    UPDATE = "update"      # ITI-57
+
+
+MODES = tuple(m.value for m in Mode)
+
+Checker = Callable[[str], list[str]]
+
+
+def ihe_patient_id(value: str) -> list[str]:
+    return hl7.check_cx(value, require_aa=True, strict=True)
+
+
+def ihe_source_patient_id(value: str) -> list[str]:
+    # A local id may say what kind of id it is (CX.5, e.g. PI), which patientId may not.
+    return hl7.check_cx(value, require_aa=True, strict=False)
+
+
+# The attributes whose datatype check a profile may replace.
+IHE_DATATYPES: dict[str, Checker] = {
+    "patientId": ihe_patient_id,
+    "sourcePatientId": ihe_source_patient_id,
+    "authorInstitution": hl7.check_xon,
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What the rules see of the profile in force (profiles.py names and selects them): its extra
+    rules, the datatype checkers it replaces, and the IHE rules it relaxes."""
+
+    name: str
+    rules: tuple["Rule", ...] = ()
+    datatypes: Mapping[str, Checker] = field(default_factory=dict)
+    signs_may_target_submission_set: bool = False
+
+    def checker(self, attribute: str) -> Checker:
+        return self.datatypes.get(attribute) or IHE_DATATYPES[attribute]
 
 
 @dataclass
 class Context:
     sub: Submission
-    mode: str
-    profile: "Profile"
+    mode: Mode
+    profile: Profile
     errors: ErrorList
     # First top-level object holding each id; a repeated id is an error reported elsewhere.
     by_id: dict[str, RegistryObject] = field(default_factory=dict)
@@ -33,7 +74,7 @@ class Context:
     loose_nodes: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
     @classmethod
-    def build(cls, sub: Submission, mode: str, profile: "Profile", errors: ErrorList) -> "Context":
+    def build(cls, sub: Submission, mode: Mode, profile: Profile, errors: ErrorList) -> "Context":
         ctx = cls(sub, mode, profile, errors)
         for obj in sub.objects:
             ctx.by_id.setdefault(obj.id, obj)
@@ -49,11 +90,11 @@ class Context:
     @property
     def requires_repository_attributes(self) -> bool:
         # A repository computes hash/size and knows its own id, so only ITI-41 may omit them.
-        return self.mode != "provide"
+        return self.mode != Mode.PROVIDE
 
     @property
     def duplicate_unique_id_code(self) -> str:
-        if self.mode == "provide":
+        if self.mode == Mode.PROVIDE:
             return E.REPOSITORY_DUPLICATE_UNIQUE_ID_IN_MESSAGE
         return E.DUPLICATE_UNIQUE_ID_IN_MESSAGE
 
@@ -75,6 +116,9 @@ class Context:
 
     def is_submission_set(self, ident: str | None) -> bool:
         return bool(ident) and ident in self.ss_ids
+
+
+Rule = Callable[[Context], None]
 
 
 def is_symbolic(ident: str) -> bool:

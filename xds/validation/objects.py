@@ -110,14 +110,11 @@ def _check_entry_type(ctx: Context, de: DocumentEntry) -> None:
 
 
 def _check_title(ctx: Context, de: DocumentEntry) -> None:
-    holder = de.element.find(C.q(C.NS_RIM, "Name"))
-    if holder is None:
-        return
-    for ls in holder.findall(C.q(C.NS_RIM, "LocalizedString")):
-        value = ls.get("value") or ""
+    for ls in de.names:
+        value = ls.value or ""
         if len(value) > MAX_TITLE:
             ctx.report(de, "Name (title)", f"is {len(value)} characters long, at most {MAX_TITLE} allowed")
-        charset = ls.get("charset")
+        charset = ls.charset
         if charset is not None and charset.upper() not in ("UTF-8", "UTF8"):
             ctx.report(de, "Name (title)", f"charset '{charset}' is not UTF-8")
 

@@ -1,48 +1,19 @@
 """Named sets of extra rules layered on the IHE ones for an affinity domain.
 
+This module sits above the rules: it imports the rule modules (dmp) to build the profiles
+it names; rule modules see a profile only as the Profile of their Context, never this module.
+
 A profile can add rules and can replace the checker of a few HL7 datatype attributes,
 because national profiles (the French DMP among them) put more in a patient CX or an
 organization XON than IHE allows.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Mapping
-
-from .. import hl7
 from . import dmp
-from .context import Context
+from .context import IHE_DATATYPES, Checker, Profile, Rule, ihe_patient_id, ihe_source_patient_id
 
-Rule = Callable[[Context], None]
-Checker = Callable[[str], list[str]]
-
-
-def ihe_patient_id(value: str) -> list[str]:
-    return hl7.check_cx(value, require_aa=True, strict=True)
-
-
-def ihe_source_patient_id(value: str) -> list[str]:
-    # A local id may say what kind of id it is (CX.5, e.g. PI), which patientId may not.
-    return hl7.check_cx(value, require_aa=True, strict=False)
-
-
-# The attributes whose datatype check a profile may replace.
-IHE_DATATYPES: dict[str, Checker] = {
-    "patientId": ihe_patient_id,
-    "sourcePatientId": ihe_source_patient_id,
-    "authorInstitution": hl7.check_xon,
-}
-
-
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    rules: tuple[Rule, ...] = ()
-    datatypes: Mapping[str, Checker] = field(default_factory=dict)
-    signs_may_target_submission_set: bool = False
-
-    def checker(self, attribute: str) -> Checker:
-        return self.datatypes.get(attribute) or IHE_DATATYPES[attribute]
+__all__ = ["Checker", "IHE_DATATYPES", "Profile", "Rule", "get_profile", "ihe_patient_id", "ihe_source_patient_id",
+           "profile_names", "register_profile"]
 
 
 _PROFILES: dict[str, Profile] = {}

@@ -10,7 +10,7 @@ from .. import constants as C
 from .. import errors as E
 from ..hl7 import is_uuid_urn
 from ..model import Association, DocumentEntry, Folder, RegistryObject, SubmissionSet
-from .context import Context, is_symbolic
+from .context import Context, Mode, is_symbolic
 
 # Endpoint kinds beyond the model's object kinds.
 EXTERNAL = "registry object"  # a urn:uuid: not in the submission
@@ -86,7 +86,7 @@ def _membership(ctx: Context) -> None:
 
 def _submitted_by_association(ctx: Context) -> set[str]:
     """Associations that ITI-57 adds between registered objects (SubmissionSet -SubmitAssociation->)."""
-    if ctx.mode != "update":
+    if ctx.mode != Mode.UPDATE:
         return set()
     return {a.target for a in ctx.sub.associations
             if a.type == C.ASSOC_SUBMIT_ASSOCIATION and a.target and ctx.is_submission_set(a.source)}
@@ -137,7 +137,7 @@ def _relationships(ctx: Context) -> None:
     for a in ctx.sub.associations:
         if a.type not in C.RELATIONSHIP_TYPES:
             continue
-        name = a.type.rsplit(":", 1)[-1]
+        name = C.last_segment(a.type)
         source = ctx.by_id.get(a.source or "")
         if not isinstance(source, DocumentEntry):
             if _kind(ctx, a.source) not in (MISSING, UNRESOLVED) and a.id not in between_registered:

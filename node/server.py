@@ -1,4 +1,4 @@
-"""Assembles the actors a process runs and serves them over HTTP (cheroot) and MLLP."""
+"""Assembles the actors a process runs and serves them over HTTP and MLLP."""
 from __future__ import annotations
 
 import logging
@@ -6,10 +6,15 @@ import os
 import signal
 import threading
 
-from cheroot import wsgi
-
-from .app import AppConfig, XdsApp
-from .settings import Settings
+from registry.config import RegistryConfig
+from registry.feed import internal_error_ack
+from registry.service import RegistryActor
+from registry.store import RegistryStore
+from repository.service import RepositoryActor
+from xds.app import AppConfig, XdsApp
+from xds.cheroot_adapter import HttpServer
+from xds.mllp import MllpServer
+from xds.settings import Settings
 
 log = logging.getLogger("xds.server")
 
@@ -26,10 +31,6 @@ class Services:
         self.repository = None
         endpoints = []
         if settings.role in ("all", "registry"):
-            from registry.config import RegistryConfig
-            from registry.service import RegistryActor
-            from registry.store import RegistryStore
-
             store = RegistryStore(settings.db_url)
             store.migrate()
             self.registry = RegistryActor(store, RegistryConfig(
@@ -40,43 +41,33 @@ class Services:
                 client_ssl_context=settings.client_ssl_context(), spool_dir=spool)
             endpoints.append(self.registry.endpoint())
         if settings.role in ("all", "repository"):
-            from repository.service import RepositoryActor
-
             self.repository = RepositoryActor.from_settings(settings, self.registry)
             endpoints.append(self.repository.endpoint())
         self.app = XdsApp(endpoints, AppConfig(spool_dir=spool, max_request_bytes=settings.max_request_bytes,
                                                max_document_bytes=settings.max_document_bytes,
                                                base_url=settings.base_url),
                           health=lambda: {"role": settings.role})
-        self.http: wsgi.Server | None = None
+        self.http: HttpServer | None = None
         self.mllp = None
-        self._thread: threading.Thread | None = None
 
     def start(self) -> "Services":
         """Bind and serve in background threads (tests, and `serve` below)."""
         s = self.settings
-        self.http = wsgi.Server((s.host, s.port), self.app, numthreads=s.threads, server_name="xds",
-                                shutdown_timeout=10)
-        if s.tls is not None:
-            self.http.ssl_adapter = _ssl_adapter(s)
-        self.http.prepare()
-        self._thread = threading.Thread(target=self.http.serve, name="xds-http", daemon=True)
-        self._thread.start()
+        self.http = HttpServer(self.app, s.host, s.port, threads=s.threads, tls=s.tls,
+                               server_name="xds", shutdown_timeout=10)
+        self.http.start()
         if self.registry is not None and self.repository is not None and s.route_retrieve:
             # All in one process: the registry's own directory names the local repository, so ITI-43
             # sent to the registry endpoint reaches it like any other host.
             self.registry.store.add_repository(s.repository_id, self.url + "/xds/repository")
         if self.registry is not None and s.mllp_port is not None:
-            from registry.feed import internal_error_ack
-            from .mllp import MllpServer
-
             self.mllp = MllpServer(s.host, s.mllp_port, self.registry.feed_handler(),
                                    error_reply=internal_error_ack).start()
         return self
 
     @property
     def port(self) -> int:
-        return self.http.bind_addr[1]
+        return self.http.port
 
     @property
     def url(self) -> str:
@@ -88,20 +79,8 @@ class Services:
             self.mllp.stop()
         if self.http is not None:
             self.http.stop()  # finishes requests in flight within shutdown_timeout
-        if self._thread is not None:
-            self._thread.join(timeout=15)
-
-
-def _ssl_adapter(s: Settings):
-    from cheroot.ssl.builtin import BuiltinSSLAdapter
-
-    from .tls import server_context
-
-    adapter = BuiltinSSLAdapter(s.tls_cert, s.tls_key)
-    # Our context replaces cheroot's so that client certificates are required and checked against tls_ca
-    # during the handshake; cheroot then exposes the verified subject as SSL_CLIENT_S_DN.
-    adapter.context = server_context(s.tls)
-    return adapter
+        if self.registry is not None:
+            self.registry.close()  # then the threads it forwards ITI-43 on
 
 
 def serve(settings: Settings) -> None:

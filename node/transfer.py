@@ -22,6 +22,7 @@ from lxml import etree
 from xds import builder
 from xds import constants as C
 from xds import mtom, soap
+from xds.constants import last_segment
 from xds.client import SoapClient
 from xds.ebrim import read_response_errors
 from xds.errors import XdsError
@@ -239,6 +240,7 @@ def retrieve_document(url: str, unique_id: str, repository_id: str, out: str, ti
                 sys.stdout.buffer.flush()
             else:
                 os.replace(att.path, out)
+                message.take(att.cid)  # renamed into place: no longer the spool's to remove
             mime = (dr.findtext(C.q(C.NS_XDSB, "mimeType")) or "").strip()
             return TransferResult(status, errors, mime_type=mime, size=att.size)
         return TransferResult(status, errors)
@@ -274,7 +276,7 @@ def submit_command(args, settings) -> int:
     except Exception as exc:  # a CLI answers with one line, not a trace
         print(f"xds: submit to {url} failed: {exc}", file=sys.stderr)
         return 1
-    print(result.status.rsplit(":", 1)[-1])
+    print(last_segment(result.status, ""))
     _print_errors(result.errors)
     for path, uid in result.unique_ids:
         print(f"{uid}\t{path}")
@@ -291,7 +293,7 @@ def retrieve_command(args, settings) -> int:
         return 1
     _print_errors(result.errors)
     if result.size is None:
-        print(f"xds: {args.unique_id} was not retrieved ({result.status.rsplit(':', 1)[-1]})", file=sys.stderr)
+        print(f"xds: {args.unique_id} was not retrieved ({last_segment(result.status, '')})", file=sys.stderr)
         return 1
     if out != "-":
         print(f"{out}\t{result.size} bytes\t{result.mime_type}")

@@ -1,27 +1,17 @@
-"""MTOM/XOP (multipart/related; type="application/xop+xml") reading and writing.
-
-Documents in ITI-41/43 can be hundreds of megabytes, so neither direction ever
-holds a whole document in memory: incoming parts other than the SOAP envelope
-are spooled to disk while their SHA-1 and size are computed, and outgoing parts
-are streamed from files in fixed-size chunks.
-"""
+"""The streaming reader of multipart/related bodies: parts other than the root are spooled to disk
+while their SHA-1 and size are computed, so a document of hundreds of megabytes is never in memory."""
 from __future__ import annotations
 
 import binascii
 import hashlib
 import os
-import sys
 import tempfile
 import threading
-import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator
-from urllib.parse import quote, unquote
 
-from lxml import etree
-
-from . import constants as C
+from .content_type import parse_content_type, strip_cid
+from .errors import MtomError, MtomLimitError
+from .message import Attachment, MtomMessage
 
 CHUNK = 256 * 1024
 # Binary parts are read into blocks of this size, in turn, so that the copy from the socket,
@@ -38,143 +28,8 @@ MAX_HEADER_BYTES = 16 * 1024
 MAX_PADDING = 1024
 DEFAULT_MAX_PARTS = 10_000
 
-XOP_TYPE = "application/xop+xml"
-SOAP12_TYPE = "application/soap+xml"
-_XOP_INCLUDE = C.q(C.NS_XOP, "Include")
 _CRLF = b"\r\n"
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_BCHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=? ")
-
-
-class MtomError(ValueError):
-    """The multipart body is unusable; the message says exactly why."""
-
-
-# --------------------------------------------------------------------------------------------
-# Content-Type parsing
-
-
-def parse_content_type(value: str | None) -> tuple[str, dict[str, str]]:
-    """Split a Content-Type value into a lowercased media type and its parameters.
-
-    Parameter names are lowercased; values keep their case because a boundary is
-    case-sensitive. Quoted values may contain ';', '=' and backslash escapes.
-    """
-    if not value:
-        return "", {}
-    text = value.strip()
-    n = len(text)
-    i = text.find(";")
-    if i < 0:
-        return text.lower().strip(), {}
-    mime = text[:i].strip().lower()
-    params: dict[str, str] = {}
-    i += 1
-    while i < n:
-        while i < n and text[i] in " \t;":
-            i += 1
-        start = i
-        while i < n and text[i] not in "=;":
-            i += 1
-        name = text[start:i].strip().lower()
-        if i >= n or text[i] == ";":
-            # A bare word without '=' carries no value; skipping it keeps the rest usable.
-            continue
-        i += 1  # '='
-        while i < n and text[i] in " \t":
-            i += 1
-        if i < n and text[i] == '"':
-            i += 1
-            buf = []
-            while i < n and text[i] != '"':
-                if text[i] == "\\" and i + 1 < n:
-                    i += 1
-                buf.append(text[i])
-                i += 1
-            i += 1  # closing quote (or end of an unterminated string, which we tolerate)
-            val = "".join(buf)
-            while i < n and text[i] != ";":
-                i += 1
-        else:
-            start = i
-            while i < n and text[i] != ";":
-                i += 1
-            val = text[start:i].strip()
-            # Some senders single-quote values; no legitimate boundary starts and ends with one.
-            if len(val) >= 2 and val[0] == val[-1] == "'":
-                val = val[1:-1]
-        if name and name not in params:
-            params[name] = val
-    return mime, params
-
-
-def is_mtom(content_type: str | None) -> bool:
-    """True for multipart/related carrying XOP.
-
-    A missing type parameter is accepted because several toolkits omit it while
-    still sending an xop+xml root part; an explicit other type (plain SwA) is not.
-    """
-    mime, params = parse_content_type(content_type)
-    if mime != "multipart/related":
-        return False
-    t = params.get("type")
-    return t is None or t.strip().lower() == XOP_TYPE
-
-
-def _strip_cid(value: str) -> str:
-    value = value.strip()
-    if value.startswith("<") and value.endswith(">"):
-        value = value[1:-1].strip()
-    return value
-
-
-# --------------------------------------------------------------------------------------------
-# Reading
-
-
-@dataclass
-class Attachment:
-    cid: str
-    content_type: str
-    path: str
-    size: int
-    sha1: str
-
-    def open(self) -> BinaryIO:
-        return open(self.path, "rb")
-
-    def read_bytes(self) -> bytes:
-        with self.open() as f:
-            return f.read()
-
-
-class MtomMessage:
-    """The parsed request: the root XML in memory, every other part on disk."""
-
-    def __init__(self, root: bytes, root_content_type: str, parts: dict[str, Attachment],
-                 root_cid: str | None = None, content_type: str = ""):
-        self.root = root
-        self.root_content_type = root_content_type
-        self.root_cid = root_cid
-        self.parts = parts
-        self.content_type = content_type
-
-    def cleanup(self) -> None:
-        for att in self.parts.values():
-            try:
-                os.unlink(att.path)
-            except FileNotFoundError:
-                # The caller may already have moved the spooled file into permanent storage.
-                pass
-
-    def __enter__(self) -> "MtomMessage":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.cleanup()
-
-    def __repr__(self) -> str:
-        return f"<MtomMessage root={len(self.root)} bytes parts={list(self.parts)}>"
 
 
 class _Source:
@@ -189,8 +44,8 @@ class _Source:
         self.eof = False
         self._readinto = getattr(stream, "readinto", None)
         # What a stream without readinto is asked for at a time. Asking it for less at the end
-        # of a block would change where reads stop: cheroot, for one, consumes the end of a
-        # chunked body only when a read asks past it.
+        # of a block would change where reads stop: a server's chunked input may consume the end
+        # of the body only when a read asks past it (the HTTP server adapter's does).
         self.unit = 1 if self._readinto is not None else CHUNK
         self._scratch: memoryview | None = None
 
@@ -215,14 +70,14 @@ class _Source:
         if self.remaining is not None:
             self.remaining -= got
         if self.consumed > self.max_total:
-            raise MtomError(f"the multipart body exceeds the total limit of {self.max_total} bytes")
+            raise MtomLimitError(f"the multipart body exceeds the total limit of {self.max_total} bytes")
 
     def read(self) -> bytes:
         n = self._want(CHUNK)
         if n <= 0:
             return b""
         if self._readinto is not None:
-            # Through readinto too, so that a stream's slow read() is never used (cheroot's).
+            # Through readinto too, so that a stream's slow read() is never used (the server adapter's).
             if self._scratch is None:
                 self._scratch = memoryview(bytearray(SCRATCH))
             n = min(n, SCRATCH)
@@ -261,7 +116,7 @@ class _MemorySink:
 
     def write(self, data) -> None:
         if len(self.buf) + len(data) > self.limit:
-            raise MtomError(f"{self.what} exceeds the limit of {self.limit} bytes")
+            raise MtomLimitError(f"{self.what} exceeds the limit of {self.limit} bytes")
         self.buf += data
 
     def finish(self) -> None:
@@ -302,7 +157,7 @@ class _FileSink:
     def _count(self, n: int) -> None:
         self.size += n
         if self.size > self.limit:
-            raise MtomError(f"{self.what} exceeds the per-part limit of {self.limit} bytes")
+            raise MtomLimitError(f"{self.what} exceeds the per-part limit of {self.limit} bytes")
 
     def _wait(self) -> None:
         last, self.last = self.last, None
@@ -439,7 +294,7 @@ class _Reader:
         self.delim = b"\r\n--" + boundary.encode("latin-1")
         # Enough of the previous chunk survives to match a delimiter split across two reads.
         self.keep = len(self.delim)
-        self.start = _strip_cid(params["start"]) if params.get("start") else None
+        self.start = strip_cid(params["start"]) if params.get("start") else None
         self.src = _Source(stream, content_length, max_total_bytes)
         self.spool_dir = spool_dir
         self.max_part = max_part_bytes
@@ -508,7 +363,7 @@ class _Reader:
             if index > self.max_parts:
                 raise MtomError(f"the multipart body has more than {self.max_parts} parts")
             headers = self._read_headers(index)
-            cid = _strip_cid(headers["content-id"]) if headers.get("content-id") else None
+            cid = strip_cid(headers["content-id"]) if headers.get("content-id") else None
             ctype = headers.get("content-type", "")
             cte = headers.get("content-transfer-encoding", "binary").strip().lower()
             label = f"MIME part #{index}" + (f" <{cid}>" if cid else "")
@@ -695,77 +550,6 @@ class _Reader:
         return f"body truncated: the stream ended {where}"
 
 
-class _CherootInput:
-    """cheroot's wsgi.input for a body with a Content-Length, read without its copies.
-
-    cheroot reads the socket through a pure-Python BufferedReader whose read(n) allocates
-    and zero-fills a fresh n-byte bytearray for every recv and then joins the pieces: draining
-    a socket with it runs at 1300 MB/s in 256 KiB reads and 650 MB/s in 4 MiB reads, where
-    recv_into runs at 1500. readinto1() on the same reader hands over what it has buffered and
-    otherwise lets recv_into fill our block directly.
-    """
-
-    def __init__(self, wrapper):
-        self.wrapper = wrapper
-        self.rfile = wrapper.rfile
-
-    def read(self, size: int) -> bytes:
-        return self.wrapper.read(size)
-
-    def readinto(self, view: memoryview) -> int:
-        n = min(len(view), self.wrapper.remaining)
-        if n <= 0:
-            return 0
-        got = self.rfile.readinto1(view[:n]) or 0
-        # cheroot drains `remaining` bytes after the response to keep the connection usable, so it
-        # must stay exact; bytes_read only feeds its statistics.
-        self.wrapper.remaining -= got
-        if isinstance(getattr(self.rfile, "bytes_read", None), int):
-            self.rfile.bytes_read += got
-        return got
-
-
-CHUNKED_READ = 64 * 1024
-
-
-class _ChunkedInput:
-    """cheroot's wsgi.input for a chunked body, asked for smaller reads.
-
-    ChunkedRFile.read(n) grows its answer by bytes concatenation, one HTTP chunk at a time,
-    so its cost per byte grows with n / chunk size, and clients chunk at 2-16 KiB. Measured
-    over 4 KiB to 1 MiB chunks, 64 KiB reads are the best compromise: draining 4 KiB chunks
-    runs at 370 MB/s against 260 MB/s with 256 KiB reads; 64 KiB and larger chunks lose
-    about 10%.
-    """
-
-    def __init__(self, wrapper):
-        self.wrapper = wrapper
-
-    def read(self, size: int) -> bytes:
-        return self.wrapper.read(min(size, CHUNKED_READ))
-
-
-def direct_input(stream):
-    """stream, or a faster reader over the same bytes when stream is a known WSGI server's input.
-
-    Only cheroot's KnownLengthRFile and ChunkedRFile are recognised, by their exact classes: a
-    subclass or another server's object may count or limit differently, and keeps its own read().
-    So must the socket reader under KnownLengthRFile: the pyOpenSSL adapter's subclass handles
-    its library's errors in read(), which readinto1() would bypass.
-    """
-    server = sys.modules.get("cheroot.server")  # not imported: if cheroot is not loaded, stream is not its
-    if server is None:
-        return stream
-    reader = getattr(sys.modules.get("cheroot.makefile"), "StreamReader", None)
-    if (type(stream) is getattr(server, "KnownLengthRFile", None)
-            and isinstance(getattr(stream, "remaining", None), int)
-            and reader is not None and type(getattr(stream, "rfile", None)) is reader):
-        return _CherootInput(stream)
-    if type(stream) is getattr(server, "ChunkedRFile", None):
-        return _ChunkedInput(stream)
-    return stream
-
-
 def read_multipart(stream, content_type: str, spool_dir: str, max_part_bytes: int, max_total_bytes: int,
                    max_xml_bytes: int = DEFAULT_MAX_XML_BYTES, content_length: int | None = None,
                    max_parts: int = DEFAULT_MAX_PARTS) -> MtomMessage:
@@ -781,180 +565,3 @@ def read_multipart(stream, content_type: str, spool_dir: str, max_part_bytes: in
                      content_length, max_parts)
     return reader.run()
 
-
-def href_to_cid(href: str) -> str:
-    """The Content-ID an xop:Include href names (RFC 2392: 'cid:' + URL-encoded id)."""
-    href = href.strip()
-    if href[:4].lower() != "cid:":
-        raise MtomError(f"xop:Include href={href} is not a cid: URL")
-    return _strip_cid(unquote(href[4:]))
-
-
-def resolve_xop(root_element: etree._Element, message) -> dict[etree._Element, Attachment]:
-    """Map the parent of each xop:Include to the attachment it names.
-
-    message may be an MtomMessage or a plain dict of cid -> Attachment.
-    """
-    parts = getattr(message, "parts", message)
-    found: dict[etree._Element, Attachment] = {}
-    for inc in root_element.iter(_XOP_INCLUDE):
-        href = inc.get("href")
-        if href is None:
-            raise MtomError("xop:Include has no href attribute")
-        cid = href_to_cid(href)
-        att = parts.get(cid)
-        if att is None:
-            raise MtomError(f"xop:Include href={href.strip()} points to no MIME part")
-        parent = inc.getparent()
-        if parent is None:
-            raise MtomError(f"xop:Include href={href.strip()} has no parent element")
-        found[parent] = att
-    return found
-
-
-# --------------------------------------------------------------------------------------------
-# Writing
-
-
-def new_cid(domain: str = "xds.local") -> str:
-    return f"{uuid.uuid4().hex}@{domain}"
-
-
-def xop_include(parent: etree._Element, cid: str) -> etree._Element:
-    """Append <xop:Include href="cid:..."/> to parent and return it."""
-    inc = etree.SubElement(parent, _XOP_INCLUDE, nsmap={"xop": C.NS_XOP})
-    inc.set("href", "cid:" + quote(cid, safe="@.-_~!$&'()*+,;=:"))
-    return inc
-
-
-def _header_value(value: str) -> str:
-    # A CR or LF in a header value would let content inject its own headers or boundaries.
-    if "\r" in value or "\n" in value:
-        raise ValueError(f"header value {value!r} contains a line break")
-    return value
-
-
-@dataclass
-class _OutPart:
-    cid: str
-    content_type: str
-    data: bytes | None = None
-    path: str | None = None
-    stream: object = None
-    size: int | None = None
-
-
-class MtomWriter:
-    """Builds an MTOM response as an iterator of byte chunks, suitable as a WSGI body.
-
-    Attachments are added first (their cids go into the envelope via xop_include),
-    then the envelope is set; iterating streams everything without loading files.
-    """
-
-    def __init__(self, boundary: str | None = None):
-        if boundary is None:
-            boundary = "MIMEBoundary_" + uuid.uuid4().hex
-        if not 1 <= len(boundary) <= 70 or any(ch not in _BCHARS for ch in boundary) or boundary.endswith(" "):
-            raise ValueError(f"{boundary!r} is not a valid MIME boundary (RFC 2046 bchars, 1-70 characters)")
-        self.boundary = boundary
-        self.root_cid = new_cid()
-        self.root: bytes | None = None
-        self.soap_type = SOAP12_TYPE
-        self.parts: list[_OutPart] = []
-
-    def set_root(self, envelope: bytes, soap_type: str = SOAP12_TYPE) -> None:
-        self.root = envelope
-        self.soap_type = soap_type
-
-    def _add(self, part: _OutPart) -> str:
-        _header_value(part.cid)
-        _header_value(part.content_type)
-        if any(p.cid == part.cid for p in self.parts) or part.cid == self.root_cid:
-            raise ValueError(f"Content-ID <{part.cid}> is already used in this message")
-        self.parts.append(part)
-        return part.cid
-
-    def add_bytes(self, data: bytes, content_type: str = "application/octet-stream", cid: str | None = None) -> str:
-        return self._add(_OutPart(cid or new_cid(), content_type, data=bytes(data), size=len(data)))
-
-    def add_file(self, path: str, content_type: str = "application/octet-stream", cid: str | None = None) -> str:
-        # The size is fixed now so that content_length() and the streamed bytes agree.
-        return self._add(_OutPart(cid or new_cid(), content_type, path=path, size=os.path.getsize(path)))
-
-    def add_stream(self, source, content_type: str = "application/octet-stream", cid: str | None = None,
-                   size: int | None = None) -> str:
-        """A file-like object (read(n)) or an iterable of bytes; size may be unknown."""
-        return self._add(_OutPart(cid or new_cid(), content_type, stream=source, size=size))
-
-    def content_type(self, action: str | None = None) -> str:
-        value = (f'multipart/related; boundary="{self.boundary}"; type="{XOP_TYPE}"; '
-                 f'start="<{self.root_cid}>"; start-info="{self.soap_type}"')
-        if action:
-            value += f'; action="{_header_value(action)}"'
-        return value
-
-    def _root_head(self) -> bytes:
-        return (f"--{self.boundary}\r\n"
-                f'Content-Type: {XOP_TYPE}; charset=UTF-8; type="{self.soap_type}"\r\n'
-                f"Content-Transfer-Encoding: binary\r\n"
-                f"Content-ID: <{self.root_cid}>\r\n\r\n").encode("latin-1")
-
-    def _part_head(self, part: _OutPart) -> bytes:
-        return (f"\r\n--{self.boundary}\r\n"
-                f"Content-Type: {part.content_type}\r\n"
-                f"Content-Transfer-Encoding: binary\r\n"
-                f"Content-ID: <{part.cid}>\r\n\r\n").encode("latin-1")
-
-    def _tail(self) -> bytes:
-        return f"\r\n--{self.boundary}--\r\n".encode("latin-1")
-
-    def content_length(self) -> int | None:
-        """Exact body length, or None if some part's size is unknown."""
-        if self.root is None:
-            raise ValueError("the root envelope has not been set")
-        total = len(self._root_head()) + len(self.root) + len(self._tail())
-        for p in self.parts:
-            if p.size is None:
-                return None
-            total += len(self._part_head(p)) + p.size
-        return total
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self.chunks()
-
-    def chunks(self) -> Iterator[bytes]:
-        if self.root is None:
-            raise ValueError("the root envelope has not been set")
-        yield self._root_head() + self.root
-        for p in self.parts:
-            yield self._part_head(p)
-            yield from self._part_body(p)
-        yield self._tail()
-
-    def _part_body(self, p: _OutPart) -> Iterable[bytes]:
-        if p.data is not None:
-            for i in range(0, len(p.data), CHUNK):
-                yield p.data[i:i + CHUNK]
-        elif p.path is not None:
-            left = p.size
-            with open(p.path, "rb") as f:
-                while left:
-                    block = f.read(min(CHUNK, left))
-                    if not block:
-                        raise MtomError(f"{p.path} shrank while being sent: {left} bytes of {p.size} missing")
-                    left -= len(block)
-                    yield block
-        elif hasattr(p.stream, "read"):
-            sent = 0
-            while True:
-                block = p.stream.read(CHUNK)
-                if not block:
-                    break
-                sent += len(block)
-                yield block
-            if p.size is not None and sent != p.size:
-                raise MtomError(f"attachment <{p.cid}> produced {sent} bytes, not the announced {p.size}")
-        else:
-            for block in p.stream:
-                if block:
-                    yield bytes(block)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import settings as settings_mod
+from xds import settings as settings_mod
 
 
 def _settings(args) -> settings_mod.Settings:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"xds: {exc}", file=sys.stderr)
         return 2
-    from . import logs
+    from xds import logs
 
     logs.setup(s.log_level, s.log_format if args.command == "serve" else "text")
     if args.command == "serve":
@@ -119,21 +119,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "db":
         return _db(args, s)
     if args.command in ("submit", "retrieve"):
-        from repository import transfer
+        from . import transfer
 
         return (transfer.submit_command if args.command == "submit" else transfer.retrieve_command)(args, s)
     return 2
 
 
-def _patient(args, s) -> int:
+def _registry_store(s):
+    """The registry's store in the settings' database, its schema brought up to date."""
     import os
 
     from registry.store import RegistryStore
-    from . import hl7
 
     os.makedirs(s.data, exist_ok=True)
     store = RegistryStore(s.db_url)
     store.migrate()
+    return store
+
+
+def _patient(args, s) -> int:
+    from xds import hl7
+
+    store = _registry_store(s)
     if args.patient_command == "add":
         for pid in args.patient_id:
             problems = hl7.check_cx(pid)
@@ -155,8 +162,8 @@ def _patient(args, s) -> int:
 def _db(args, s) -> int:
     import os
 
-    from . import migrate
-    from .db import make_engine
+    from xds import migrate
+    from xds.db import make_engine
 
     os.makedirs(s.data, exist_ok=True)
     targets = []
@@ -174,15 +181,11 @@ def _db(args, s) -> int:
 
 
 def _repository(args, s) -> int:
-    import os
     from urllib.parse import urlsplit
 
-    from registry.store import RegistryStore
-    from . import hl7
+    from xds import hl7
 
-    os.makedirs(s.data, exist_ok=True)
-    store = RegistryStore(s.db_url)
-    store.migrate()
+    store = _registry_store(s)
     if args.repository_command == "add":
         if not hl7.is_oid(args.repository_id):
             print(f"xds: {args.repository_id} is not an OID", file=sys.stderr)
