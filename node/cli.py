@@ -10,7 +10,7 @@ from xds import settings as settings_mod
 def _settings(args) -> settings_mod.Settings:
     overrides = {k: getattr(args, k, None) for k in ("role", "host", "port", "db", "data", "mllp_port",
                                                       "repository_id", "registry_url", "profile", "tls_cert", "tls_key", "tls_ca", "registry_timeout",
-                                                      "require_known_repositories")}
+                                                      "require_known_repositories", "mime_bare_lf")}
     if getattr(args, "no_patient_check", False):
         overrides["check_patients"] = False
     return settings_mod.load(getattr(args, "config", None), overrides=overrides)
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "for outbound HTTPS")
     p.add_argument("--require-known-repositories", action="store_true", default=None,
                    help="registry: accept ITI-42 only from repositories in the directory (needs --tls-ca)")
+    p.add_argument("--mime-bare-lf", action="store_true", default=None,
+                   help="accept MTOM bodies whose MIME boundary lines and part headers end in bare LF, not CRLF")
 
     p = sub.add_parser("patient", help="manage the patient ids the registry accepts")
     _add_common(p)

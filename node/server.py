@@ -45,7 +45,7 @@ class Services:
             endpoints.append(self.repository.endpoint())
         self.app = XdsApp(endpoints, AppConfig(spool_dir=spool, max_request_bytes=settings.max_request_bytes,
                                                max_document_bytes=settings.max_document_bytes,
-                                               base_url=settings.base_url),
+                                               base_url=settings.base_url, mime_bare_lf=settings.mime_bare_lf),
                           health=lambda: {"role": settings.role})
         self.http: HttpServer | None = None
         self.mllp = None

@@ -13,7 +13,7 @@ from lxml import etree
 from xds import constants as C
 from xds import errors as E
 from xds.constants import last_segment
-from xds.ebrim import assign_uuids, nest_loose_classifications, parse_submission
+from xds.ebrim import assign_uuids, named_as_sent, parse_submission
 from xds.errors import ErrorList, XdsError, XdsException
 from xds.model import Association, DocumentEntry, Folder, Submission, SubmissionSet
 from xds.validation import Mode, validate_submission
@@ -28,27 +28,26 @@ log = logging.getLogger(__name__)
 def register(store: RegistryStore, request: etree._Element, config: RegistryConfig,
              mode: Mode = Mode.REGISTER) -> list[XdsError]:
     """Register a SubmitObjectsRequest. Returns warnings; raises XdsException on failure."""
-    sub, found = read_submission(request, config, mode, "ITI-42")
+    sub, found = read_submission(request, config, mode)
     if sub.object_refs:
         found.add("ObjectRef elements are not registered by ITI-42", sub.object_refs[0])
     found.raise_if_errors()
     warnings, submitted_uuids = prepare_for_storage(sub, config)
-    with store.transaction() as conn:
-        _Registration(store, conn, sub, config, submitted_uuids).run()
+    try:
+        with store.transaction() as conn:
+            _Registration(store, conn, sub, config, submitted_uuids).run()
+    except XdsException as exc:
+        raise XdsException.of(named_as_sent(sub, exc.errors)) from None
     return warnings + found.warnings
 
 
-def read_submission(request: etree._Element, config: RegistryConfig, mode: Mode,
-                    transaction: str) -> tuple[Submission, ErrorList]:
+def read_submission(request: etree._Element, config: RegistryConfig, mode: Mode) -> tuple[Submission, ErrorList]:
     """Parse a SubmitObjectsRequest and collect its stateless metadata problems without raising,
     so that the transaction can add its own before answering with all of them."""
     if request.tag != C.q(C.NS_LCM, "SubmitObjectsRequest"):
         raise XdsException(E.REGISTRY_ERROR, f"expected lcm:SubmitObjectsRequest, got {request.tag}", "Body")
     sub = parse_submission(request)
     found = ErrorList(E.REGISTRY_METADATA_ERROR)
-    for el in sub.unknown_elements:
-        found.add(f"rim:RegistryObjectList holds an element {etree.QName(el).localname} that {transaction} does "
-                  f"not accept", el.get("id") or etree.QName(el).localname)
     found.items += validate_submission(sub, mode, config.profile).items
     return sub, found
 
@@ -62,7 +61,6 @@ def prepare_for_storage(sub: Submission, config: RegistryConfig) -> tuple[list[X
     warnings = _extra_metadata(sub, config)
     submitted_uuids = [o.id for o in sub.objects if o.id.startswith("urn:uuid:")]
     assign_uuids(sub)
-    nest_loose_classifications(sub)
     return warnings, submitted_uuids
 
 

@@ -11,7 +11,7 @@ from xds import constants as C
 from xds import errors as E
 from xds.app import SoapRequest, SoapResponse
 from xds.client import SoapClient, TransportError
-from xds.ebrim import read_response_errors
+from xds.ebrim import read_response_errors, status_for
 from xds.errors import XdsError
 from xds.mtom import href_to_cid, new_cid
 from xds.xdsb import read_requests, retrieve_response, x as _x
@@ -58,10 +58,7 @@ class RetrieveRouter:
             attachments += repo_attachments
             if cleanup:
                 cleanups.append(cleanup)
-        status = C.RESPONSE_SUCCESS
-        if any(e.is_error for e in errors):
-            status = C.RESPONSE_PARTIAL_SUCCESS if answers else C.RESPONSE_FAILURE
-        response = retrieve_response(errors, status)
+        response = retrieve_response(errors, status_for(errors, partial=bool(answers)))
         for dr in answers:
             response.append(dr)
 

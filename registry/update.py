@@ -13,7 +13,8 @@ from lxml import etree
 from xds import constants as C
 from xds import errors as E
 from xds.constants import last_segment
-from xds.errors import XdsError
+from xds.ebrim import named_as_sent
+from xds.errors import XdsError, XdsException
 from xds.model import Association, DocumentEntry, Submission
 from xds.validation import Mode
 from . import schema as S
@@ -28,12 +29,15 @@ log = logging.getLogger(__name__)
 
 def update_document_set(store: RegistryStore, request: etree._Element, config: RegistryConfig) -> list[XdsError]:
     """Apply every operation of the SubmitObjectsRequest, or none. Returns warnings; raises XdsException."""
-    sub, found = read_submission(request, config, Mode.UPDATE, "ITI-57")
+    sub, found = read_submission(request, config, Mode.UPDATE)
     found.raise_if_errors()
     ops = read_operations(sub)
     warnings, submitted_uuids = prepare_for_storage(sub, config)
-    with store.transaction() as conn:
-        _Update(store, conn, sub, config, submitted_uuids, ops).run()
+    try:
+        with store.transaction() as conn:
+            _Update(store, conn, sub, config, submitted_uuids, ops).run()
+    except XdsException as exc:
+        raise XdsException.of(named_as_sent(sub, exc.errors)) from None
     return warnings + found.warnings
 
 

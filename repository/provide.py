@@ -152,7 +152,7 @@ class Provide:
         for de_id, de in stable.items():
             content = contents.get(de_id)
             if content is None:
-                errors.add(f"DocumentEntry '{de_id}' (uniqueId {de.unique_id}) has no xdsb:Document with "
+                errors.add(f"{_label(de)} has no xdsb:Document with "
                            f"id {de_id} in the request", de_id, E.MISSING_DOCUMENT)
             else:
                 pairs.append((de, content))
@@ -175,7 +175,7 @@ class Provide:
                 seen[uid] = de.id
 
     def _check_content(self, de: DocumentEntry, content: _Content, errors: ErrorList) -> None:
-        label = f"DocumentEntry '{de.id}' (uniqueId {de.unique_id})"
+        label = _label(de)
         given_size = de.slot1("size")
         if given_size is not None and given_size.strip().isdigit() and int(given_size) != content.size:
             errors.add(f"{label} has size {given_size.strip()} but its document is {content.size} bytes",
@@ -186,8 +186,11 @@ class Provide:
                        de.id, E.REPOSITORY_METADATA_ERROR)
         given_repo = de.slot1("repositoryUniqueId")
         if given_repo is not None and given_repo.strip() != self.repository_id:
-            errors.add(f"{label} has repositoryUniqueId {given_repo.strip()} but this repository is "
-                       f"{self.repository_id}", de.id, E.REPOSITORY_METADATA_ERROR)
+            # ITI TF-2b 3.41.4.1.3: the repository adds or replaces repositoryUniqueId (_fill_slots);
+            # only hash and size are the source's word against the bytes.
+            errors.warn(f"{label} has repositoryUniqueId {given_repo.strip()}; this repository is "
+                        f"{self.repository_id} and registered the document under its own id", de.id,
+                        E.REPOSITORY_METADATA_ERROR)
 
     @staticmethod
     def _check_stored(pairs, stored: dict[str, DocumentRow], errors: ErrorList) -> None:
@@ -262,3 +265,8 @@ def _a2b(data: bytes, ident: str) -> bytes:
         return binascii.a2b_base64(data, strict_mode=True)
     except binascii.Error as exc:
         raise XdsException(E.REPOSITORY_ERROR, f"Document {ident} is not valid base64: {exc}", ident) from None
+
+
+def _label(de: DocumentEntry) -> str:
+    """How messages name an entry: by the id the source sent, and its uniqueId when it has one."""
+    return f"DocumentEntry '{de.id}'" + (f" (uniqueId {de.unique_id})" if de.unique_id else " (no uniqueId)")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from lxml import etree
 
-from xds import constants as C
 from xds import errors as E
 from xds.ebrim import status_for
 from xds.errors import XdsError

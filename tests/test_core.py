@@ -132,6 +132,9 @@ def _pretty_submission():
 
 def test_model_has_no_xml_and_writing_an_unchanged_object_keeps_its_bytes():
     req = _pretty_submission()
+    sub = ebrim.parse_submission(req)
+    # Reading normalises once (the top-level markers move into their packages); from then on an
+    # unchanged model writes back exactly the bytes it was read from.
     before = etree.tostring(req)
     sub = ebrim.parse_submission(req)
     de = sub.document_entries[0]
@@ -163,9 +166,8 @@ def test_writer_applies_slot_changes_in_place_and_keeps_the_rest():
 
 def test_nesting_and_uuids_go_through_the_model():
     sub = ebrim.parse_submission(builder.simple_submission("1^^^&1.2.3&ISO", 1, folder_too=True))
+    assert sub.loose_classifications == []  # the markers are nested as the submission is read
     ebrim.assign_uuids(sub)
-    ebrim.nest_loose_classifications(sub)
-    assert sub.loose_classifications == []
     ss = sub.submission_sets[0]
     el = ebrim.to_element(ss)
     children = [etree.QName(c).localname for c in el]
@@ -266,3 +268,22 @@ def test_cli_serve_on_embedded_defaults(tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(timeout=20) == 0  # SIGTERM is a graceful stop
+
+
+def test_reading_nests_top_level_classifications_and_identifiers_in_their_objects():
+    req = builder.simple_submission("1^^^&1.2.3&ISO", 1)
+    rol = req.find(f"{{{C.NS_RIM}}}RegistryObjectList")
+    eo = rol.find(f"{{{C.NS_RIM}}}ExtrinsicObject")
+    nested = [(c.tag, c.get("id")) for c in eo if etree.QName(c).localname in ("Classification", "ExternalIdentifier")]
+    for c in list(eo):
+        if etree.QName(c).localname in ("Classification", "ExternalIdentifier"):
+            rol.append(c)  # classifiedObject / registryObject already name the entry
+    stray = etree.SubElement(rol, f"{{{C.NS_RIM}}}Classification", id="stray", classifiedObject="Nowhere",
+                             classificationScheme=C.DE_EVENT_CODE, nodeRepresentation="x")
+    sub = ebrim.parse_submission(req)
+    de = sub.document_entries[0]
+    assert [(c.tag, c.get("id")) for c in ebrim.to_element(de)
+            if etree.QName(c).localname in ("Classification", "ExternalIdentifier")] == nested
+    assert de.unique_id and de.patient_id and de.code(C.DE_CLASS_CODE)
+    assert [c.id for c in sub.loose_classifications] == ["stray"] and stray.getparent() is rol
+    assert sub.submission_sets[0].classifications[-1].classification_node == C.SS_CLASSIFICATION_NODE

@@ -624,3 +624,246 @@ def test_a_boundary_too_long_for_the_blocks_takes_the_slow_path(tmp_path, small_
     with read_multipart(io.BytesIO(body), ct, str(tmp_path), BIG, BIG) as msg:
         assert msg.parts["a@x"].read_bytes() == data
     assert SlowExecutor.tasks == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Bare-LF framing: refused by default with a message that says so; read exactly with bare_lf
+
+
+LF_ROOT_CID = "root.message@example.org"
+
+
+def lf_part_head(boundary: str, cid: str, eol: bytes = b"\n", base64_cte: bool = False) -> bytes:
+    """A part's framing: the delimiter before it and its header block, with eol line ends."""
+    head = eol + b"--" + boundary.encode() + eol + b"Content-Type: application/octet-stream" + eol
+    if base64_cte:
+        head += b"Content-Transfer-Encoding: base64" + eol
+    return head + b"Content-ID: <" + cid.encode() + b">" + eol + eol
+
+
+def lf_body(contents: list[bytes], boundary: str = "MIME_lf.0", eol: bytes = b"\n", preamble: bytes = b"",
+            base64_parts: frozenset = frozenset()):
+    """A hand-framed body, as a Source with its own MIME code would send it (the writer frames in CRLF).
+
+    The first boundary line carries padding, the root's Content-Type is folded over two lines, and
+    an epilogue follows the closing delimiter. Part i is sent base64-encoded when i is in base64_parts.
+    """
+    cids = [f"{i:032d}@xds.local" for i in range(len(contents))]
+    root = envelope(*cids)
+    b = boundary.encode()
+    out = [preamble, b"--" + b + b" \t" + eol,
+           b"Content-Type: application/xop+xml;" + eol + b'  charset=UTF-8; type="application/soap+xml"' + eol,
+           b"Content-ID: <" + LF_ROOT_CID.encode() + b">" + eol + eol, root]
+    for i, (cid, data) in enumerate(zip(cids, contents)):
+        out.append(lf_part_head(boundary, cid, eol, i in base64_parts))
+        out.append(base64.encodebytes(data) if i in base64_parts else data)
+    out.append(eol + b"--" + b + b"--" + eol + b"epilogue" + eol)
+    ct = f'multipart/related; boundary="{boundary}"; type="application/xop+xml"; start="<{LF_ROOT_CID}>"'
+    return ct, cids, root, b"".join(out)
+
+
+def lf_contents(boundary: str) -> list[bytes]:
+    """Content that LF framing must keep byte for byte: every line end, a CR before the delimiter."""
+    delim = b"\n--" + boundary.encode()
+    return [
+        b"line one\r\nline two\r\n",
+        b"bare\rCR\rinside",
+        b"bare\nLF\ninside\n",
+        b"\n--not-a-boundary\n--not-a-boundary--\n",
+        b"ends in a CR\r",  # the CR before "\n--boundary" belongs to the content
+        b"",
+        b"\r",
+        b"\n",
+        b"\r\n",
+        b"\r\n\r\n",
+        delim[:-1] + b"\n",
+        delim + b"X is not a boundary line, so this is content",
+        delim + b"-X nor is this",
+        # In LF framing a boundary line ends in LF: one ending in CRLF is not a boundary line.
+        delim + b"\r\nis content too\r",
+        bytes(range(256)) * 20,
+        os.urandom(5000),
+    ]
+
+
+class SplitStream:
+    """Hands out the body in pieces cut at the given offsets (each read stays within one piece)."""
+
+    def __init__(self, data: bytes, cuts):
+        edges = [0, *sorted(cuts), len(data)]
+        self.pieces = [memoryview(data)[a:b] for a, b in zip(edges, edges[1:]) if b > a]
+
+    def read(self, size: int) -> bytes:
+        assert 0 < size <= CHUNK
+        if not self.pieces:
+            return b""
+        piece = self.pieces[0]
+        out, self.pieces[0] = bytes(piece[:size]), piece[size:]
+        if not len(self.pieces[0]):
+            self.pieces.pop(0)
+        return out
+
+
+class SplitStreamInto(SplitStream):
+    def readinto(self, view) -> int:
+        data = self.read(min(len(view), CHUNK))
+        view[:len(data)] = data
+        return len(data)
+
+
+BARE_LF_WORDS = ("bare LF", "CRLF", "RFC 2046", "mime_bare_lf")
+
+
+def _assert_bare_lf_refusal(tmp_path, body, ct):
+    _fails(tmp_path, body, ct, "bare LF")
+    with pytest.raises(MtomError) as info:
+        read_multipart(io.BytesIO(body), ct, str(tmp_path), BIG, BIG)
+    message = str(info.value)
+    assert all(word in message for word in BARE_LF_WORDS), message
+    assert "never occurs" not in message
+
+
+def _assert_lf_read(msg, cids, root, contents):
+    assert msg.root == root
+    assert msg.root_cid == LF_ROOT_CID
+    assert msg.root_content_type == 'application/xop+xml; charset=UTF-8; type="application/soap+xml"'
+    assert list(msg.parts) == cids
+    for cid, data in zip(cids, contents):
+        att = msg.parts[cid]
+        assert att.read_bytes() == data
+        assert (att.size, att.sha1) == (len(data), hashlib.sha1(data).hexdigest())
+        assert att.content_type == "application/octet-stream"
+
+
+def test_bare_lf_framing_is_refused_by_default_and_says_why(tmp_path):
+    boundary = "MIME_lf.0"
+    cases = [
+        lf_body([b"plain"], boundary),                          # first boundary at byte 0, then "\n"
+        lf_body([b"plain"], boundary, preamble=b"preamble\n"),  # every boundary after a bare LF
+        lf_body([b"plain"], boundary, preamble=b"preamble\r\n"),  # a CRLF before, a bare LF after
+        # A part ending in CR makes its delimiter look like a CRLF one, here the closing one.
+        lf_body([b"ends in a CR\r"], boundary, preamble=b"preamble\n"),
+        lf_body(lf_contents(boundary), boundary),
+        lf_body([b"x" * 300_000], boundary, preamble=b"p" * 70_000 + b"\n"),  # across many reads
+    ]
+    for ct, _, _, body in cases:
+        _assert_bare_lf_refusal(tmp_path, body, ct)
+    # The body's last boundary is cut short: still named as bare LF.
+    ct, _, _, body = lf_body([b"plain"], boundary, preamble=b"preamble\n")
+    _assert_bare_lf_refusal(tmp_path, body[:body.rindex(b"\n--" + boundary.encode()) + len(boundary) + 3], ct)
+
+
+def test_bare_lf_framing_is_read_exactly_with_bare_lf(tmp_path):
+    boundary = "MIME_lf.0"
+    contents = lf_contents(boundary)
+    for preamble in (b"", b"preamble\n", b"preamble ends in CR\r\n", b"\n\n"):
+        ct, cids, root, body = lf_body(contents, boundary, preamble=preamble)
+        streams = [Trickle(body, n) for n in (1, 7, 4096, CHUNK)] + [io.BytesIO(body)]
+        for stream in streams:
+            with read_multipart(stream, ct, str(tmp_path), BIG, BIG, content_length=len(body),
+                                bare_lf=True) as msg:
+                _assert_lf_read(msg, cids, root, contents)
+            assert spool_empty(tmp_path)
+
+
+@pytest.mark.parametrize("stream", [SplitStream, SplitStreamInto])
+def test_bare_lf_boundaries_split_across_reads_at_every_offset(tmp_path, stream):
+    boundary = "b0undary"
+    contents = [b"ends in CR\r", b"\n--b0undar\n", b"y"]
+    ct, cids, root, body = lf_body(contents, boundary, preamble=b"pre\n")
+    for cut in range(1, len(body)):
+        with read_multipart(stream(body, [cut]), ct, str(tmp_path), BIG, BIG, bare_lf=True) as msg:
+            _assert_lf_read(msg, cids, root, contents)
+        with pytest.raises(MtomError, match="bare LF"):
+            read_multipart(stream(body, [cut]), ct, str(tmp_path), BIG, BIG)
+    # Every boundary cut at every offset at once: reads of 1 to 12 bytes.
+    for n in range(1, 13):
+        with read_multipart(stream(body, range(n, len(body), n)), ct, str(tmp_path), BIG, BIG,
+                            bare_lf=True) as msg:
+            _assert_lf_read(msg, cids, root, contents)
+    assert spool_empty(tmp_path)
+
+
+def test_bare_lf_base64_part(tmp_path):
+    data = os.urandom(3000)  # base64.encodebytes wraps it in LF-ended lines
+    contents = [data, b"binary beside it\r"]
+    ct, cids, root, body = lf_body(contents, "MIME_lf.0", base64_parts=frozenset({0}))
+    assert b"Content-Transfer-Encoding: base64\n" in body
+    for stream in (Trickle(body, 5), io.BytesIO(body)):
+        with read_multipart(stream, ct, str(tmp_path), BIG, BIG, bare_lf=True) as msg:
+            _assert_lf_read(msg, cids, root, contents)
+    _assert_bare_lf_refusal(tmp_path, body, ct)
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+def test_bare_lf_false_delimiters_at_every_offset_of_a_block_edge(tmp_path, small_blocks, stream):
+    boundary = "b0undary"
+    delim = b"\n--" + boundary.encode()
+    step = mtom_reader.BLOCK - len(delim) + 1
+    pieces = []
+    for k in range(3 * len(delim)):
+        tail = delim + b"X" if k % 2 else (b"\r" if k % 4 == 1 else b"") + delim[:-1] + b"|"
+        pieces.append(os.urandom(step - len(tail)) + tail)
+    content = b"".join(pieces)
+    contents = [content, content[::-1], content + b"\r"]
+    ct, cids, root, body = lf_body(contents, boundary)
+    with read_multipart(STREAMS[stream](body), ct, str(tmp_path), BIG, BIG, bare_lf=True) as msg:
+        _assert_lf_read(msg, cids, root, contents)
+    assert SlowExecutor.tasks >= 3, "the helper was not used"
+    assert spool_empty(tmp_path)
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+def test_bare_lf_closing_delimiters_at_every_offset_of_a_block_edge(tmp_path, small_blocks, monkeypatch, stream):
+    boundary = "b0undary"
+    delim = b"\n--" + boundary.encode()
+    monkeypatch.setattr(mtom_reader, "BLOCK", 4 * len(delim))
+    step = mtom_reader.BLOCK - len(delim)
+    head = len(lf_part_head(boundary, f"{0:032d}@xds.local"))
+    contents = [os.urandom(8 * step + 1 - head) for _ in range(step + len(delim))]
+    ct, cids, root, body = lf_body(contents, boundary)
+    with read_multipart(STREAMS[stream](body), ct, str(tmp_path), BIG, BIG, bare_lf=True) as msg:
+        _assert_lf_read(msg, cids, root, contents)
+
+
+def test_crlf_bodies_read_the_same_with_bare_lf(tmp_path):
+    boundary = "MIMEBoundary_edgecase"
+    contents = tricky_contents(boundary) + [b"bare\nLF\n--" + boundary.encode() + b"\n", b"ends in LF\n"]
+    w, cids, root, body = build(contents, boundary)
+    for stream in [Trickle(body, n) for n in (1, 7, 4096, CHUNK)] + [io.BytesIO(body)]:
+        with read_multipart(stream, w.content_type(), str(tmp_path), BIG, BIG, bare_lf=True) as msg:
+            assert msg.root == root
+            assert [msg.parts[c].read_bytes() for c in cids] == contents
+    # Hand-framed CRLF, with a preamble holding a bare-LF boundary line that is not the first boundary.
+    ct, cids, root, body = lf_body(contents[:3], boundary, eol=b"\r\n",
+                                   preamble=b"not a boundary: \r\n--" + boundary.encode() + b"X\r\n"
+                                            b"nor this: \n--" + boundary.encode() + b"\r\n")
+    for mode in (False, True):
+        with read_multipart(Trickle(body, 3), ct, str(tmp_path), BIG, BIG, bare_lf=mode) as msg:
+            _assert_lf_read(msg, cids, root, contents[:3])
+    assert spool_empty(tmp_path)
+
+
+def test_crlf_errors_keep_their_messages_with_bare_lf(tmp_path):
+    ct, body = _fixture(tmp_path)
+    _fails(tmp_path, body, ct.replace('"bnd"', '"other"'), r"never occurs in the body \(wrong boundary\?\)",
+           bare_lf=True)
+    cut = body[:body.rindex(b"\r\n--bnd--")]
+    _fails(tmp_path, cut, ct, r"body truncated: the stream ended inside MIME part #4 <.*> before its closing",
+           bare_lf=True)
+    _fails(tmp_path, b"--bnd--\r\n", ct, "closes before its first part; the root part is missing", bare_lf=True)
+
+
+def test_wrong_boundary_keeps_its_message_whatever_the_line_ends(tmp_path):
+    crlf_ct, crlf = _fixture(tmp_path)
+    lf_ct, _, _, lf = lf_body([b"A" * 5000, b"B" * 9000 + b"\r"], "bnd", preamble=b"preamble\n")
+    # "bn" is a prefix of the boundary used: "--bnd" lines are not "--bn" boundary lines.
+    for ct, body in ((crlf_ct, crlf), (lf_ct, lf)):
+        for wrong in ('"other"', '"bn"'):
+            for mode in (False, True):
+                _fails(tmp_path, body, ct.replace('"bnd"', wrong),
+                       r"the MIME boundary '\w+' never occurs in the body \(wrong boundary\?\)", bare_lf=mode)
+    lf_ct2, _, _, lf2 = lf_body([b"x"], "bnd")
+    _fails(tmp_path, b"preamble\n--bnd--\n", lf_ct2, "closes before its first part", bare_lf=True)
+    _fails(tmp_path, lf2[:lf2.index(b"Content-ID")], lf_ct2, "stream ended inside the headers of MIME part #1",
+           bare_lf=True)

@@ -41,6 +41,25 @@ def test_deploy_configurations_are_valid(path):
         assert s.role == "repository" and s.registry_url.startswith("https://")
 
 
+def test_mime_bare_lf_setting_from_toml_env_and_flag(tmp_path):
+    import argparse
+
+    from node import cli
+
+    assert load(env={}).mime_bare_lf is False
+    toml = tmp_path / "x.toml"
+    toml.write_text("[xds]\nmime_bare_lf = true\n")
+    assert load(str(toml), env={}).mime_bare_lf is True
+    assert load(env={"XDS_MIME_BARE_LF": "true"}).mime_bare_lf is True
+    assert load(str(toml), env={"XDS_MIME_BARE_LF": "off"}).mime_bare_lf is False
+    assert cli._settings(argparse.Namespace(config=None, mime_bare_lf=True)).mime_bare_lf is True
+    services = Services(Settings(data=str(tmp_path / "data"), mime_bare_lf=True))
+    try:
+        assert services.app.config.mime_bare_lf is True
+    finally:
+        services.stop()
+
+
 def test_graceful_shutdown_finishes_the_request_in_flight(tmp_path):
     services = Services(Settings(port=0, data=str(tmp_path), check_patients=False)).start()
     body = SoapClient(services.url + "/xds/registry").envelope(

@@ -158,10 +158,12 @@ def test_size_mismatch(repo):
     repo.assert_nothing_kept()
 
 
-def test_foreign_repository_unique_id_is_refused(repo):
+def test_foreign_repository_unique_id_is_replaced_with_a_warning(repo):
     pid = patient(repo)
-    assert repo.codes(request_for(pid, repository_unique_id="1.2.3.999"), {"Document01": b"x"}) == \
-        [E.REPOSITORY_METADATA_ERROR]
+    req = request_for(pid, repository_unique_id="1.2.3.999")
+    warnings = repo.send(req, {"Document01": b"x"})
+    assert [(w.code, w.severity) for w in warnings] == [(E.REPOSITORY_METADATA_ERROR, C.SEVERITY_WARNING)]
+    assert "1.2.3.999" in warnings[0].message and warnings[0].location == "Document01"
 
 
 def test_entry_without_document(repo):

@@ -812,14 +812,31 @@ def test_marker_pointing_at_nothing():
     assert err.code == META and err.location.startswith("cl") and "Nowhere" in err.message
 
 
-def test_loose_coded_classification_must_be_nested():
+def test_top_level_coded_classification_is_nested_and_valid():
     req = make()
     c = classifications(el(req, DE), C.DE_EVENT_CODE) or [builder.classification(el(req, DE), C.DE_EVENT_CODE,
                                                                                  ("e", "1.2.3", "e"))]
     remove(c[0])
     add(req, c[0])
-    (err,) = [e for e in run(req) if "placement" in e.message]
-    assert err.code == META and err.location == c[0].get("id")
+    assert [e for e in run(req) if e.is_error] == []
+    assert c[0].getparent() is el(req, DE)
+
+
+def test_top_level_marker_classifying_a_document_entry():
+    req = make()
+    add(req, builder.submission_set_marker(el(req, DE).get("id")))
+    (err,) = [e for e in run(req) if "classificationNode" in e.message]
+    assert err.code == META and "does not apply to a DocumentEntry" in err.message
+
+
+def test_top_level_external_identifier_pointing_at_nothing():
+    req = make()
+    ei = builder.external_id(el(req, DE), C.DE_UNIQUE_ID, "1.2.3.4", "XDSDocumentEntry.uniqueId")
+    ei.set("registryObject", "Elsewhere")
+    remove(ei)
+    add(req, ei)
+    (err,) = [e for e in run(req) if "registryObject" in e.message]
+    assert err.code == META and "Elsewhere" in err.message
 
 
 # --- associations -------------------------------------------------------------------------------------

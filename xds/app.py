@@ -92,6 +92,29 @@ class AppConfig:
     max_document_bytes: int = 4 * 1024 ** 3        # one MTOM attachment
     max_mtom_bytes: int = 8 * 1024 ** 3            # a whole MTOM request
     base_url: str | None = None
+    mime_bare_lf: bool = False                     # accept MTOM framing with bare LF line ends
+
+
+def _answer_status(payload: etree._Element) -> etree._Element | None:
+    """The element carrying the answer's status: the payload itself (RegistryResponse,
+    AdhocQueryResponse) or the RegistryResponse inside it (RetrieveDocumentSetResponse)."""
+    if payload.get("status") is not None:
+        return payload
+    return payload.find(C.q(C.NS_RS, "RegistryResponse"))
+
+
+def _log_outcome(action: str, message_id: str | None, payload: etree._Element) -> None:
+    """Every answer that is not a plain Success leaves a line, as faults do: the transaction, its
+    status and error codes, and the request's MessageID; never the metadata or the patient."""
+    holder = _answer_status(payload)
+    status = holder.get("status") if holder is not None else None
+    if status is None or status == C.RESPONSE_SUCCESS:
+        return
+    codes = [e.get("errorCode") for e in holder.iter(C.q(C.NS_RS, "RegistryError"))
+             if e.get("severity") != C.SEVERITY_WARNING]
+    log.warning(json.dumps({"event": "answer", "transaction": C.TRANSACTIONS.get(action, action),
+                            "status": C.last_segment(status), "error_codes": sorted(set(codes)),
+                            "errors": len(codes), "message_id": message_id}))
 
 
 def _fault_response(version: str, fault: SoapFault, relates_to: str | None):
@@ -178,6 +201,7 @@ class XdsApp:
                 log.exception("request %s: internal error in %s", request_id, action)
                 resp = SoapResponse(op.error_payload([XdsError(
                     REGISTRY_ERROR, f"internal error while processing the request (request id {request_id})")]))
+            _log_outcome(action, env.message_id, resp.payload)
             use_mtom = resp.mtom if resp.mtom is not None else (
                 op.mtom_response if op.mtom_response is not None else message is not None)
             return self._answer(start_response, env.version, op.response_action, env.message_id, resp, use_mtom)
@@ -232,7 +256,8 @@ class XdsApp:
                                           self.config.spool_dir,
                                           max_part_bytes=self.config.max_document_bytes,
                                           max_total_bytes=self.config.max_mtom_bytes,
-                                          max_xml_bytes=self.config.max_request_bytes, content_length=length)
+                                          max_xml_bytes=self.config.max_request_bytes, content_length=length,
+                                          bare_lf=self.config.mime_bare_lf)
         except mtom.MtomError as exc:
             raise SoapFault(f"MTOM request rejected: {exc}",
                             http_status=413 if isinstance(exc, mtom.MtomLimitError) else 400) from None

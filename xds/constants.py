@@ -42,6 +42,12 @@ ACTION_DELETE = "urn:ihe:iti:2010:DeleteDocumentSet"
 ACTION_REMOVE_DOCUMENTS = "urn:ihe:iti:2017:RemoveDocuments"
 ACTION_MPQ = "urn:ihe:iti:2009:MultiPatientStoredQuery"
 
+# The transaction each action carries, as logs and audit name it.
+TRANSACTIONS = {
+    ACTION_REGISTER: "ITI-42", ACTION_PROVIDE: "ITI-41", ACTION_QUERY: "ITI-18", ACTION_RETRIEVE: "ITI-43",
+    ACTION_UPDATE: "ITI-57", ACTION_DELETE: "ITI-62", ACTION_REMOVE_DOCUMENTS: "ITI-86", ACTION_MPQ: "ITI-51",
+}
+
 
 def response_action(action: str) -> str:
     return action + "Response"

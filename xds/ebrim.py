@@ -9,6 +9,7 @@ built in code gets a new element. Nothing else in the project reads or changes `
 """
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Iterable
 
@@ -32,7 +33,7 @@ _SLOT, _VALUE_LIST, _VALUE = rim("Slot"), rim("ValueList"), rim("Value")
 _NAME, _DESCRIPTION, _LOCALIZED = rim("Name"), rim("Description"), rim("LocalizedString")
 _CLASSIFICATION, _EXTERNAL_ID = rim("Classification"), rim("ExternalIdentifier")
 _EXTRINSIC_OBJECT, _PACKAGE, _ASSOCIATION = rim("ExtrinsicObject"), rim("RegistryPackage"), rim("Association")
-_CONTENT_VERSION_INFO = rim("ContentVersionInfo")
+_CONTENT_VERSION_INFO, _OBJECT_LIST = rim("ContentVersionInfo"), rim("RegistryObjectList")
 _VALUES = f"{_VALUE_LIST}/{_VALUE}"
 _XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 
@@ -121,17 +122,15 @@ def read_external_id(el: etree._Element) -> ExternalIdentifier:
 _CLASSES = {_EXTRINSIC_OBJECT: DocumentEntry, _ASSOCIATION: Association}
 
 
-def read_object(el: etree._Element, loose: list[Classification] = ()) -> RegistryObject:
+def read_object(el: etree._Element) -> RegistryObject:
     """The model object of one ExtrinsicObject, RegistryPackage or Association element. A package
-    is a SubmissionSet or Folder by its nested markers or by the ``loose`` ones that point at it."""
+    is a SubmissionSet or Folder by its markers (nested by then, see nest_top_level)."""
     slots, records, names, descriptions, classifications, external_ids = _read_children(el, nested=True)
     cls = _CLASSES.get(el.tag)
     if cls is None:
         if el.tag != _PACKAGE:
             raise ValueError(f"{etree.QName(el).localname} is not a registry object the model knows")
         nodes = {c.classification_node for c in classifications}
-        pid = el.get("id")
-        nodes.update(c.classification_node for c in loose if c.classified_object == pid)
         cls = (SubmissionSet if C.SS_CLASSIFICATION_NODE in nodes
                else Folder if C.FOLDER_CLASSIFICATION_NODE in nodes else UnknownPackage)
     obj = cls(
@@ -154,27 +153,64 @@ def registry_object_list(request: etree._Element) -> etree._Element:
 
 
 def parse_submission(request: etree._Element) -> Submission:
-    """Read the objects of a SubmitObjectsRequest (the lcm element, or a ProvideAndRegister wrapper)."""
+    """Read the objects of a SubmitObjectsRequest (the lcm element, or a ProvideAndRegister wrapper).
+
+    Every submission is normalised here first (nest_top_level), so that the transactions, the
+    validator and the store only ever see Classifications and ExternalIdentifiers in their object.
+    """
     if request.tag == C.q(C.NS_XDSB, "ProvideAndRegisterDocumentSetRequest"):
         inner = request.find(C.q(C.NS_LCM, "SubmitObjectsRequest"))
         if inner is None:
             raise XdsException(REGISTRY_METADATA_ERROR, "ProvideAndRegisterDocumentSetRequest has no SubmitObjectsRequest")
         request = inner
     rol = registry_object_list(request)
-    children = [c for c in rol if isinstance(c.tag, str)]
-    loose = [read_classification(c) for c in children if c.tag == _CLASSIFICATION]
-    sub = Submission(request=request, objects=[], loose_classifications=loose)
-    for el in children:
+    stray_classifications, stray_external_ids = nest_top_level(rol)
+    sub = Submission(request=request, objects=[],
+                     loose_classifications=[read_classification(c) for c in stray_classifications],
+                     loose_external_ids=[read_external_id(e) for e in stray_external_ids])
+    for el in rol:
         tag = el.tag
+        if not isinstance(tag, str):
+            continue
         if tag == _EXTRINSIC_OBJECT or tag == _PACKAGE or tag == _ASSOCIATION:
-            sub.objects.append(read_object(el, loose))
+            sub.objects.append(read_object(el))
         elif tag == rim("ObjectRef"):
             sub.object_refs.append(el.get("id") or "")
-        elif tag == _CLASSIFICATION:
+        elif tag == _CLASSIFICATION or tag == _EXTERNAL_ID:
             continue
         else:
             sub.unknown_elements.append(el)
     return sub
+
+
+def nest_top_level(rol: etree._Element) -> tuple[list[etree._Element], list[etree._Element]]:
+    """Move each Classification and ExternalIdentifier standing at the top of the RegistryObjectList
+    into the object of the submission it names (classifiedObject, registryObject).
+
+    ebRIM 3.0 makes both RegistryObjects of their own, so a Document Source may send them either
+    way; once moved they are indistinguishable from nested ones (validated, stored, returned and
+    queried alike). Returns those that name no object of the submission, left where they were for
+    the validator to report.
+    """
+    owners: dict[str, etree._Element] = {}
+    for el in rol:
+        if el.tag in (_EXTRINSIC_OBJECT, _PACKAGE, _ASSOCIATION) and el.get("id"):
+            owners.setdefault(el.get("id"), el)
+    stray_c, stray_e = [], []
+    for el in list(rol):
+        if el.tag == _CLASSIFICATION:
+            owner = owners.get(el.get("classifiedObject") or "")
+            if owner is None:
+                stray_c.append(el)
+            else:
+                _place_classification(owner, el)
+        elif el.tag == _EXTERNAL_ID:
+            owner = owners.get(el.get("registryObject") or "")
+            if owner is None:
+                stray_e.append(el)
+            else:
+                _place_external_id(owner, el)
+    return stray_c, stray_e
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -337,14 +373,26 @@ def _write_external_id(e: ExternalIdentifier) -> etree._Element:
     return el
 
 
+# ebRIM's order of a RegistryObject's children: Slot*, Name, Description, VersionInfo, Classification*,
+# ExternalIdentifier*, then the subtype's own (ContentVersionInfo, a package's RegistryObjectList).
+_AFTER_CLASSIFICATIONS = (_EXTERNAL_ID, _CONTENT_VERSION_INFO, _OBJECT_LIST)
+_AFTER_EXTERNAL_IDS = (_CONTENT_VERSION_INFO, _OBJECT_LIST)
+
+
+def _place(el: etree._Element, child: etree._Element, before: tuple[str, ...]) -> None:
+    pos = next((i for i, c in enumerate(el) if c.tag in before and c is not child), None)
+    if pos is None:
+        el.append(child)  # lxml moves a read element out of wherever it was (the RegistryObjectList)
+    else:
+        el.insert(pos, child)
+
+
 def _place_classification(el: etree._Element, child: etree._Element) -> None:
-    pos = next((i for i, c in enumerate(el) if c.tag == _EXTERNAL_ID), len(el))
-    el.insert(pos, child)  # lxml moves a read element out of wherever it was (the RegistryObjectList)
+    _place(el, child, _AFTER_CLASSIFICATIONS)
 
 
 def _place_external_id(el: etree._Element, child: etree._Element) -> None:
-    pos = next((i for i, c in enumerate(el) if c.tag == _CONTENT_VERSION_INFO), len(el))
-    el.insert(pos, child)
+    _place(el, child, _AFTER_EXTERNAL_IDS)
 
 
 def _write_nested(el, items, read, write, build, place) -> None:
@@ -461,6 +509,7 @@ def assign_uuids(sub: Submission) -> dict[str, str]:
             claim(e.id)
     for c in sub.loose_classifications:
         claim(c.id)
+    sub.sent_ids = {assigned: sent for sent, assigned in mapping.items()}
     if not mapping:
         return mapping
     m = mapping.get
@@ -478,19 +527,19 @@ def assign_uuids(sub: Submission) -> dict[str, str]:
     return mapping
 
 
-def nest_loose_classifications(sub: Submission) -> None:
-    """Move top-level Classifications (the SubmissionSet and Folder markers) into the package they
-    classify, so that the stored object carries them and a query answer says what each package is.
-    Written before the package's ExternalIdentifiers."""
-    by_id = {o.id: o for o in sub.objects if isinstance(o, (SubmissionSet, Folder))}
-    kept = []
-    for c in sub.loose_classifications:
-        owner = by_id.get(c.classified_object or "")
-        if owner is None:
-            kept.append(c)
-            continue
-        owner.classifications.append(c)
-    sub.loose_classifications = kept
+_UUID_URN = re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def named_as_sent(sub: Submission, errors: list[XdsError]) -> list[XdsError]:
+    """The errors with every id the server assigned (assign_uuids) put back as the source sent it,
+    so that a Document Source can tell which of its objects each message is about."""
+    if not sub.sent_ids:
+        return errors
+
+    def sent(text: str) -> str:
+        return _UUID_URN.sub(lambda m: sub.sent_ids.get(m.group(0), m.group(0)), text) if text else text
+
+    return [XdsError(e.code, sent(e.message), sent(e.location), e.severity) for e in errors]
 
 
 # --- responses ------------------------------------------------------------------------

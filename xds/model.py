@@ -264,10 +264,13 @@ class Submission:
     # date with the objects before it is forwarded.
     request: Any
     objects: list[RegistryObject]
-    # Classifications placed at the top level of the list (the SubmissionSet marker in
-    # particular) rather than nested in the object they classify.
+    # Top-level Classifications and ExternalIdentifiers that name no object of the submission
+    # (ebrim.nest_top_level moved the others into their objects): the validator reports them.
     loose_classifications: list[Classification] = field(default_factory=list)
+    loose_external_ids: list[ExternalIdentifier] = field(default_factory=list)
     object_refs: list[str] = field(default_factory=list)
+    # assigned urn:uuid: -> the id as the source sent it (ebrim.assign_uuids), for messages.
+    sent_ids: dict[str, str] = field(default_factory=dict)
     # RegistryObjectList children of no kind the model knows, as read (opaque elements).
     unknown_elements: list[Any] = field(default_factory=list)
 

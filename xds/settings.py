@@ -34,6 +34,7 @@ class Settings:
     forward_timeout: int = 30            # registry: seconds to wait for a repository host
     max_request_bytes: int = 64 * 1024 * 1024
     max_document_bytes: int = 4 * 1024 ** 3
+    mime_bare_lf: bool = False           # accept MTOM framing (boundary lines, part headers) in bare LF, not CRLF
     threads: int = 16
     log_level: str = "INFO"
     log_format: str = "json"             # json (one object a line, with the request id) or text

@@ -29,6 +29,9 @@ MAX_PADDING = 1024
 DEFAULT_MAX_PARTS = 10_000
 
 _CRLF = b"\r\n"
+_LF = b"\n"
+_BARE_LF_MESSAGE = ("the MIME boundary lines of this body end in bare LF; RFC 2046 5.1.1 requires CRLF "
+                    "(the mime_bare_lf setting accepts such framing)")
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
@@ -255,9 +258,10 @@ class _Base64Sink:
         self.inner.close()
 
 
-def _parse_headers(block: bytes, label: str) -> dict[str, str]:
+def _parse_headers(block: bytes, label: str, eol: bytes = _CRLF) -> dict[str, str]:
     # Header values are ASCII by RFC 2045; latin-1 never fails, so a stray byte is kept, not fatal.
-    lines = block.decode("latin-1").split("\r\n")
+    # eol is the body's line ending (CRLF, or LF when bare-LF framing is accepted).
+    lines = block.decode("latin-1").split(eol.decode("latin-1"))
     headers: dict[str, str] = {}
     current: str | None = None
     for line in lines:
@@ -282,7 +286,8 @@ def _parse_headers(block: bytes, label: str) -> dict[str, str]:
 
 class _Reader:
     def __init__(self, stream, content_type: str, spool_dir: str, max_part_bytes: int,
-                 max_total_bytes: int, max_xml_bytes: int, content_length: int | None, max_parts: int):
+                 max_total_bytes: int, max_xml_bytes: int, content_length: int | None, max_parts: int,
+                 bare_lf: bool = False):
         mime, params = parse_content_type(content_type)
         if mime != "multipart/related":
             raise MtomError(f"Content-Type {mime or '(none)'!r} is not multipart/related")
@@ -291,9 +296,17 @@ class _Reader:
             raise MtomError("the multipart Content-Type has no boundary parameter")
         self.content_type = content_type
         self.boundary = boundary
+        # The body's line ending: CRLF (RFC 2046), or LF when bare_lf accepts it and the first
+        # boundary line ends so (_skip_preamble decides). The delimiter, the end of a header block
+        # and the header lines all use it; content is never altered.
+        self.bare_lf = bare_lf
+        self.eol = _CRLF
         self.delim = b"\r\n--" + boundary.encode("latin-1")
+        self.headers_end = _CRLF + _CRLF
         # Enough of the previous chunk survives to match a delimiter split across two reads.
         self.keep = len(self.delim)
+        # Strict mode: a boundary line seen ending in, or following, a bare LF, named if no CRLF one comes.
+        self.saw_bare_lf = False
         self.start = strip_cid(params["start"]) if params.get("start") else None
         self.src = _Source(stream, content_length, max_total_bytes)
         self.spool_dir = spool_dir
@@ -397,29 +410,96 @@ class _Reader:
         return MtomMessage(root, root_ct, parts, root_cid, self.content_type)
 
     def _skip_preamble(self) -> None:
+        # Accepting bare LF, the first boundary is looked for after any LF (CRLF ends in one too).
+        pattern = self.delim[1:] if self.bare_lf else self.delim
         while True:
-            i = self.buf.find(self.delim)
+            i = self.buf.find(pattern)
             if i >= 0:
-                del self.buf[:i]
-                kind = self._after_delimiter()
+                kind = self._first_delimiter(i)
                 if kind == "part":
                     return
                 if kind == "close":
+                    if self.saw_bare_lf:  # a CR ending a part's content made its LF delimiter a CRLF one
+                        raise MtomError(_BARE_LF_MESSAGE)
                     raise MtomError("the multipart body closes before its first part; the root part is missing")
                 # A delimiter followed by other text is not a boundary line; keep looking past it.
                 del self.buf[:1]
                 continue
+            if not self.bare_lf:
+                self._note_bare_lf(final=False)
             if len(self.buf) > self.keep:
                 del self.buf[:len(self.buf) - self.keep]
             if not self._more():
+                if not self.bare_lf:
+                    self._note_bare_lf(final=True)
+                if self.saw_bare_lf:
+                    raise MtomError(_BARE_LF_MESSAGE)
                 raise MtomError(f"the MIME boundary {self.boundary!r} never occurs in the body "
                                 "(wrong boundary?)")
 
-    def _after_delimiter(self) -> str | None:
-        """Classify the delimiter at buf[0]: 'part' (consumed up to the line's CRLF), 'close', or None.
+    def _first_delimiter(self, i: int) -> str | None:
+        """Classify the first-delimiter candidate found at buf[i] as _after_delimiter does.
 
-        On 'part' the buffer is left starting with the CRLF ending the boundary line, so that
-        an empty header block and a normal one are found by the same CRLFCRLF search.
+        Strict, the candidate is a CRLF delimiter. Accepting bare LF, it is the LF of one: a CR
+        before it and a CRLF ending the line make the body CRLF-framed, as strict would read it;
+        a line ending in bare LF makes it LF-framed from here on (a CR before belongs to the preamble).
+        """
+        if not self.bare_lf:
+            # What comes before the candidate is dropped unseen by the trimming's check: check it now.
+            self._note_bare_lf(final=False, end=i + len(self.delim) - 2)
+            del self.buf[:i]
+            kind = self._after_delimiter()
+            if kind == "lf":
+                self.saw_bare_lf = True
+            return kind
+        if i and self.buf[i - 1] == 0x0D:
+            del self.buf[:i - 1]
+            kind = self._after_delimiter()
+            if kind != "lf":
+                return kind
+            del self.buf[:1]  # the CR: buf starts at the LF again
+        else:
+            del self.buf[:i]
+        self._use_eol(_LF)
+        kind = self._after_delimiter()
+        if kind not in ("part", "close"):
+            self._use_eol(_CRLF)
+        return kind
+
+    def _use_eol(self, eol: bytes) -> None:
+        self.eol = eol
+        self.delim = eol + b"--" + self.boundary.encode("latin-1")
+        self.headers_end = eol + eol
+        self.keep = len(self.delim)
+
+    def _note_bare_lf(self, final: bool, end: int | None = None) -> None:
+        """Strict mode: remember a boundary after a bare LF (an LF with no CR before it).
+
+        Runs on the preamble buffer before it is trimmed to its last `keep` bytes; an occurrence
+        at buf[0] was seen, with the byte before it, in the previous round. One whose next byte has
+        not arrived yet is left to the next round, which still holds it, or counted at the end.
+        With end, only occurrences starting before end - len(pattern) + 1 are looked at.
+        """
+        if self.saw_bare_lf:
+            return
+        pattern = self.delim[1:]
+        n = len(pattern)
+        end = len(self.buf) if end is None else end
+        i = self.buf.find(pattern, 1, end)
+        while i >= 0:
+            if self.buf[i - 1] != 0x0D:
+                nxt = self.buf[i + n:i + n + 1]
+                if nxt in (b" ", b"\t", b"\r", b"\n", b"-") or (not nxt and final):
+                    self.saw_bare_lf = True
+                    return
+            i = self.buf.find(pattern, i + 1, end)
+
+    def _after_delimiter(self) -> str | None:
+        """Classify the delimiter at buf[0]: 'part' (consumed up to the line's end), 'close', or
+        None; 'lf' is None's variant for a line that ends in a bare LF where a CRLF was expected.
+
+        On 'part' the buffer is left starting with the line end (self.eol) of the boundary line,
+        so that an empty header block and a normal one are found by the same search.
         """
         d = len(self.delim)
         if not self._need(d + 2):
@@ -435,23 +515,25 @@ class _Reader:
                 j += 1
                 continue
             break
-        if not self._need(j + 2):
+        eol = self.eol
+        if not self._need(j + len(eol)):
             raise MtomError(self._eof_message("after a boundary line"))
-        if self.buf[j:j + 2] != _CRLF:
-            return None
+        if self.buf[j:j + len(eol)] != eol:
+            return "lf" if self.buf[j] == 0x0A else None
         del self.buf[:j]
         return "part"
 
     def _read_headers(self, index: int) -> dict[str, str]:
         while True:
-            i = self.buf.find(b"\r\n\r\n")
+            i = self.buf.find(self.headers_end)
             if i > MAX_HEADER_BYTES:
                 raise MtomError(f"malformed headers in MIME part #{index}: no blank line within "
                                 f"{MAX_HEADER_BYTES} bytes")
             if i >= 0:
-                block = bytes(self.buf[2:i])
-                del self.buf[:i + 4]
-                return _parse_headers(block, f"MIME part #{index}")
+                e = len(self.eol)
+                block = bytes(self.buf[e:i])
+                del self.buf[:i + 2 * e]
+                return _parse_headers(block, f"MIME part #{index}", self.eol)
             if len(self.buf) > MAX_HEADER_BYTES:
                 raise MtomError(f"malformed headers in MIME part #{index}: no blank line within "
                                 f"{MAX_HEADER_BYTES} bytes")
@@ -552,16 +634,20 @@ class _Reader:
 
 def read_multipart(stream, content_type: str, spool_dir: str, max_part_bytes: int, max_total_bytes: int,
                    max_xml_bytes: int = DEFAULT_MAX_XML_BYTES, content_length: int | None = None,
-                   max_parts: int = DEFAULT_MAX_PARTS) -> MtomMessage:
+                   max_parts: int = DEFAULT_MAX_PARTS, bare_lf: bool = False) -> MtomMessage:
     """Parse an MTOM body from a file-like stream, spooling non-root parts into spool_dir.
 
     max_total_bytes bounds the bytes read from the wire (framing included); max_part_bytes
     bounds each decoded attachment; max_xml_bytes bounds the root part. On any error every
     file already spooled is removed before MtomError is raised.
+
+    Boundary lines and part headers end in CRLF (RFC 2046 5.1.1); a body framed with bare LF is
+    refused with a message saying so, unless bare_lf: then the first boundary line's ending (CRLF
+    or LF) is the body's, used for every delimiter and header line, and the content stays exact.
     """
     if content_length is not None and content_length < 0:
         raise MtomError(f"Content-Length {content_length} is negative")
     reader = _Reader(stream, content_type, spool_dir, max_part_bytes, max_total_bytes, max_xml_bytes,
-                     content_length, max_parts)
+                     content_length, max_parts, bare_lf)
     return reader.run()
 

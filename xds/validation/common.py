@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+from lxml import etree
+
 from ..hl7 import is_oid, is_uuid_urn
 from ..model import Classification, ExternalIdentifier, LocalizedString, RegistryObject, Slot
-from .context import FOLDER_MARKER, SS_MARKER, Context
+from .context import Context
 
 # ebRIM 3.0 types a slot Value as LongName (256 characters) and IPF rejects anything longer.
 # XDS itself has no such limit on e.g. URI, which is why it defines the "n|fragment" split:
@@ -34,7 +36,15 @@ def check_every_object(ctx: Context) -> None:
         for e in obj.external_ids:
             _nested_external_id(ctx, obj, e, owners)
     for c in ctx.sub.loose_classifications:
-        _loose_classification(ctx, c, owners)
+        _stray(ctx, describe_classification(c), c.id, "classifiedObject", c.classified_object, owners)
+    for el in ctx.sub.unknown_elements:
+        local = etree.QName(el).localname
+        ctx.report_at(el.get("id") or local, "rim:RegistryObjectList", "content",
+                      f"holds an element {local}, which a submission may not hold (ExtrinsicObject, RegistryPackage, "
+                      f"Association, Classification and ExternalIdentifier may)")
+    for e in ctx.sub.loose_external_ids:
+        what = f"ExternalIdentifier '{e.id}'" if e.id else f"ExternalIdentifier (no id, scheme {e.scheme})"
+        _stray(ctx, what, e.id, "registryObject", e.registry_object, owners)
 
 
 def _reporter(ctx: Context, obj: RegistryObject) -> Report:
@@ -133,19 +143,16 @@ def _nested_external_id(ctx: Context, obj: RegistryObject, e: ExternalIdentifier
     _check_localized(report, e.names, e.descriptions, f"{what} ")
 
 
-def _loose_classification(ctx: Context, c: Classification, owners: dict[str, str]) -> None:
-    what = describe_classification(c)
+def _stray(ctx: Context, what: str, ident: str, attribute: str, target: str | None,
+           owners: dict[str, str]) -> None:
+    """A top-level Classification or ExternalIdentifier that names no object of the submission
+    (ebrim.nest_top_level nested every other one in its object)."""
+    def report(attr: str, problem: str, code: str | None = None) -> None:
+        ctx.report_at(ident or target or "RegistryObjectList", what, attr, problem, code)
 
-    def report(attribute: str, problem: str, code: str | None = None) -> None:
-        ctx.report_at(c.id, what, attribute, problem, code)
-
-    _claim_id(report, c.id, "id", what, owners)
-    check_slot_hygiene(report, c.slots, "")
-    if c.scheme or c.classification_node not in (SS_MARKER, FOLDER_MARKER):
-        # The model only reads classifications nested in their object, so a stray one would be lost.
-        report("placement", "must be nested in the object it classifies; only the SubmissionSet and "
-                             "Folder markers may stand at the top level")
-        return
-    target = ctx.by_id.get(c.classified_object or "")
-    if target is None or target.ebrim_class != "RegistryPackage":
-        report("classifiedObject", f"'{c.classified_object}' is not a RegistryPackage of the submission")
+    _claim_id(report, ident, "id", what, owners)
+    if not target:
+        report(attribute, "is missing: at the top of the RegistryObjectList it must name the object it belongs to")
+    else:
+        report(attribute, f"'{target}' is no ExtrinsicObject, RegistryPackage or Association of this submission, "
+                          f"so nothing holds this {what.split(' ')[0]}")

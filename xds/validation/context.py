@@ -70,8 +70,6 @@ class Context:
     by_id: dict[str, RegistryObject] = field(default_factory=dict)
     ss_ids: set[str] = field(default_factory=set)
     assocs_by_target: dict[str, list[Association]] = field(default_factory=lambda: defaultdict(list))
-    # classificationNode values given to each package by top-level (loose) Classifications.
-    loose_nodes: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
     @classmethod
     def build(cls, sub: Submission, mode: Mode, profile: Profile, errors: ErrorList) -> "Context":
@@ -82,9 +80,6 @@ class Context:
         for a in sub.associations:
             if a.target:
                 ctx.assocs_by_target[a.target].append(a)
-        for c in sub.loose_classifications:
-            if c.classified_object and c.classification_node:
-                ctx.loose_nodes[c.classified_object].add(c.classification_node)
         return ctx
 
     @property

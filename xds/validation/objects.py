@@ -148,7 +148,7 @@ _FOLDER_SLOTS = {"lastUpdateTime": SlotRule(0, 1, hl7.check_dtm)}
 
 def check_submission_set(ctx: Context, ss: SubmissionSet) -> None:
     _check_package_status(ctx, ss)
-    nodes = {c.classification_node for c in ss.classifications} | ctx.loose_nodes.get(ss.id, set())
+    nodes = {c.classification_node for c in ss.classifications}
     if FOLDER_MARKER in nodes:
         ctx.report(ss, "classificationNode", "the RegistryPackage is classified both as SubmissionSet and as Folder")
     check_slot_names(ctx, ss, C.SS_SLOTS)
