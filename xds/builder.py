@@ -168,11 +168,15 @@ def submission_set(patient_id: str, *, id: str = "SubmissionSet01", unique_id: s
     return rp
 
 
-def submission_set_marker(ss_id: str = "SubmissionSet01") -> etree._Element:
-    c = etree.Element(rim("Classification"), nsmap={"rim": RIM}, classifiedObject=ss_id,
-                      classificationNode=C.SS_CLASSIFICATION_NODE, id=_local_id("cl"))
+def _marker(package_id: str, node: str) -> etree._Element:
+    c = etree.Element(rim("Classification"), nsmap={"rim": RIM}, classifiedObject=package_id,
+                      classificationNode=node, id=_local_id("cl"))
     c.set("objectType", C.OBJECT_TYPE_CLASSIFICATION)
     return c
+
+
+def submission_set_marker(ss_id: str = "SubmissionSet01") -> etree._Element:
+    return _marker(ss_id, C.SS_CLASSIFICATION_NODE)
 
 
 def folder(patient_id: str, *, id: str = "Folder01", unique_id: str | None = None,
@@ -188,10 +192,7 @@ def folder(patient_id: str, *, id: str = "Folder01", unique_id: str | None = Non
 
 
 def folder_marker(folder_id: str = "Folder01") -> etree._Element:
-    c = etree.Element(rim("Classification"), nsmap={"rim": RIM}, classifiedObject=folder_id,
-                      classificationNode=C.FOLDER_CLASSIFICATION_NODE, id=_local_id("cl"))
-    c.set("objectType", C.OBJECT_TYPE_CLASSIFICATION)
-    return c
+    return _marker(folder_id, C.FOLDER_CLASSIFICATION_NODE)
 
 
 def association(source: str, target: str, type: str = C.ASSOC_HAS_MEMBER, *, id: str | None = None,

@@ -196,21 +196,18 @@ def nest_top_level(rol: etree._Element) -> tuple[list[etree._Element], list[etre
     for el in rol:
         if el.tag in (_EXTRINSIC_OBJECT, _PACKAGE, _ASSOCIATION) and el.get("id"):
             owners.setdefault(el.get("id"), el)
-    stray_c, stray_e = [], []
+    stray: dict[str, list[etree._Element]] = {_CLASSIFICATION: [], _EXTERNAL_ID: []}
     for el in list(rol):
-        if el.tag == _CLASSIFICATION:
-            owner = owners.get(el.get("classifiedObject") or "")
-            if owner is None:
-                stray_c.append(el)
-            else:
-                _place_classification(owner, el)
-        elif el.tag == _EXTERNAL_ID:
-            owner = owners.get(el.get("registryObject") or "")
-            if owner is None:
-                stray_e.append(el)
-            else:
-                _place_external_id(owner, el)
-    return stray_c, stray_e
+        how = _NESTING.get(el.tag)
+        if how is None:
+            continue
+        attribute, place = how
+        owner = owners.get(el.get(attribute) or "")
+        if owner is None:
+            stray[el.tag].append(el)
+        else:
+            place(owner, el)
+    return stray[_CLASSIFICATION], stray[_EXTERNAL_ID]
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -393,6 +390,11 @@ def _place_classification(el: etree._Element, child: etree._Element) -> None:
 
 def _place_external_id(el: etree._Element, child: etree._Element) -> None:
     _place(el, child, _AFTER_EXTERNAL_IDS)
+
+
+# What names a top-level child's object, and where the child goes in it (nest_top_level).
+_NESTING = {_CLASSIFICATION: ("classifiedObject", _place_classification),
+            _EXTERNAL_ID: ("registryObject", _place_external_id)}
 
 
 def _write_nested(el, items, read, write, build, place) -> None:
