@@ -17,7 +17,7 @@ metadata = MetaData()
 REG_SEQ = Sequence("reg_seq", metadata=metadata)
 
 ID = String(64)      # urn:uuid: ids
-CODE = String(300)   # code^^codingScheme
+CODE = String(514)   # code^^codingScheme: two ebRIM LongNames (256) and the separator
 DTM = String(14)
 
 KIND_DOCUMENT_ENTRY = "DE"
@@ -58,7 +58,7 @@ doc_entry = Table(
     Column("hash", String(64)),
     Column("size", BigInteger),
     Column("repository_unique_id", String(64)),
-    Column("mime_type", String(128)),
+    Column("mime_type", String(256)),
     Column("availability", String(64)),
 )
 

@@ -11,7 +11,7 @@ document = Table(
     Column("unique_id", String(300), primary_key=True),
     Column("hash", String(40), nullable=False),
     Column("size", BigInteger, nullable=False),
-    Column("mime_type", String(128), nullable=False),
+    Column("mime_type", String(256), nullable=False),
     Column("location", String(512), nullable=False),
     Column("repository_unique_id", String(64), nullable=False),
     Column("created", DateTime(timezone=True), nullable=False),

@@ -115,7 +115,7 @@ def test_upgrade_is_idempotent(engine):
         for table in VERSION_TABLES:
             assert len(conn.execute(sa.text(f"SELECT version_num FROM {table}")).all()) == 1
     assert snapshot(engine) == before
-    assert [migrate.current(engine, t) for t in TREES] == ["registry_0001", "repository_0001"]
+    assert [migrate.current(engine, t) for t in TREES] == ["registry_0002", "repository_0002"]
 
 
 def test_create_all_database_is_stamped_then_upgraded(engine, caplog):
@@ -150,7 +150,7 @@ def test_half_made_database_is_refused_and_left_alone(engine):
     assert set(sa.inspect(engine).get_table_names()) == {"reg_object", "patient"}
     # The repository tree does not care about the registry's state.
     migrate.upgrade(engine, "repository")
-    assert migrate.current(engine, "repository") == "repository_0001"
+    assert migrate.current(engine, "repository") == "repository_0002"
 
 
 def test_downgrade_removes_only_its_own_tree(engine):
@@ -194,3 +194,15 @@ def test_registration_works_on_a_migrated_database(db_url):
                                  "da/39/x", "1.2.250.1.999.3.1")]) == []
     assert repo.count() == 1
     store.engine.dispose()
+
+
+def test_0002_widens_a_database_made_by_0001(engine):
+    """A registry made at revision 0001 (codes of 300, mimeType of 128) takes the ebRIM lengths in place."""
+    migrate.upgrade(engine, "registry", "registry_0001")
+    migrate.upgrade(engine, "repository", "repository_0001")
+    upgrade_both(engine)
+    assert differences(engine, "registry") == [] and differences(engine, "repository") == []
+    widths = {c["name"]: getattr(c["type"], "length", None) for c in sa.inspect(engine).get_columns("object_code")}
+    assert widths["code"] == 514
+    widths = {c["name"]: getattr(c["type"], "length", None) for c in sa.inspect(engine).get_columns("repo_document")}
+    assert widths["mime_type"] == 256

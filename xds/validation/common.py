@@ -17,6 +17,11 @@ from .context import Context
 # XDS itself has no such limit on e.g. URI, which is why it defines the "n|fragment" split:
 # the limit is kept because a sender following that convention never exceeds it.
 MAX_SLOT_VALUE = 256
+# ebRIM 3.0's string types for the attributes the registry stores in columns (registry/schema.py is
+# as wide): LongName for nodeRepresentation, ExternalIdentifier value and mimeType; FreeFormText for
+# a LocalizedString. Checked here so that SQLite and PostgreSQL refuse the same values, as metadata.
+LONG_NAME = 256
+FREE_FORM_TEXT = 1024
 
 Report = Callable[..., None]
 
@@ -31,6 +36,7 @@ def check_every_object(ctx: Context) -> None:
         _check_home(ctx, obj)
         check_slot_hygiene(report, obj.slots, "")
         _check_localized(report, obj.names, obj.descriptions, "")
+        _check_length(report, "mimeType", getattr(obj, "mime_type", None), LONG_NAME)
         for c in obj.classifications:
             _nested_classification(ctx, obj, c, owners)
         for e in obj.external_ids:
@@ -100,6 +106,11 @@ def check_slot_hygiene(report: Report, slots: list[Slot], where: str) -> None:
                        f"a value is {len(v)} characters long, at most {MAX_SLOT_VALUE} allowed")
 
 
+def _check_length(report: Report, attribute: str, value: str | None, limit: int) -> None:
+    if value is not None and len(value) > limit:
+        report(attribute, f"is {len(value)} characters long, at most {limit} allowed")
+
+
 def _check_localized(report: Report, names: list[LocalizedString], descriptions: list[LocalizedString],
                      where: str) -> None:
     for tag, strings in (("Name", names), ("Description", descriptions)):
@@ -108,6 +119,8 @@ def _check_localized(report: Report, names: list[LocalizedString], descriptions:
         for ls in strings:
             if ls.value is None:
                 report(f"{where}{tag}", "has a LocalizedString without a value attribute")
+            else:
+                _check_length(report, f"{where}{tag}", ls.value, FREE_FORM_TEXT)
 
 
 def _nested_classification(ctx: Context, obj: RegistryObject, c: Classification, owners: dict[str, str]) -> None:
@@ -121,6 +134,7 @@ def _nested_classification(ctx: Context, obj: RegistryObject, c: Classification,
         report(f"{what} classificationScheme", "is missing (and there is no classificationNode either)")
     elif c.scheme and not is_uuid_urn(c.scheme):
         report(f"{what} classificationScheme", f"'{c.scheme}' is not a urn:uuid: identifier")
+    _check_length(report, f"{what} nodeRepresentation", c.node_representation, LONG_NAME)
     check_slot_hygiene(report, c.slots, f"{what} ")
     _check_localized(report, c.names, c.descriptions, f"{what} ")
 
@@ -138,6 +152,7 @@ def _nested_external_id(ctx: Context, obj: RegistryObject, e: ExternalIdentifier
         report(f"{what} identificationScheme", f"'{e.scheme}' is not a urn:uuid: identifier")
     if not e.value or not e.value.strip():
         report(f"{what} value", "is empty")
+    _check_length(report, f"{what} value", e.value, LONG_NAME)
     if not e.name:
         report(f"{what} Name", "is missing")
     _check_localized(report, e.names, e.descriptions, f"{what} ")

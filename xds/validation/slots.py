@@ -18,6 +18,7 @@ Checker = Callable[[str], list[str]]
 
 _HASH_RE = re.compile(r"[0-9a-fA-F]{40}")
 _SIZE_RE = re.compile(r"[0-9]+")
+MAX_SIZE = 2 ** 63 - 1
 _PID_RE = re.compile(r"PID-([0-9]+)\|(.*)", re.DOTALL)
 _URI_PART_RE = re.compile(r"([0-9]+)\|(.*)", re.DOTALL)
 # RFC 3986 characters, or a percent-escape: enough to tell a parseable URI from free text.
@@ -76,7 +77,10 @@ def check_hash(v: str) -> list[str]:
 
 
 def check_size(v: str) -> list[str]:
-    return [] if _SIZE_RE.fullmatch(v) else ["is not a non-negative integer"]
+    if not _SIZE_RE.fullmatch(v):
+        return ["is not a non-negative integer"]
+    # Stored as a 64-bit signed integer (BIGINT), the widest any backend offers.
+    return [] if int(v) <= MAX_SIZE else [f"is larger than {MAX_SIZE}, the largest size a registry can store"]
 
 
 def check_oid(v: str) -> list[str]:
