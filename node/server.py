@@ -54,7 +54,7 @@ class Services:
         """Bind and serve in background threads (tests, and `serve` below)."""
         s = self.settings
         self.http = HttpServer(self.app, s.host, s.port, threads=s.threads, tls=s.tls,
-                               server_name="xds", shutdown_timeout=10)
+                               server_name="xds", shutdown_timeout=10, max_header_bytes=s.max_header_bytes)
         self.http.start()
         if self.registry is not None and self.repository is not None and s.route_retrieve:
             # All in one process: the registry's own directory names the local repository, so ITI-43

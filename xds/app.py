@@ -34,6 +34,19 @@ INPUT_KEY = "xds.input"
 PEER_KEY = "xds.peer_subject"
 
 
+class MalformedBody(ValueError):
+    """Raised by the INPUT_KEY stream when the body's HTTP framing is broken (a chunk size that is
+    not hexadecimal, a chunk not ended by CRLF): the client's fault, answered 400."""
+
+
+# How much of a request path an answer quotes back: enough to recognise it, never the client's megabyte.
+_PATH_SHOWN = 200
+
+
+def _shown(path: str) -> str:
+    return path if len(path) <= _PATH_SHOWN else path[:_PATH_SHOWN] + f"... ({len(path)} characters)"
+
+
 def request_input(environ: dict):
     """The body of the request, as the server's adapter hands it over (INPUT_KEY), else wsgi.input."""
     stream = environ.get(INPUT_KEY)
@@ -142,7 +155,7 @@ class XdsApp:
                 return self._json(start_response, 200, {"status": "ok", **(self.health() if self.health else {})})
             endpoint = self.endpoints.get(path)
             if endpoint is None:
-                return self._plain(start_response, "404 Not Found", f"no XDS endpoint at {path}\n")
+                return self._plain(start_response, "404 Not Found", f"no XDS endpoint at {_shown(path)}\n")
             if method == "GET":
                 return self._wsdl(environ, start_response, endpoint)
             if method != "POST":
@@ -220,16 +233,25 @@ class XdsApp:
         if raw in (None, ""):
             return None
         try:
-            return int(raw)
+            length = int(raw)
         except ValueError:
-            raise SoapFault(f"Content-Length {raw!r} is not a number") from None
+            raise SoapFault(f"Content-Length {raw[:40]!r} is not a number") from None
+        if length < 0:
+            raise SoapFault(f"Content-Length {length} is negative")
+        return length
 
     def _read_plain(self, environ) -> bytes:
         length = self._content_length(environ)
         limit = self.config.max_request_bytes
         if length is not None and length > limit:
             raise SoapFault(f"request of {length} bytes is above the limit of {limit} bytes", http_status=413)
-        stream = request_input(environ)
+        try:
+            return self._read_all(request_input(environ), length, limit)
+        except MalformedBody as exc:
+            raise SoapFault(f"the request body's HTTP framing is malformed: {exc}") from None
+
+    @staticmethod
+    def _read_all(stream, length: int | None, limit: int) -> bytes:
         if length is not None:
             data = stream.read(length)
             if len(data) < length:
@@ -261,6 +283,8 @@ class XdsApp:
         except mtom.MtomError as exc:
             raise SoapFault(f"MTOM request rejected: {exc}",
                             http_status=413 if isinstance(exc, mtom.MtomLimitError) else 400) from None
+        except MalformedBody as exc:
+            raise SoapFault(f"the request body's HTTP framing is malformed: {exc}") from None
         return message, message.root
 
     def _answer(self, start_response, version, action, relates_to, resp: SoapResponse, use_mtom: bool):

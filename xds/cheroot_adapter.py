@@ -8,16 +8,18 @@ adapter"); serving with another WSGI server means writing another module that pr
 * in every request's environ, before the application sees it, app.INPUT_KEY ("xds.input"): the body as
   an object with read(n), and readinto(memoryview) when the server can fill a buffer directly; and
   app.PEER_KEY ("xds.peer_subject"): the subject of the client certificate verified during the TLS
-  handshake (RFC 2253-like DN), absent when there is none.
+  handshake (RFC 2253-like DN), absent when there is none; the INPUT_KEY stream raises
+  app.MalformedBody for broken HTTP framing (answered 400);
+* HttpServer(..., max_header_bytes=): the bound on the request line and on the header block.
 """
 from __future__ import annotations
 
 import threading
 
-from cheroot import makefile, server, wsgi
+from cheroot import errors, makefile, server, wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-from .app import INPUT_KEY, PEER_KEY
+from .app import INPUT_KEY, PEER_KEY, MalformedBody
 from .tls import TlsFiles, server_context
 
 
@@ -25,9 +27,11 @@ class HttpServer:
     """cheroot's wsgi.Server, with TLS through its BuiltinSSLAdapter."""
 
     def __init__(self, app, host: str, port: int, *, threads: int = 16, tls: TlsFiles | None = None,
-                 server_name: str = "xds", shutdown_timeout: float = 10):
+                 server_name: str = "xds", shutdown_timeout: float = 10, max_header_bytes: int = 64 * 1024):
         self._server = wsgi.Server((host, port), with_contract(app), numthreads=threads, server_name=server_name,
                                    shutdown_timeout=shutdown_timeout)
+        # The request line and the header block each: cheroot answers 414 and 413 beyond it (0 = unbounded).
+        self._server.max_request_header_size = max_header_bytes
         if tls is not None:
             self._server.ssl_adapter = _ssl_adapter(tls)
         self._thread: threading.Thread | None = None
@@ -132,7 +136,11 @@ class _ChunkedInput:
         self.wrapper = wrapper
 
     def read(self, size: int) -> bytes:
-        return self.wrapper.read(min(size, CHUNKED_READ))
+        try:
+            return self.wrapper.read(min(size, CHUNKED_READ))
+        except (ValueError, errors.MaxSizeExceeded) as exc:
+            # ChunkedRFile's word for a chunk size that is not hexadecimal or a chunk without its CRLF.
+            raise MalformedBody(str(exc)[:200]) from None
 
 
 def direct_input(stream):

@@ -36,6 +36,7 @@ class Settings:
     max_document_bytes: int = 4 * 1024 ** 3
     mime_bare_lf: bool = False           # accept MTOM framing (boundary lines, part headers) in bare LF, not CRLF
     threads: int = 16
+    max_header_bytes: int = 64 * 1024    # bound on the request line and on the header block (414 / 413 beyond)
     log_level: str = "INFO"
     log_format: str = "json"             # json (one object a line, with the request id) or text
     base_url: str | None = None
