@@ -239,10 +239,6 @@ def to_request(sub: Submission) -> etree._Element:
         el = to_element(obj)
         if el.getparent() is None:
             rol.append(el)
-    for c in sub.loose_classifications:
-        el = _build_classification(c) if c.origin is None else _write_classification(c)
-        if el.getparent() is None:
-            rol.append(el)
     return sub.request
 
 
@@ -509,8 +505,6 @@ def assign_uuids(sub: Submission) -> dict[str, str]:
             claim(c.id)
         for e in obj.external_ids:
             claim(e.id)
-    for c in sub.loose_classifications:
-        claim(c.id)
     sub.sent_ids = {assigned: sent for sent, assigned in mapping.items()}
     if not mapping:
         return mapping
@@ -524,8 +518,6 @@ def assign_uuids(sub: Submission) -> dict[str, str]:
             c.id, c.classified_object = m(c.id, c.id), m(c.classified_object, c.classified_object)
         for e in obj.external_ids:
             e.id, e.registry_object = m(e.id, e.id), m(e.registry_object, e.registry_object)
-    for c in sub.loose_classifications:
-        c.id, c.classified_object = m(c.id, c.id), m(c.classified_object, c.classified_object)
     return mapping
 
 

@@ -38,6 +38,16 @@ class Slot:
     values: list[str]
 
 
+class _Named:
+    """The Name shared by every object that carries one: its first LocalizedString's value."""
+
+    names: list[LocalizedString]
+
+    @property
+    def name(self) -> str | None:
+        return first_value(self.names)
+
+
 class _Slotted:
     """Slot access shared by every object that carries slots."""
 
@@ -78,7 +88,7 @@ class Code:
 
 
 @dataclass
-class Classification(_Slotted):
+class Classification(_Slotted, _Named):
     id: str = ""
     scheme: str | None = None
     classified_object: str | None = None
@@ -89,18 +99,13 @@ class Classification(_Slotted):
     names: list[LocalizedString] = field(default_factory=list)
     descriptions: list[LocalizedString] = field(default_factory=list)
     origin: Any = _origin()
-
-    @property
-    def name(self) -> str | None:
-        return first_value(self.names)
-
     def as_code(self) -> Code:
         cs = self.slot("codingScheme") or [""]
         return Code(self.node_representation or "", cs[0] if cs else "", self.name)
 
 
 @dataclass
-class ExternalIdentifier:
+class ExternalIdentifier(_Named):
     id: str = ""
     scheme: str | None = None
     registry_object: str | None = None
@@ -109,11 +114,6 @@ class ExternalIdentifier:
     names: list[LocalizedString] = field(default_factory=list)
     descriptions: list[LocalizedString] = field(default_factory=list)
     origin: Any = _origin()
-
-    @property
-    def name(self) -> str | None:
-        return first_value(self.names)
-
 
 @dataclass
 class Author:
@@ -125,7 +125,7 @@ class Author:
 
 
 @dataclass(eq=False, repr=False)
-class RegistryObject(_Slotted):
+class RegistryObject(_Slotted, _Named):
     """A top-level object of a submission. Compared by identity, like the objects it models."""
 
     kind: ClassVar[str] = "RegistryObject"
@@ -145,11 +145,6 @@ class RegistryObject(_Slotted):
     classifications: list[Classification] = field(default_factory=list)
     external_ids: list[ExternalIdentifier] = field(default_factory=list)
     origin: Any = _origin()
-
-    @property
-    def name(self) -> str | None:
-        return first_value(self.names)
-
     def classifications_by(self, scheme: str) -> list[Classification]:
         return [c for c in self.classifications if c.scheme == scheme]
 

@@ -42,7 +42,8 @@ def check_every_object(ctx: Context) -> None:
         for e in obj.external_ids:
             _nested_external_id(ctx, obj, e, owners)
     for c in ctx.sub.loose_classifications:
-        _stray(ctx, describe_classification(c), c.id, "classifiedObject", c.classified_object, owners)
+        _stray(ctx, "Classification", describe_classification(c), c.id, "classifiedObject", c.classified_object,
+               owners)
     for el in ctx.sub.unknown_elements:
         local = etree.QName(el).localname
         ctx.report_at(el.get("id") or local, "rim:RegistryObjectList", "content",
@@ -50,7 +51,7 @@ def check_every_object(ctx: Context) -> None:
                       f"Association, Classification and ExternalIdentifier may)")
     for e in ctx.sub.loose_external_ids:
         what = f"ExternalIdentifier '{e.id}'" if e.id else f"ExternalIdentifier (no id, scheme {e.scheme})"
-        _stray(ctx, what, e.id, "registryObject", e.registry_object, owners)
+        _stray(ctx, "ExternalIdentifier", what, e.id, "registryObject", e.registry_object, owners)
 
 
 def _reporter(ctx: Context, obj: RegistryObject) -> Report:
@@ -158,7 +159,7 @@ def _nested_external_id(ctx: Context, obj: RegistryObject, e: ExternalIdentifier
     _check_localized(report, e.names, e.descriptions, f"{what} ")
 
 
-def _stray(ctx: Context, what: str, ident: str, attribute: str, target: str | None,
+def _stray(ctx: Context, kind: str, what: str, ident: str, attribute: str, target: str | None,
            owners: dict[str, str]) -> None:
     """A top-level Classification or ExternalIdentifier that names no object of the submission
     (ebrim.nest_top_level nested every other one in its object)."""
@@ -170,4 +171,4 @@ def _stray(ctx: Context, what: str, ident: str, attribute: str, target: str | No
         report(attribute, "is missing: at the top of the RegistryObjectList it must name the object it belongs to")
     else:
         report(attribute, f"'{target}' is no ExtrinsicObject, RegistryPackage or Association of this submission, "
-                          f"so nothing holds this {what.split(' ')[0]}")
+                          f"so nothing holds this {kind}")
