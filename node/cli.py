@@ -10,7 +10,9 @@ from xds import settings as settings_mod
 def _settings(args) -> settings_mod.Settings:
     overrides = {k: getattr(args, k, None) for k in ("role", "host", "port", "db", "data", "mllp_port",
                                                       "repository_id", "registry_url", "profile", "tls_cert", "tls_key", "tls_ca", "registry_timeout",
-                                                      "require_known_repositories", "mime_bare_lf")}
+                                                      "require_known_repositories", "mime_bare_lf",
+                                                      "security", "allow_anonymous", "xua_trust", "xua_audiences",
+                                                      "feed_sources", "allow_plain_mllp")}
     if getattr(args, "no_patient_check", False):
         overrides["check_patients"] = False
     return settings_mod.load(getattr(args, "config", None), overrides=overrides)
@@ -31,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--role", choices=settings_mod.ROLES)
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--mllp-port", type=int, help="listen for the ITI-8 patient identity feed (HL7 v2 over MLLP)")
+    p.add_argument("--mllp-port", type=int, help="listen for the ITI-8 patient identity feed (HL7 v2 over MLLP; "
+                                                 "over mutual TLS when --tls-cert is given)")
+    p.add_argument("--feed-sources", metavar="FILE",
+                   help="TOML list of the systems that may feed patients, and what each may feed (README)")
+    p.add_argument("--allow-plain-mllp", action="store_true", default=None,
+                   help="without TLS, take the feed on a non-loopback address anyway (needs --feed-sources)")
     p.add_argument("--no-patient-check", action="store_true",
                    help="accept submissions for patients the feed has not announced")
     p.add_argument("--profile", help="metadata validation profile: ihe (default) or dmp (French DMP)")
@@ -44,6 +51,14 @@ def main(argv: list[str] | None = None) -> int:
                                     "for outbound HTTPS")
     p.add_argument("--require-known-repositories", action="store_true", default=None,
                    help="registry: accept ITI-42 only from repositories in the directory (needs --tls-ca)")
+    p.add_argument("--security", choices=("none", "xua", "vihf"),
+                   help="authenticate callers by a SAML assertion: xua (IHE XUA) or vihf (French DMP); default none")
+    p.add_argument("--allow-anonymous", action="store_true", default=None,
+                   help="with --security none, listen on a non-loopback address anyway")
+    p.add_argument("--xua-trust", action="append", metavar="PEM",
+                   help="certificates of the assertion issuers to trust, or of their CAs (repeatable)")
+    p.add_argument("--xua-audience", dest="xua_audiences", action="append", metavar="URI",
+                   help="a name of this service that an AudienceRestriction may carry (repeatable)")
     p.add_argument("--mime-bare-lf", action="store_true", default=None,
                    help="accept MTOM bodies whose MIME boundary lines and part headers end in bare LF, not CRLF")
 
@@ -55,23 +70,42 @@ def main(argv: list[str] | None = None) -> int:
     pm = psub.add_parser("merge", help="merge SUBSUMED into SURVIVING")
     pm.add_argument("subsumed")
     pm.add_argument("surviving")
+    for command in (pa, pm):
+        command.add_argument("--mllp", metavar="HOST:PORT",
+                             help="send ITI-8 (A01, or A40 to merge) to this feed instead of writing the database; "
+                                  "over TLS when the settings name tls_cert or tls_ca")
+        command.add_argument("--application", default="XDS_CLI", help="MSH-3 sending application (default XDS_CLI)")
+        command.add_argument("--facility", default="XDS", help="MSH-4 sending facility (default XDS)")
     psub.add_parser("list", help="list known patient ids")
+
+    from .transfer import add_client_arguments
 
     p = sub.add_parser("submit", help="send files to a repository (ITI-41 Provide and Register, MTOM)")
     p.add_argument("--config", help="TOML settings file (also XDS_CONFIG)")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--patient", required=True, help="patient id (CX: id^^^&OID&ISO)")
-    p.add_argument("--url", help="server or repository endpoint (default http://HOST:PORT of the settings)")
+    p.add_argument("--url", help="server or repository endpoint (default http://HOST:PORT of the settings; "
+                                 "https when they name tls_cert)")
     p.add_argument("--mime", help="mimeType of every file (default: guessed from the file name)")
+    add_client_arguments(p)
 
     p = sub.add_parser("retrieve", help="fetch a document from a repository (ITI-43)")
     p.add_argument("--config", help="TOML settings file (also XDS_CONFIG)")
     p.add_argument("unique_id", metavar="UNIQUEID")
-    p.add_argument("--url", help="server or repository endpoint (default http://HOST:PORT of the settings)")
+    p.add_argument("--url", help="server or repository endpoint (default http://HOST:PORT of the settings; "
+                                 "https when they name tls_cert)")
     p.add_argument("--repository-id", help="the repositoryUniqueId holding the document")
     p.add_argument("-o", "--output", help="output file, '-' for stdout (default: the uniqueId)")
+    add_client_arguments(p)
 
-    p = sub.add_parser("repository", help="manage the registry's directory of repository hosts")
+    p = sub.add_parser("query", help="run an ITI-18 stored query against any registry (find-documents, "
+                                     "get-documents, ...; `xds query -h` lists all fourteen)")
+    from .query import add_arguments as query_arguments
+
+    query_arguments(p)
+
+    p = sub.add_parser("repository", help="the registry's directory of repository hosts; check a repository "
+                                         "against its registry")
     _add_common(p)
     rsub = p.add_subparsers(dest="repository_command", required=True)
     ra = rsub.add_parser("add", help="add or replace a repository host")
@@ -82,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     rr = rsub.add_parser("remove", help="remove a repository host")
     rr.add_argument("repository_id")
     rsub.add_parser("list", help="list repository hosts")
+    rc = rsub.add_parser("check", help="compare this repository's documents with its registry's entries "
+                         "(exit 1 when something is wrong)")
+    rc.add_argument("--repair", action="store_true",
+                    help="fix what can be fixed; quarantine documents and files nothing describes")
+    rc.add_argument("--hashes", action="store_true", help="read every document back and check its SHA-1")
+    rc.add_argument("--registry-url", help="the registry of a repository-only host (default: its settings)")
+    rc.add_argument("--repository-id", help="this repository's repositoryUniqueId (default: its settings)")
 
     p = sub.add_parser("db", help="database schema migrations (Alembic) for this process's actors")
     _add_common(p)
@@ -96,11 +137,21 @@ def main(argv: list[str] | None = None) -> int:
     conformance_arguments(p.add_subparsers(dest="conformance_command", required=True)
                           .add_parser("run", help="run test plans and write JUnit and HTML reports"))
 
+    p = sub.add_parser("sts", help="a local STS: WS-Trust 1.3 Issue of XUA and VIHF assertions, for tests "
+                                   "and labs without the Gazelle STS")
+    from .sts import add_arguments as sts_arguments
+
+    sts_arguments(p)
+
     args = parser.parse_args(argv)
     if args.command == "conformance":
         from conformance.cli import run_command
 
         return run_command(args)
+    if args.command == "sts":
+        from .sts import command as sts_command
+
+        return sts_command(args)
     try:
         s = _settings(args)
     except (ValueError, OSError) as exc:
@@ -112,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from .server import serve
 
-        serve(s)
+        try:
+            serve(s)
+        except ValueError as exc:  # e.g. a feed source list that cannot be read
+            print(f"xds: {exc}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "patient":
         return _patient(args, s)
@@ -124,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import transfer
 
         return (transfer.submit_command if args.command == "submit" else transfer.retrieve_command)(args, s)
+    if args.command == "query":
+        from .query import command as query_command
+
+        return query_command(args, s)
     return 2
 
 
@@ -142,6 +201,8 @@ def _registry_store(s):
 def _patient(args, s) -> int:
     from xds import hl7
 
+    if getattr(args, "mllp", None):
+        return _patient_feed(args, s)
     store = _registry_store(s)
     if args.patient_command == "add":
         for pid in args.patient_id:
@@ -159,6 +220,55 @@ def _patient(args, s) -> int:
         for pid, active, merged in store.list_patients():
             print(pid + ("" if active else f"  (merged into {merged})" if merged else "  (inactive)"))
     return 0
+
+
+def _patient_feed(args, s) -> int:
+    """`xds patient add|merge --mllp`: the change as the registry's feed takes it, ACK by ACK."""
+    from registry.feed import adt_message
+    from xds import hl7
+    from .feed import send_patients
+
+    if args.patient_command == "add":
+        ids, messages = args.patient_id, [adt_message("A01", pid, application=args.application,
+                                                      facility=args.facility) for pid in args.patient_id]
+    else:
+        ids = [args.subsumed, args.surviving]
+        messages = [adt_message("A40", args.surviving, subsumed_id=args.subsumed, application=args.application,
+                                facility=args.facility)]
+    for pid in ids:
+        problems = hl7.check_cx(pid)
+        if problems:
+            print(f"xds: {pid} is not an XDS patient id: {'; '.join(problems)}", file=sys.stderr)
+            return 2
+    try:
+        replies = send_patients(s, args.mllp, messages)
+    except (OSError, ValueError) as exc:
+        print(f"xds: {args.mllp}: {exc}", file=sys.stderr)
+        return 1
+    done = [f"added {pid}" for pid in ids] if args.patient_command == "add" else \
+        [f"merged {args.subsumed} into {args.surviving}"]
+    failed = 0
+    for line, reply in zip(done, replies):
+        code, text = _ack_result(reply)
+        if code == "AA":
+            print(line)
+        else:
+            failed += 1
+            print(f"xds: refused ({code}): {text}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _ack_result(reply: str) -> tuple[str, str]:
+    """MSA-1 and the fullest reason an ACK gives (ERR-8 when there is one, else MSA-3)."""
+    from registry.feed import parse_message, field_of, Hl7ParseError
+
+    try:
+        msg = parse_message(reply)
+    except Hl7ParseError as exc:
+        return "??", f"unreadable acknowledgement: {exc}"
+    msa, err = msg.first("MSA"), msg.first("ERR")
+    text = msg.unescape(field_of(err, 8)) or msg.unescape(field_of(msa, 3))
+    return field_of(msa, 1), text
 
 
 def _db(args, s) -> int:
@@ -187,6 +297,8 @@ def _repository(args, s) -> int:
 
     from xds import hl7
 
+    if args.repository_command == "check":
+        return _repository_check(args, s)
     store = _registry_store(s)
     if args.repository_command == "add":
         if not hl7.is_oid(args.repository_id):
@@ -206,6 +318,23 @@ def _repository(args, s) -> int:
         for uid, (url, subject) in store.repositories().items():
             print(f"{uid}\t{url}\t{subject or '-'}")
     return 0
+
+
+def _repository_check(args, s) -> int:
+    from registry.service import RegistryActor
+    from registry.store import RegistryStore
+    from repository.service import RepositoryActor
+
+    registry = None if s.registry_url else RegistryActor(RegistryStore(s.db_url))
+    actor = RepositoryActor.from_settings(s, registry)
+    report = actor.check(repair=args.repair, hashes=args.hashes)
+    for finding in report.findings:
+        print(finding.line())
+    left = report.unresolved
+    print(f"checked {report.documents} stored documents and {report.entries} registry entries of repository "
+          f"{s.repository_id}; {report.pending} pending settlement; {len(report.findings)} problems, "
+          f"{len(left)} unresolved")
+    return 1 if left else 0
 
 
 if __name__ == "__main__":

@@ -7,14 +7,16 @@ import signal
 import threading
 
 from registry.config import RegistryConfig
-from registry.feed import internal_error_ack
+from registry.feed import no_audit
 from registry.service import RegistryActor
 from registry.store import RegistryStore
 from repository.service import RepositoryActor
 from xds.app import AppConfig, XdsApp
 from xds.cheroot_adapter import HttpServer
-from xds.mllp import MllpServer
+from xds.security import modes
 from xds.settings import Settings
+
+from .feed import feed_listener, feed_sources
 
 log = logging.getLogger("xds.server")
 
@@ -27,6 +29,7 @@ class Services:
         os.makedirs(settings.data, exist_ok=True)
         spool = os.path.join(settings.data, "spool")
         os.makedirs(spool, exist_ok=True)
+        _clean_spool(spool)
         self.registry = None
         self.repository = None
         endpoints = []
@@ -38,32 +41,50 @@ class Services:
                 keep_extra_metadata=settings.keep_extra_metadata, profile=settings.profile,
                 require_known_repositories=settings.require_known_repositories,
                 route_retrieve=settings.route_retrieve, forward_timeout=settings.forward_timeout),
-                client_ssl_context=settings.client_ssl_context(), spool_dir=spool)
+                client_ssl_context=settings.client_ssl_context(), spool_dir=spool,
+                max_document_bytes=settings.max_document_bytes)
             endpoints.append(self.registry.endpoint())
         if settings.role in ("all", "repository"):
             self.repository = RepositoryActor.from_settings(settings, self.registry)
             endpoints.append(self.repository.endpoint())
         self.app = XdsApp(endpoints, AppConfig(spool_dir=spool, max_request_bytes=settings.max_request_bytes,
                                                max_document_bytes=settings.max_document_bytes,
-                                               base_url=settings.base_url, mime_bare_lf=settings.mime_bare_lf),
+                                               base_url=settings.base_url, mime_bare_lf=settings.mime_bare_lf,
+                                               authenticator=modes.authenticator(settings, self._known_system)),
                           health=lambda: {"role": settings.role})
         self.http: HttpServer | None = None
         self.mllp = None
+        self.feed_sources = feed_sources(settings) if self.registry is not None and settings.mllp_port is not None \
+            else None
+        # Called with a registry.feed.FeedEvent for every accepted and refused ITI-8 message; the audit
+        # layer replaces it before start().
+        self.feed_audit = no_audit
 
     def start(self) -> "Services":
         """Bind and serve in background threads (tests, and `serve` below)."""
         s = self.settings
+        if self.repository is not None:
+            self.repository.start()  # finishes what a crash left before any new request stages a file
         self.http = HttpServer(self.app, s.host, s.port, threads=s.threads, tls=s.tls,
-                               server_name="xds", shutdown_timeout=10, max_header_bytes=s.max_header_bytes)
+                               server_name="xds", shutdown_timeout=10, max_header_bytes=s.max_header_bytes,
+                               head_timeout=s.head_timeout, body_grace=s.body_grace, body_min_rate=s.body_min_rate,
+                               body_window=s.body_window, max_connections=s.max_connections,
+                               listen_backlog=s.listen_backlog)
         self.http.start()
         if self.registry is not None and self.repository is not None and s.route_retrieve:
             # All in one process: the registry's own directory names the local repository, so ITI-43
             # sent to the registry endpoint reaches it like any other host.
             self.registry.store.add_repository(s.repository_id, self.url + "/xds/repository")
         if self.registry is not None and s.mllp_port is not None:
-            self.mllp = MllpServer(s.host, s.mllp_port, self.registry.feed_handler(),
-                                   error_reply=internal_error_ack).start()
+            self.mllp = feed_listener(s, self.registry.store, self.feed_sources,
+                                      lambda event: self.feed_audit(event)).start()
         return self
+
+    def _known_system(self, subject: str) -> bool:
+        """A repository host of the registry's directory may send ITI-42 without an assertion (as itself)."""
+        if self.registry is None:
+            return False
+        return any(subj == subject for _, subj in self.registry.store.repositories().values())
 
     @property
     def port(self) -> int:
@@ -79,15 +100,20 @@ class Services:
             self.mllp.stop()
         if self.http is not None:
             self.http.stop()  # finishes requests in flight within shutdown_timeout
+        if self.repository is not None:
+            self.repository.close()  # its settlement job
         if self.registry is not None:
             self.registry.close()  # then the threads it forwards ITI-43 on
 
 
 def serve(settings: Settings) -> None:
+    if settings.security == "none":
+        log.warning("security = none: requests are not authenticated beyond TLS; use --security xua|vihf")
     services = Services(settings).start()
     log.info("serving role=%s on %s (db %s)", settings.role, services.url, _safe_url(settings.db_url))
     if services.mllp is not None:
-        log.info("ITI-8 feed (MLLP) on %s:%s", settings.host, services.mllp.port)
+        log.info("ITI-8 feed (MLLP%s) on %s:%s", " over mutual TLS" if services.mllp.tls else "", settings.host,
+                 services.mllp.port)
     print(f"xds: {settings.role} on {services.url}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -95,6 +121,21 @@ def serve(settings: Settings) -> None:
     stop.wait()
     log.info("shutting down")
     services.stop()
+
+
+def _clean_spool(spool: str) -> None:
+    """MTOM parts spooled by requests a crash interrupted: no one owns them any more (a request that
+    completed has moved its parts into the repository or removed them)."""
+    left = 0
+    for name in os.listdir(spool):
+        if name.startswith("xop-") and name.endswith(".part"):
+            try:
+                os.unlink(os.path.join(spool, name))
+                left += 1
+            except FileNotFoundError:
+                pass
+    if left:
+        log.warning("removed %d spooled MTOM parts left by an interrupted run", left)
 
 
 def _safe_url(url: str) -> str:

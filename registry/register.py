@@ -6,12 +6,14 @@ nothing behind and concurrent submissions of the same uniqueIds are serialised.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 
 from lxml import etree
 
 from xds import constants as C
 from xds import errors as E
+from xds import faults
 from xds.constants import last_segment
 from xds.ebrim import assign_uuids, named_as_sent, parse_submission
 from xds.errors import ErrorList, XdsError, XdsException
@@ -26,8 +28,12 @@ log = logging.getLogger(__name__)
 
 
 def register(store: RegistryStore, request: etree._Element, config: RegistryConfig,
-             mode: Mode = Mode.REGISTER) -> list[XdsError]:
-    """Register a SubmitObjectsRequest. Returns warnings; raises XdsException on failure."""
+             mode: Mode = Mode.REGISTER, commit_before: _dt.datetime | None = None) -> list[XdsError]:
+    """Register a SubmitObjectsRequest. Returns warnings; raises XdsException on failure.
+
+    commit_before: the instant after which the sender (a repository) may settle this submission as
+    not registered; past it the transaction is rolled back instead of committed.
+    """
     sub, found = read_submission(request, config, mode)
     if sub.object_refs:
         found.add("ObjectRef elements are not registered by ITI-42", sub.object_refs[0])
@@ -36,8 +42,15 @@ def register(store: RegistryStore, request: etree._Element, config: RegistryConf
     try:
         with store.transaction() as conn:
             _Registration(store, conn, sub, config, submitted_uuids).run()
+            faults.point("registry-stored")
+            # Checked last, with the uniqueIds locked: a settlement lookup, which takes the same locks,
+            # sees this submission committed, or knows it never will be.
+            if commit_before is not None and _dt.datetime.now(_dt.timezone.utc) >= commit_before:
+                raise XdsException(E.REGISTRY_BUSY, "the submission was ready after its sender's commit "
+                                   f"deadline ({commit_before.isoformat()}); nothing was registered", "CommitDeadline")
     except XdsException as exc:
         raise XdsException.of(named_as_sent(sub, exc.errors)) from None
+    faults.point("registry-committed")
     return warnings + found.warnings
 
 

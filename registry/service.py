@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import logging
 
+from lxml import etree
 
 from xds import constants as C
 from xds import errors as E
 from xds.app import Endpoint, Operation, SoapRequest, SoapResponse
 from xds.ebrim import adhoc_query_response, registry_response
 from xds.errors import XdsException
+from xds.registered import parse_utc
 from .config import RegistryConfig
+from .lookup import registered_documents
 from .register import register
 from .store import RegistryStore
 
@@ -31,11 +34,13 @@ class FeedPatients:
 
 class RegistryActor:
     def __init__(self, store: RegistryStore, config: RegistryConfig | None = None, client_ssl_context=None,
-                 spool_dir: str | None = None):
+                 spool_dir: str | None = None, max_document_bytes: int | None = None):
         self.store = store
         self.config = config or RegistryConfig()
         self.client_ssl_context = client_ssl_context  # presented to repository hosts when forwarding ITI-43
         self.spool_dir = spool_dir
+        # The largest document a repository host may send back through ITI-43 routing (None: the default).
+        self.max_document_bytes = max_document_bytes
         self._router = None  # the ITI-43 RetrieveRouter, made with the first operations() that routes
 
     def endpoint(self, path: str = "/xds/registry") -> Endpoint:
@@ -47,6 +52,8 @@ class RegistryActor:
             C.ACTION_QUERY: Operation(self.query, C.response_action(C.ACTION_QUERY),
                                       error_payload=lambda errors: adhoc_query_response(errors=errors)),
         }
+        ops[C.ACTION_REGISTERED_DOCUMENTS] = Operation(self.registered_documents,
+                                                       C.response_action(C.ACTION_REGISTERED_DOCUMENTS))
         ops[C.ACTION_DELETE] = Operation(self.delete, C.response_action(C.ACTION_DELETE))
         ops[C.ACTION_UPDATE] = Operation(self.update, C.response_action(C.ACTION_UPDATE))
         if self.config.route_retrieve:
@@ -55,7 +62,7 @@ class RegistryActor:
 
             if self._router is None:
                 self._router = RetrieveRouter(self.store, self.config.forward_timeout, self.client_ssl_context,
-                                              self.spool_dir)
+                                              self.spool_dir, self.max_document_bytes)
             ops[C.ACTION_RETRIEVE] = Operation(self._router.retrieve, C.response_action(C.ACTION_RETRIEVE),
                                                error_payload=lambda errors: retrieve_response(errors),
                                                mtom_response=True)
@@ -69,8 +76,19 @@ class RegistryActor:
     def register(self, req: SoapRequest) -> SoapResponse:
         if self.config.require_known_repositories:
             self._check_submitter(req)
-        warnings = register(self.store, req.body, self.config)
+        deadline = req.envelope.header(C.COMMIT_DEADLINE)
+        commit_before = parse_utc(deadline.text, "CommitDeadline") if deadline is not None else None
+        warnings = register(self.store, req.body, self.config, commit_before=commit_before)
         return SoapResponse(registry_response(warnings))
+
+    def registered_documents(self, req: SoapRequest) -> SoapResponse:
+        """The repositories' settlement lookup (registry/lookup.py): as open as ITI-42 is, no more."""
+        allowed = None
+        if self.config.require_known_repositories:
+            subject = req.peer_subject
+            allowed = {uid for uid, (_, subj) in self.store.repositories().items()
+                       if subject is not None and subj == subject}
+        return SoapResponse(registered_documents(self.store, req.body, allowed))
 
     def _check_submitter(self, req: SoapRequest) -> None:
         """Only a known repository host may register, and only documents it holds."""
@@ -108,9 +126,13 @@ class RegistryActor:
 
         return SoapResponse(registry_response(update_document_set(self.store, req.body, self.config)))
 
-    def register_element(self, request) -> list:
+    def register_element(self, request, commit_before=None) -> list:
         """In-process ITI-42, for a repository running in the same process."""
-        return register(self.store, request, self.config)
+        return register(self.store, request, self.config, commit_before=commit_before)
+
+    def registered_element(self, request) -> etree._Element:
+        """In-process settlement lookup, for a repository running in the same process."""
+        return registered_documents(self.store, request, None)
 
     def query(self, req: SoapRequest) -> SoapResponse:
         from .query import stored_query

@@ -189,6 +189,25 @@ class RegistryStore:
             return {r.repository_unique_id: (r.retrieve_url, r.cert_subject)
                     for r in c.execute(select(t).order_by(t.c.repository_unique_id))}
 
+    # --- what the repositories settle against ---------------------------------------------
+    def registered_documents(self, conn: Connection, repository_id: str, unique_ids: Sequence[str] | None = None,
+                             after: str | None = None, limit: int | None = None) -> list[tuple]:
+        """(uniqueId, hash, size, status, mimeType) of the DocumentEntries held by one repository, every version
+        and every status, in uniqueId order: either those of unique_ids, or a page after `after`."""
+        t, d = S.registry_object, S.doc_entry
+        q = (select(t.c.unique_id, d.c.hash, d.c.size, t.c.status, d.c.mime_type).select_from(t.join(d, d.c.id == t.c.id))
+             .where(d.c.repository_unique_id == repository_id).order_by(t.c.unique_id, t.c.version))
+        if unique_ids is not None:
+            out = []
+            for part in chunks(sorted(set(unique_ids))):
+                out += [tuple(r) for r in conn.execute(q.where(t.c.unique_id.in_(part)))]
+            return sorted(out, key=lambda r: r[0])
+        if after is not None:
+            q = q.where(t.c.unique_id > after)
+        if limit is not None:
+            q = q.limit(limit)
+        return [tuple(r) for r in conn.execute(q)]
+
     # --- lookups used by registration ------------------------------------------------------
     def objects(self, conn: Connection, ids: Iterable[str], share_lock: bool = False) -> dict[str, ObjectRow]:
         """Registry objects by id. share_lock keeps them from being removed (ITI-62, which takes

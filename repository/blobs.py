@@ -63,6 +63,28 @@ class BlobStore(abc.ABC):
         except FileNotFoundError:
             return False
 
+    def digest(self, location: str) -> tuple[int, str]:
+        """Size and SHA-1 of a stored document, read back from the store."""
+        digest = hashlib.sha1()
+        size = 0
+        with self.open(location) as f:
+            for block in _read_chunks(f):
+                digest.update(block)
+                size += len(block)
+        return size, digest.hexdigest()
+
+    def is_staged(self, staged: Staged) -> bool:
+        """Whether a staged document is still in staging (not yet committed nor discarded)."""
+        return False
+
+    def all_locations(self) -> Iterable[str]:
+        """Every stored document's location (the consistency check looks for files without rows)."""
+        return ()
+
+    def quarantine(self, location: str) -> None:
+        """Take a document out of service without destroying it (the consistency check's repair)."""
+        raise NotImplementedError
+
 
 def location_for(unique_id: str) -> str:
     # uniqueIds are OIDs or arbitrary strings: hashing gives a safe file name, and its first
@@ -185,16 +207,32 @@ class FileSystemBlobStore(BlobStore):
     def delete(self, location: str) -> None:
         _unlink(self._path(location))
 
+    def is_staged(self, staged: Staged) -> bool:
+        return os.path.isfile(staged.key)
+
+    def all_locations(self) -> Iterable[str]:
+        for folder, _, names in os.walk(self.objects):
+            for name in names:
+                yield os.path.relpath(os.path.join(folder, name), self.objects).replace(os.sep, "/")
+
+    def quarantine(self, location: str) -> None:
+        target = os.path.join(self.root, "quarantine", *location.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(self._path(location), target)
+
     def staged_names(self) -> list[str]:
         """What is sitting in staging (tests check that failed requests leave nothing)."""
         return sorted(os.listdir(self.staging))
 
-    def clean_staging(self) -> int:
-        """Remove leftovers of requests interrupted by a crash; run at start-up only."""
+    def clean_staging(self, keep: set[str] = frozenset()) -> int:
+        """Remove leftovers of requests interrupted by a crash, except the staged documents still
+        pending (keep: their staging keys), which settlement commits or discards; start-up only."""
         n = 0
         for name in os.listdir(self.staging):
-            _unlink(os.path.join(self.staging, name))
-            n += 1
+            path = os.path.join(self.staging, name)
+            if path not in keep:
+                _unlink(path)
+                n += 1
         return n
 
 

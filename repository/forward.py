@@ -1,30 +1,54 @@
-"""How the repository reaches its registry for the ITI-42 half of ITI-41."""
+"""How the repository reaches its registry: the ITI-42 half of ITI-41, and the settlement lookup
+(registry/lookup.py) that says which of its documents the registry holds."""
 from __future__ import annotations
 
-from typing import Protocol
+import datetime as _dt
+from typing import Protocol, Sequence
 
 from lxml import etree
 
 from xds import constants as C
 from xds import errors as E
-from xds.client import registry_call
+from xds.client import RegistryUnreachable, registry_call
 from xds.ebrim import read_response_errors
+from xds import registered as wire
 from xds.errors import XdsError, XdsException
+from xds.registered import Registered
+
+
+class RegistryUnanswered(XdsException):
+    """The ITI-42 got no RegistryResponse (timeout, lost connection, HTTP error without one): the
+    registry may or may not have committed it, and only the settlement lookup can say which."""
 
 
 class RegistryLink(Protocol):
-    def register(self, request: etree._Element) -> list[XdsError]:
-        """Register a SubmitObjectsRequest: warnings on Success, XdsException on anything else."""
+    def register(self, request: etree._Element, commit_before: _dt.datetime,
+                 forward: Sequence[etree._Element] = ()) -> list[XdsError]:
+        """Register a SubmitObjectsRequest: warnings on Success; RegistryUnanswered when the outcome is
+        unknown; XdsException when the registry refused it. forward: SOAP headers passed on (the
+        caller's wsse:Security)."""
+
+    def registered(self, repository_id: str, unique_ids: Sequence[str] = (), after: str | None = None,
+                   limit: int | None = None) -> Registered:
+        """Which of these uniqueIds (or, with none given, which page of all its documents) the registry
+        holds for this repository, whatever their status. XdsException when it cannot be asked."""
 
 
 class InProcessRegistry:
-    """Both actors in one process: no HTTP, no XML round trip."""
+    """Both actors in one process: no HTTP, no XML round trip for ITI-42."""
 
     def __init__(self, actor):
         self.actor = actor
 
-    def register(self, request: etree._Element) -> list[XdsError]:
-        return self.actor.register_element(request)
+    def register(self, request: etree._Element, commit_before: _dt.datetime,
+                 forward: Sequence[etree._Element] = ()) -> list[XdsError]:
+        # The caller was authenticated by this very process: nothing to pass on.
+        return self.actor.register_element(request, commit_before)
+
+    def registered(self, repository_id: str, unique_ids: Sequence[str] = (), after: str | None = None,
+                   limit: int | None = None) -> Registered:
+        return wire.read_response(self.actor.registered_element(wire.request(repository_id, unique_ids, after,
+                                                                             limit)))
 
 
 class RemoteRegistry:
@@ -33,8 +57,17 @@ class RemoteRegistry:
         self.timeout = timeout
         self.ssl_context = ssl_context
 
-    def register(self, request: etree._Element) -> list[XdsError]:
-        response = registry_call(self.url, C.ACTION_REGISTER, request, self.timeout, self.ssl_context)
+    def register(self, request: etree._Element, commit_before: _dt.datetime,
+                 forward: Sequence[etree._Element] = ()) -> list[XdsError]:
+        deadline = etree.Element(C.COMMIT_DEADLINE, nsmap={"srv": C.NS_SERVER})
+        deadline.text = wire.utc_text(commit_before)
+        try:
+            response = registry_call(self.url, C.ACTION_REGISTER, request, self.timeout, self.ssl_context,
+                                     extra_headers=[deadline, *forward])
+        except RegistryUnreachable:
+            raise  # nothing was sent: a plain refusal
+        except XdsException as exc:
+            raise RegistryUnanswered.of(exc.errors) from None
         status, errors = read_response_errors(response)
         if status == C.RESPONSE_SUCCESS:
             return errors
@@ -44,3 +77,10 @@ class RemoteRegistry:
                                         "with no RegistryError", self.url)]
         # Passed back as they came: the Document Source must see the registry's own codes.
         raise XdsException.of(errors)
+
+    def registered(self, repository_id: str, unique_ids: Sequence[str] = (), after: str | None = None,
+                   limit: int | None = None) -> Registered:
+        response = registry_call(self.url, C.ACTION_REGISTERED_DOCUMENTS,
+                                 wire.request(repository_id, unique_ids, after, limit), self.timeout,
+                                 self.ssl_context)
+        return wire.read_response(response)

@@ -1,7 +1,8 @@
 """ITI-41 Provide and Register Document Set-b: the repository's whole handling of one request.
 
-Documents are checked against their metadata, staged, and made retrievable only after the
-registry has answered Success to the ITI-42 we send it; any other outcome leaves nothing behind.
+Documents are checked against their metadata, staged, recorded as pending, and made retrievable
+only once the registry holds the ITI-42 we send it (repository/settle.py); a refusal leaves nothing
+behind, and an unanswered ITI-42 is settled by asking the registry before the source is told.
 """
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from lxml import etree
 
 from xds import constants as C
 from xds import errors as E
-from xds import mtom
+from xds import faults, mtom
 from xds.ebrim import parse_submission, to_element
 from xds.errors import ErrorList, XdsError, XdsException
 from xds.model import DocumentEntry
 from xds.validation import Mode, validate_submission
 from .blobs import BlobStore, Staged
-from .forward import RegistryLink
+from .forward import RegistryLink, RegistryUnanswered
+from .settle import Ledger, Outcome
 from .store import DocumentRow, RepositoryStore
 
 log = logging.getLogger(__name__)
@@ -51,15 +53,17 @@ class _Content:
 
 class Provide:
     def __init__(self, blobs: BlobStore, store: RepositoryStore, registry: RegistryLink, repository_id: str,
-                 max_document_bytes: int):
+                 max_document_bytes: int, ledger: Ledger | None = None):
         self.blobs = blobs
         self.store = store
         self.registry = registry
         self.repository_id = repository_id
         self.max_document_bytes = max_document_bytes
+        self.ledger = ledger or Ledger(store, blobs, registry, repository_id, registry_timeout=30.0)
 
     def __call__(self, body: etree._Element, message: mtom.MtomMessage | None,
-                 xop: dict[etree._Element, mtom.Attachment] | None = None) -> list[XdsError]:
+                 xop: dict[etree._Element, mtom.Attachment] | None = None,
+                 forward: list[etree._Element] | None = None) -> list[XdsError]:
         """Returns the warnings of a Success; raises XdsException otherwise.
 
         xop: the attachment each xop:Include of the request names, keyed by the Include's parent, as
@@ -71,13 +75,13 @@ class Provide:
                                f"got {etree.QName(body).localname}", "Body")
         staged: list[Staged] = []
         try:
-            return self._run(body, message, xop or {}, staged)
+            return self._run(body, message, xop or {}, staged, forward or [])
         finally:
             # Whatever is still listed was neither committed nor dropped: a failure on the way.
             for s in staged:
                 self.blobs.discard(s)
 
-    def _run(self, body, message, xop, staged: list[Staged]) -> list[XdsError]:
+    def _run(self, body, message, xop, staged: list[Staged], forward: list[etree._Element]) -> list[XdsError]:
         contents = self._read_documents(body, xop, staged)
         sub = parse_submission(body)
         errors = ErrorList(E.REPOSITORY_METADATA_ERROR)
@@ -96,9 +100,64 @@ class Provide:
         for de, content in pairs:
             self._fill_slots(de, content)
         self._stage_attachments(pairs, message, staged)
-        warnings = self.registry.register(sub.request)
-        self._commit(pairs, stored, staged)
-        return warnings + errors.warnings
+        faults.point("staged")
+        # A uniqueId stored with the same hash is this very document: its new copy is not needed.
+        for de, content in pairs:
+            if de.unique_id in stored:
+                staged.remove(content.staged)
+                self.blobs.discard(content.staged)
+        fresh = [(de.unique_id, content.staged, de.mime_type or "application/octet-stream")
+                 for de, content in pairs if de.unique_id not in stored]
+        deadline = self.ledger.deadline()
+        pending = self.ledger.record(fresh, deadline)
+        # From here the pending rows own the staged files: whatever happens, settlement finishes them.
+        for _, st, _ in fresh:
+            staged.remove(st)
+        faults.point("pending")
+        return self._register(sub, pending, deadline, forward) + errors.warnings
+
+    def _register(self, sub, pending, deadline, forward) -> list[XdsError]:
+        try:
+            warnings = self.registry.register(sub.request, deadline, forward)
+        except RegistryUnanswered as exc:
+            return self._settle_unanswered(exc, pending, deadline)
+        except XdsException as exc:
+            try:
+                self.ledger.refused(pending, exc)
+            except Exception:
+                # The source must still see the registry's own errors; the rows stay, and settlement
+                # discards them once it can reach the database.
+                log.exception("discarding refused documents failed; settlement will finish it")
+            raise
+        except Exception:
+            # The registration has ended in an error of our own (in process, or reading its answer); the
+            # exception says nothing of a commit that failed midway, so the registry is asked at once.
+            self.ledger.settle_unanswered(pending, deadline, ended=True)
+            raise
+        faults.point("registered")
+        try:
+            self.ledger.commit(pending)
+        except Exception:
+            # Registered, and the bytes are safe in staging under their pending rows: the settlement
+            # job commits them, so the source's Success stays true.
+            log.exception("committing registered documents %s failed; settlement will finish it",
+                          [p.unique_id for p in pending])
+            warnings = warnings + [XdsError(E.REPOSITORY_ERROR, "the documents are registered; making them "
+                                            "retrievable failed and is being retried", "", C.SEVERITY_WARNING)]
+        return warnings
+
+    def _settle_unanswered(self, exc: XdsException, pending, deadline) -> list[XdsError]:
+        outcome = self.ledger.settle_unanswered(pending, deadline)
+        if outcome is Outcome.REGISTERED:
+            log.warning("ITI-42 got no answer (%s), but the registry holds the submission: committed", exc)
+            return [XdsError(E.REGISTRY_NOT_AVAILABLE, "the registry's answer was lost; asked afterwards, it holds "
+                             "this submission, and the documents are stored", "", C.SEVERITY_WARNING)]
+        if outcome is Outcome.NOT_REGISTERED:
+            raise exc
+        raise XdsException(E.REGISTRY_NOT_AVAILABLE, f"{exc.errors[0].message}; whether the registry registered "
+                           "the submission could not be learnt afterwards either. The documents are kept pending: "
+                           "they become retrievable if the registry holds them, and are discarded if it does not. "
+                           "Query the registry before submitting again.", exc.errors[0].location)
 
     def _stage_attachments(self, pairs, message, staged: list[Staged]) -> None:
         uses: dict[str, int] = {}
@@ -209,32 +268,6 @@ class Provide:
         de.set_slot("size", [str(content.size)])
         de.set_slot("repositoryUniqueId", [self.repository_id])
         to_element(de)  # into the request forwarded to the registry
-
-    # --- after the registry's Success -------------------------------------------------------
-    def _commit(self, pairs, stored: dict[str, DocumentRow], staged: list[Staged]) -> None:
-        rows = []
-        for de, content in pairs:
-            uid = de.unique_id
-            # Unlisted first: a staging name set free by commit could be reused by another request.
-            staged.remove(content.staged)
-            if uid in stored:
-                # Same uniqueId, same hash: the stored copy is this document already.
-                self.blobs.discard(content.staged)
-                continue
-            try:
-                location = self.blobs.commit(content.staged, uid)
-            except BaseException:
-                self.blobs.discard(content.staged)
-                raise
-            rows.append(DocumentRow(uid, content.sha1, content.size, de.mime_type or "application/octet-stream",
-                                    location, self.repository_id))
-        try:
-            self.store.add(rows)
-        except Exception:
-            # The registry already holds the metadata; say loudly which documents lost their rows.
-            log.error("registered documents %s could not be recorded in the repository database",
-                      [r.unique_id for r in rows])
-            raise
 
 
 def _decode_base64(text: str, ident: str, limit: int):

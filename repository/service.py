@@ -11,6 +11,7 @@ from xds.ebrim import registry_response
 from .blobs import BlobStore, FileSystemBlobStore
 from .forward import InProcessRegistry, RegistryLink, RemoteRegistry
 from .provide import Provide
+from .settle import Ledger, SettlementJob
 from .retrieve import retrieve, retrieve_response
 from .store import RepositoryStore
 
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 class RepositoryConfig:
     repository_id: str
     max_document_bytes: int = 4 * 1024 ** 3
+    registry_timeout: float = 30.0   # also the CommitDeadline of each ITI-42 (repository/settle.py)
+    settle_interval: float = 30.0    # seconds between settlements of pending documents; 0: only at start-up
+    check_interval: float = 0        # seconds between report-only consistency checks; 0: never
 
 
 class RepositoryActor:
@@ -29,7 +33,39 @@ class RepositoryActor:
         self.blobs = blobs
         self.registry = registry
         self.config = config
-        self._provide = Provide(blobs, store, registry, config.repository_id, config.max_document_bytes)
+        self.ledger = Ledger(store, blobs, registry, config.repository_id, config.registry_timeout)
+        self._provide = Provide(blobs, store, registry, config.repository_id, config.max_document_bytes,
+                                self.ledger)
+        self._job: SettlementJob | None = None
+
+    def start(self) -> None:
+        """Finish what a previous run left (see recover), then settle periodically."""
+        self.recover()
+        if self.config.settle_interval > 0 and self._job is None:
+            self._job = SettlementJob(self.ledger, self.config.settle_interval, self.check,
+                                      self.config.check_interval).start()
+
+    def recover(self) -> dict[str, int]:
+        """Start-up: drop staged files no pending row names, then settle what is due."""
+        left = self.blobs.clean_staging(keep=self.store.staged_keys())
+        if left:
+            log.warning("removed %d staged documents left by an interrupted run", left)
+        counts = self.ledger.settle_due()
+        waiting = self.store.pending_count()
+        if any(counts.values()) or waiting:
+            log.warning("settled documents left pending by an interrupted run: %s; %d still pending", counts, waiting)
+        return counts
+
+    def check(self, repair: bool = False, hashes: bool = False):
+        """Compare this repository with its registry (repository/check.py)."""
+        from .check import Check
+
+        return Check(self.store, self.blobs, self.registry, self.config.repository_id).run(repair, hashes)
+
+    def close(self) -> None:
+        if self._job is not None:
+            self._job.stop()
+            self._job = None
 
     @classmethod
     def from_settings(cls, settings, registry_actor=None) -> "RepositoryActor":
@@ -48,10 +84,9 @@ class RepositoryActor:
         store = RepositoryStore(registry_actor.store.engine if shared else db_url)
         store.migrate()
         blobs = FileSystemBlobStore(os.path.join(settings.data, "documents"), durable=settings.document_fsync)
-        left = blobs.clean_staging()
-        if left:
-            log.warning("removed %d staged documents left by an interrupted run", left)
-        return cls(store, blobs, link, RepositoryConfig(settings.repository_id, settings.max_document_bytes))
+        return cls(store, blobs, link, RepositoryConfig(settings.repository_id, settings.max_document_bytes,
+                                                        settings.registry_timeout, settings.settle_interval,
+                                                        settings.check_interval))
 
     def endpoint(self, path: str = "/xds/repository") -> Endpoint:
         return Endpoint(path, self.operations(), wsdl="repository.wsdl")
@@ -68,7 +103,7 @@ class RepositoryActor:
         }
 
     def provide(self, req: SoapRequest) -> SoapResponse:
-        warnings = self._provide(req.body, req.mtom, req.xop)
+        warnings = self._provide(req.body, req.mtom, req.xop, forward=req.security_to_pass_on())
         return SoapResponse(registry_response(warnings))
 
     def remove_documents(self, req: SoapRequest) -> SoapResponse:

@@ -5,7 +5,7 @@ import datetime as _dt
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from sqlalchemy import bindparam, delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -15,6 +15,21 @@ from . import schema as S
 _CHUNK = 500  # bound IN-lists so that long retrieve requests stay within driver limits
 # Most requests name one document; a plain equality skips the IN-list expansion on every call.
 _ONE = select(S.document).where(S.document.c.unique_id == bindparam("uid"))
+
+
+@dataclass
+class PendingRow:
+    """A staged document of an ITI-41 whose ITI-42 is not settled (repository/settle.py)."""
+
+    id: str
+    unique_id: str
+    hash: str
+    size: int
+    mime_type: str
+    staged: str
+    repository_unique_id: str
+    deadline: _dt.datetime
+    created: _dt.datetime | None = None
 
 
 @dataclass
@@ -116,9 +131,90 @@ class RepositoryStore:
             before_commit(rows)
         return rows
 
+    # --- documents awaiting the registry's outcome --------------------------------------------
+    def add_pending(self, rows: list[PendingRow]) -> None:
+        if not rows:
+            return
+        now = _dt.datetime.now(_dt.timezone.utc)
+        with self.engine.begin() as conn:
+            conn.execute(insert(S.pending), [{**vars(r), "created": r.created or now} for r in rows])
+
+    def pending(self, due_before: _dt.datetime | None = None, limit: int = _CHUNK) -> list[PendingRow]:
+        """Pending documents, oldest deadline first; due_before: only those whose deadline is earlier."""
+        t = S.pending
+        q = select(t).order_by(t.c.deadline, t.c.id).limit(limit)
+        if due_before is not None:
+            q = q.where(t.c.deadline < due_before)
+        with self.engine.connect() as conn:
+            return [PendingRow(r.id, r.unique_id, r.hash, r.size, r.mime_type, r.staged, r.repository_unique_id,
+                               _utc(r.deadline), _utc(r.created)) for r in conn.execute(q)]
+
+    def pending_count(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(S.pending)).scalar_one()
+
+    def settle(self, done: list[PendingRow], rows: list[DocumentRow],
+               before_commit: Callable[[], None] = lambda: None) -> list[PendingRow]:
+        """In one transaction: forget the pending rows `done` and record the document rows of those that
+        were still pending. Returns the pending rows this call removed: a row already gone was settled by
+        someone else (the request itself, or the periodic job), who also recorded its document."""
+        if not done:
+            return []
+        t = S.pending
+        by_uid = {r.unique_id: r for r in rows}
+        now = _dt.datetime.now(_dt.timezone.utc)
+        mine: list[PendingRow] = []
+        with self.engine.begin() as conn:
+            for p in done:
+                if conn.execute(delete(t).where(t.c.id == p.id)).rowcount == 1:
+                    mine.append(p)
+            wanted = [by_uid[p.unique_id] for p in mine if p.unique_id in by_uid]
+            known = set()
+            for i in range(0, len(wanted), _CHUNK):
+                part = [r.unique_id for r in wanted[i:i + _CHUNK]]
+                known |= set(conn.execute(select(S.document.c.unique_id).where(S.document.c.unique_id.in_(part)))
+                             .scalars())
+            fresh = list({r.unique_id: r for r in wanted if r.unique_id not in known}.values())
+            if fresh:
+                conn.execute(insert(S.document), [_values(r, now) for r in fresh])
+            before_commit()
+        return mine
+
+    # --- for the consistency check -------------------------------------------------------------
+    def page(self, after: str | None, limit: int) -> list[DocumentRow]:
+        """Document rows in uniqueId order, after a given uniqueId."""
+        t = S.document
+        q = select(t).order_by(t.c.unique_id).limit(limit)
+        if after is not None:
+            q = q.where(t.c.unique_id > after)
+        with self.engine.connect() as conn:
+            return [DocumentRow(r.unique_id, r.hash, r.size, r.mime_type, r.location, r.repository_unique_id,
+                                r.created) for r in conn.execute(q)]
+
+    def locations(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(S.document.c.location)).scalars())
+
+    def staged_keys(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(S.pending.c.staged)).scalars())
+
+    def fix(self, row: DocumentRow) -> None:
+        """Record what a repair found a document to be (its hash and size as stored)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(S.document).where(S.document.c.unique_id == row.unique_id)
+                         .values(hash=row.hash, size=row.size))
+
     def count(self) -> int:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(S.document)).scalar_one()
+
+
+def _utc(when: _dt.datetime | None) -> _dt.datetime | None:
+    # SQLite gives back what it stored without its zone; everything stored here is UTC.
+    if when is not None and when.tzinfo is None:
+        return when.replace(tzinfo=_dt.timezone.utc)
+    return when
 
 
 def _values(r: DocumentRow, now: _dt.datetime) -> dict:

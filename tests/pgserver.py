@@ -36,6 +36,7 @@ class PgServer:
     def __init__(self):
         self.dir = None
         self.url = os.environ.get("XDS_TEST_POSTGRES_URL")
+        self.port = None
         self._started = False
 
     def _run(self, args: list[str]) -> None:
@@ -50,20 +51,37 @@ class PgServer:
         self.dir = tempfile.mkdtemp(prefix="xds-pg-")
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
-        data = os.path.join(self.dir, "data")
-        port = _free_port()
-        self._run([_bin("initdb"), "-D", data, "-U", "xds", "--auth=trust", "-E", "UTF8", "--no-sync"])
-        self._run([_bin("pg_ctl"), "-D", data, "-l", os.path.join(self.dir, "log"), "-w", "-o",
-                   f"-p {port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+        self.port = _free_port()
+        self._run([_bin("initdb"), "-D", self._data, "-U", "xds", "--auth=trust", "-E", "UTF8", "--no-sync"])
+        self._pg_start()
+        self.url = f"postgresql+psycopg2://xds@127.0.0.1:{self.port}/postgres"
+        return self.url
+
+    @property
+    def _data(self) -> str:
+        return os.path.join(self.dir, "data")
+
+    def _pg_start(self) -> None:
+        self._run([_bin("pg_ctl"), "-D", self._data, "-l", os.path.join(self.dir, "log"), "-w", "-o",
+                   f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
                    f"-c synchronous_commit=off -c full_page_writes=off", "start"])
         self._started = True
-        self.url = f"postgresql+psycopg2://xds@127.0.0.1:{port}/postgres"
-        return self.url
+
+    def _pg_stop(self, mode: str) -> None:
+        self._run([_bin("pg_ctl"), "-D", self._data, "-m", mode, "-w", "stop"])
+        self._started = False
+
+    def restart(self, mode: str = "fast") -> None:
+        """Stop the server (ending every client connection) and start it again on the same port and
+        data folder, as an operator's restart would; mode is pg_ctl's shutdown mode."""
+        if not self._started:
+            raise RuntimeError("only a server this object started can be restarted")
+        self._pg_stop(mode)
+        self._pg_start()
 
     def stop(self) -> None:
         if self._started:
-            self._run([_bin("pg_ctl"), "-D", os.path.join(self.dir, "data"), "-m", "immediate", "stop"])
-            self._started = False
+            self._pg_stop("immediate")
             shutil.rmtree(self.dir, ignore_errors=True)
 
 

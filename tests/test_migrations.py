@@ -115,7 +115,7 @@ def test_upgrade_is_idempotent(engine):
         for table in VERSION_TABLES:
             assert len(conn.execute(sa.text(f"SELECT version_num FROM {table}")).all()) == 1
     assert snapshot(engine) == before
-    assert [migrate.current(engine, t) for t in TREES] == ["registry_0002", "repository_0002"]
+    assert [migrate.current(engine, t) for t in TREES] == ["registry_0002", "repository_0003"]
 
 
 def test_create_all_database_is_stamped_then_upgraded(engine, caplog):
@@ -150,7 +150,7 @@ def test_half_made_database_is_refused_and_left_alone(engine):
     assert set(sa.inspect(engine).get_table_names()) == {"reg_object", "patient"}
     # The repository tree does not care about the registry's state.
     migrate.upgrade(engine, "repository")
-    assert migrate.current(engine, "repository") == "repository_0002"
+    assert migrate.current(engine, "repository") == "repository_0003"
 
 
 def test_downgrade_removes_only_its_own_tree(engine):

@@ -1,4 +1,5 @@
 """ITI-41 logic without HTTP: the repository actor with an in-process registry on both databases."""
+import datetime
 import hashlib
 import os
 import socket
@@ -18,6 +19,7 @@ from xds import constants as C
 from xds import errors as E
 from xds.errors import XdsError, XdsException
 from xds.mtom import Attachment, MtomMessage, resolve_xop
+from xds.registered import Registered
 from tests.helpers import by_unique_id, make_store, new_pid, unique_ids
 
 REPO = "1.2.250.1.999.3.1"
@@ -220,7 +222,7 @@ def test_same_unique_id_with_the_same_hash_keeps_the_stored_copy(tmp_path, db_ur
     calls = []
 
     class Accepting:
-        def register(self, request):
+        def register(self, request, commit_before, forward=()):
             calls.append(request)
             return [XdsError(E.EXTRA_METADATA_NOT_SAVED, "a warning", "x", C.SEVERITY_WARNING)]
 
@@ -245,7 +247,7 @@ def test_registry_errors_from_a_remote_registry_are_kept_whole(tmp_path, db_url)
               XdsError("XDSSomethingElse", "warned", "w", C.SEVERITY_WARNING)]
 
     class Refusing:
-        def register(self, request):
+        def register(self, request, commit_before, forward=()):
             raise XdsException.of(errors)
 
     repo = Repo(tmp_path, db_url, Refusing())
@@ -265,8 +267,12 @@ def test_unreachable_registry(tmp_path, db_url):
 
 def test_internal_error_in_the_registry_keeps_nothing(tmp_path, db_url):
     class Broken:
-        def register(self, request):
+        # A fake registry link that fails in its own code; asked afterwards, it holds nothing.
+        def register(self, request, commit_before, forward=()):
             raise RuntimeError("database went away")
+
+        def registered(self, repository_id, unique_ids=(), after=None, limit=None):
+            return Registered(datetime.datetime.now(datetime.timezone.utc))
 
     repo = Repo(tmp_path, db_url, Broken())
     with pytest.raises(RuntimeError):

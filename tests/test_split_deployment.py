@@ -242,10 +242,32 @@ def test_registry_slow_gives_registry_not_available_within_the_timeout(tmp_path,
         elapsed = time.monotonic() - t0
         assert status == C.RESPONSE_FAILURE and errors[0].code == "XDSRegistryNotAvailable"
         assert elapsed < 15
-        assert documents_on_disk(slow) == []
+        # Whether the hung registry committed cannot be known, so the bytes are neither retrievable nor
+        # thrown away: they wait in staging under a pending row for settlement, and the source is told so.
+        assert "kept pending" in errors[0].message
+        on_disk = documents_on_disk(slow)
+        assert len(on_disk) == 1 and os.sep + "staging" + os.sep in on_disk[0]
     finally:
         slow.stop()
         hung.close()
+
+
+@pytest.mark.parametrize("who,asks,answered", [("repo-a", REPO_A, True), ("repo-a", REPO_B, False),
+                                               ("consumer", REPO_A, False), ("repo-x", REPO_X, False)])
+def test_settlement_lookup_answers_a_repository_only_about_itself(deployment, who, asks, answered):
+    from xds import registered
+
+    d = deployment
+    status, _, docs = provide(d, "repo-a", 1)
+    assert status == C.RESPONSE_SUCCESS
+    reply = client(d, d["registry"].url + "/xds/registry", who).call(
+        C.ACTION_REGISTERED_DOCUMENTS, registered.request(asks, list(docs)))
+    if answered:
+        assert list(registered.read_response(reply.body).documents) == list(docs)
+    else:
+        status, errors = read_response_errors(reply.body)
+        assert status == C.RESPONSE_FAILURE and errors[0].code == "XDSUnknownRepositoryId"
+        assert not list(reply.body.iter(registered.DOCUMENT_TAG))
 
 
 def test_repository_host_down_during_routed_retrieve(deployment):
@@ -269,3 +291,4 @@ def test_registry_down_during_provide_keeps_nothing(deployment):
     assert status == C.RESPONSE_FAILURE and errors[0].code == "XDSRegistryNotAvailable"
     assert documents_on_disk(d["repo-a"]) == before
     assert os.listdir(os.path.join(d["repo-a"].data, "documents", "staging")) == []
+

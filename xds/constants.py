@@ -42,10 +42,17 @@ ACTION_DELETE = "urn:ihe:iti:2010:DeleteDocumentSet"
 ACTION_REMOVE_DOCUMENTS = "urn:ihe:iti:2017:RemoveDocuments"
 ACTION_MPQ = "urn:ihe:iti:2009:MultiPatientStoredQuery"
 
+# This server's own messages between its repositories and its registry (docs/decisions.md,
+# "ITI-41 as a recoverable protocol"): not IHE transactions, and no other XDS actor sends them.
+NS_SERVER = "urn:xds-server:2026"
+ACTION_REGISTERED_DOCUMENTS = "urn:xds-server:2026:RegisteredDocuments"
+COMMIT_DEADLINE = "{urn:xds-server:2026}CommitDeadline"  # ITI-42 header: commit only before this instant
+
 # The transaction each action carries, as logs and audit name it.
 TRANSACTIONS = {
     ACTION_REGISTER: "ITI-42", ACTION_PROVIDE: "ITI-41", ACTION_QUERY: "ITI-18", ACTION_RETRIEVE: "ITI-43",
     ACTION_UPDATE: "ITI-57", ACTION_DELETE: "ITI-62", ACTION_REMOVE_DOCUMENTS: "ITI-86", ACTION_MPQ: "ITI-51",
+    ACTION_REGISTERED_DOCUMENTS: "registered-documents",
 }
 
 

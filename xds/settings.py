@@ -17,13 +17,22 @@ class Settings:
     data: str = "./xds-data"
     db: str | None = None                # default: SQLite file in the data folder
     mllp_port: int | None = None         # ITI-8 feed listener; off unless set
+    # The ITI-8 feed (README, "The patient feed"): MLLP over mutual TLS whenever tls_cert is set.
+    feed_sources: str | None = None      # TOML file of [[source]] tables: who may feed which assigning authorities
+    allow_plain_mllp: bool = False       # without TLS, listen for MLLP on a non-loopback address anyway
+    mllp_max_frame: int = 1024 * 1024    # bytes of one HL7 message; a longer frame closes the connection
+    mllp_frame_timeout: float = 30       # seconds from a message's start block to its end block
+    mllp_idle_timeout: float = 300       # seconds a connection may wait for its next message
+    mllp_max_connections: int = 64       # open feed connections at most (each source: its max_connections, default 4)
     check_patients: bool = True
     max_query_results: int = 1000
     keep_extra_metadata: bool = True
     profile: str = "ihe"                 # metadata validation profile: ihe, dmp
     repository_id: str = "1.2.250.1.999.3.1"
     registry_url: str | None = None      # remote registry for a repository-only process
-    registry_timeout: int = 30           # seconds the repository waits for the registry's ITI-42 answer
+    registry_timeout: int = 30           # seconds the repository waits for the registry's ITI-42 answer (its CommitDeadline)
+    settle_interval: float = 30          # repository: seconds between settlements of pending ITI-41 documents; 0: start-up only
+    check_interval: float = 86400        # repository: seconds between report-only checks against the registry; 0: never
     repository_db: str | None = None     # default: the same database as db (tables are prefixed repo_)
     document_fsync: bool = True          # fsync each stored document; off only where the storage is made durable otherwise
     tls_cert: str | None = None          # serve HTTPS with this certificate (PEM)
@@ -35,8 +44,29 @@ class Settings:
     max_request_bytes: int = 64 * 1024 * 1024
     max_document_bytes: int = 4 * 1024 ** 3
     mime_bare_lf: bool = False           # accept MTOM framing (boundary lines, part headers) in bare LF, not CRLF
-    threads: int = 16
+    threads: int = 16                    # HTTP workers; a connection takes one only from its complete request head to its answer
     max_header_bytes: int = 64 * 1024    # bound on the request line and on the header block (414 / 413 beyond)
+    # Slow and many clients (README, "Slow and many clients"):
+    head_timeout: float = 10             # seconds for the TLS handshake and the request head to arrive (else 408, closed)
+    body_grace: float = 10               # seconds of waiting for a request body before body_min_rate applies
+    body_min_rate: int = 1024            # bytes/s a body must then bring over each body_window of waiting (0: no minimum)
+    body_window: float = 10              # seconds of waiting over which body_min_rate is measured
+    max_connections: int = 1024          # open connections at most (idle, reading their head, or in a worker)
+    listen_backlog: int = 1024           # connections the kernel queues for accepting (capped by net.core.somaxconn)
+    # Who is calling (README, "Authentication: XUA and VIHF"): none | xua | vihf.
+    security: str = "none"
+    allow_anonymous: bool = False        # with security = none, listen on a non-loopback address anyway
+    xua_trust: list = field(default_factory=list)      # PEM files: STS certificates (pinned) or their issuing CAs
+    xua_audiences: list = field(default_factory=list)  # this service's names an AudienceRestriction may use
+    xua_clock_skew: int = 60             # seconds allowed either way on NotBefore/NotOnOrAfter/IssueInstant
+    xua_roles: list = field(default_factory=list)           # accepted role codes; empty: any
+    xua_purposes: list = field(default_factory=list)        # accepted purpose-of-use codes; empty: any
+    xua_authn_contexts: list = field(default_factory=list)  # accepted AuthnContextClassRefs; empty: any
+    xua_refuse_replay: bool = False      # refuse a second use of one Assertion/@ID (XUA lets clients reuse)
+    xua_systems: list = field(default_factory=list)  # TLS subjects that may call without an assertion
+    vihf_allow_sha1: bool = False        # accept RSA-SHA1 signatures (older French tokens)
+    vihf_proxy_same_subject: bool = False  # API proxies: the TLS client certificate must be the VIHF's signer
+    vihf_freshness: int = 600            # seconds a token without Conditions stays valid after IssueInstant/AuthnInstant
     log_level: str = "INFO"
     log_format: str = "json"             # json (one object a line, with the request id) or text
     base_url: str | None = None
@@ -68,6 +98,14 @@ class Settings:
         if self.require_known_repositories and not self.tls_ca:
             raise ValueError("require_known_repositories needs tls_ca: repositories are known by their "
                              "client certificates")
+        if self.security not in ("none", "xua", "vihf"):
+            raise ValueError(f"security must be none, xua or vihf, not {self.security!r}")
+        if self.security != "none" and not self.xua_trust:
+            raise ValueError(f"security = {self.security} needs xua_trust (--xua-trust FILE): the certificates "
+                             "of the assertion issuers to trust")
+        if self.security == "none" and not self.allow_anonymous and not _loopback(self.host):
+            raise ValueError(f"security = none would serve {self.host} without authenticating anyone: use "
+                             "--security xua|vihf, listen on 127.0.0.1, or say --allow-anonymous")
         if self.role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, not {self.role!r}")
         from .validation import profile_names
@@ -76,9 +114,48 @@ class Settings:
             raise ValueError(f"profile must be one of {', '.join(profile_names())}, not {self.profile!r}")
         if not (0 <= self.port < 65536):
             raise ValueError(f"port {self.port} is out of range")
+        self._validate_feed()
         if self.role == "repository" and not self.registry_url:
             raise ValueError("role repository needs registry_url (--registry-url http://host:port/xds/registry): "
                              "the repository registers every document it stores there")
+
+
+    def _validate_feed(self) -> None:
+        if self.mllp_port is None or self.role == "repository":
+            return
+        for name in ("mllp_max_frame", "mllp_max_connections"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("mllp_frame_timeout", "mllp_idle_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds")
+        if self.tls_cert:
+            if not self.tls_ca:
+                raise ValueError("the ITI-8 feed over TLS needs tls_ca: its sources are known by their client "
+                                 "certificates")
+            if not self.feed_sources:
+                raise ValueError("the ITI-8 feed over TLS needs feed_sources (--feed-sources FILE): the list of "
+                                 "the certificate subjects that may feed, and what each may feed")
+            return
+        if not _loopback(self.host):
+            if not self.allow_plain_mllp:
+                raise ValueError(f"the ITI-8 feed would take plain MLLP (no TLS) on {self.host}, from anyone who can "
+                                 "reach the port: set tls_cert, tls_key and tls_ca (MLLP over mutual TLS), listen "
+                                 "on 127.0.0.1, or say --allow-plain-mllp")
+            if not self.feed_sources:
+                raise ValueError(f"plain MLLP on {self.host} needs feed_sources (--feed-sources FILE) with "
+                                 "plain = true sources: without TLS the list is the only check of who feeds")
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _coerce(f: dataclasses.Field, raw):
@@ -92,6 +169,18 @@ def _coerce(f: dataclasses.Field, raw):
         if low in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"{f.name}: {raw!r} is not a boolean")
+    if kind == "float" and not isinstance(raw, bool):
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{f.name}: {raw!r} is not a number") from None
+    if kind.startswith("list"):
+        if isinstance(raw, str):
+            # From the environment: items separated by ";" (certificate subjects hold commas).
+            return [x.strip() for x in raw.split(";") if x.strip()]
+        if not isinstance(raw, list):
+            raise ValueError(f"{f.name}: {raw!r} is not a list")
+        return [str(x) for x in raw]
     if "int" in kind and not isinstance(raw, bool):
         try:
             return int(raw)

@@ -12,6 +12,7 @@ from lxml import etree
 
 from xds import ebrim
 from xds import errors as E
+from xds.db import retry_read
 from xds.errors import XdsError, XdsException
 from registry.config import RegistryConfig
 from registry.store import RegistryStore, render
@@ -30,15 +31,19 @@ def stored_query(store: RegistryStore, request: etree._Element, config: Registry
         req = read_request(request)
         params = parse_params(req.query_id, req.slots)
         warnings = params.warnings
-        with store.reading() as conn:
-            leaf = req.return_type == RETURN_LEAF_CLASS
-            ctx = Ctx(conn, store.is_postgres, params, leaf, config.max_query_results)
-            found = QUERY_FUNCTIONS[req.query_id](ctx)
-            if leaf:
-                _check_leaf_class(found, config)
-                objects = _leaf_class(store, conn, found, req)
-            else:
-                objects = _object_refs(found, req)
+        leaf = req.return_type == RETURN_LEAF_CLASS
+
+        def run() -> list[etree._Element]:
+            with store.reading() as conn:
+                ctx = Ctx(conn, store.is_postgres, params, leaf, config.max_query_results)
+                found = QUERY_FUNCTIONS[req.query_id](ctx)
+                if leaf:
+                    _check_leaf_class(found, config)
+                    return _leaf_class(store, conn, found, req)
+                return _object_refs(found, req)
+
+        # A query only reads: when the database dropped its connection (a restart), it is run again.
+        objects = retry_read(run, "stored query")
         return ebrim.adhoc_query_response(objects, warnings)
     except XdsException as exc:
         return ebrim.adhoc_query_response(errors=exc.errors + [w for w in warnings if w not in exc.errors])

@@ -213,17 +213,27 @@ def rows_in(ctx: Ctx, make_stmt, ids: Sequence[str]) -> list:
     return out
 
 
-def associations_in_seq_order(ctx: Ctx, ids: Sequence[str], *where: ColumnElement) -> list:
+def associations_in_seq_order(ctx: Ctx, ids: Sequence[str], *where: ColumnElement,
+                              stop_at: int | None = None) -> list:
     """Associations whose source or target is one of ids and that match where: (id, type, source, target,
     seq) rows in registration order, as a query answers them. (RegistryStore.associations_touching is
-    the unfiltered lookup of the transactions' checks.)"""
+    the unfiltered lookup of the transactions' checks.)
+
+    With stop_at, reading stops once stop_at associations are found: the caller only needs to know
+    that the answer is too large, and then gets an incomplete list."""
     rows = {}
     for part in chunks(list(dict.fromkeys(ids))):
         part = list(part)
         # Two index-driven lookups rather than one OR, which some planners turn into a scan.
         for col in (A.c.source, A.c.target):
             stmt = select(A.c.id, A.c.type, A.c.source, A.c.target, A.c.seq).where(col.in_(part), *where)
+            if stop_at is not None:
+                # The second lookup may find again every association of the first, hence len(rows);
+                # a lookup cut short by its limit always brings the count to stop_at.
+                stmt = stmt.limit(stop_at + len(rows))
             for r in ctx.conn.execute(stmt):
                 rows[r.id] = r
+            if stop_at is not None and len(rows) >= stop_at:
+                return sorted(rows.values(), key=lambda r: r.seq)
     return sorted(rows.values(), key=lambda r: r.seq)
 

@@ -24,6 +24,21 @@ HM = C.ASSOC_HAS_MEMBER
 
 # --- Find* -------------------------------------------------------------------------------------
 
+def _cap(ctx: Ctx, found: Found | None = None) -> int | None:
+    """The most rows a LeafClass query still has to read, or None when nothing bounds it.
+
+    One row past the limit is enough to know the answer is refused, and a patient may have
+    thousands of entries whose stored XML would otherwise be read only to be thrown away.
+    Rows come in answer order, so an answer within the limit is read whole and unchanged."""
+    if not ctx.leaf_class or ctx.max_results is None:
+        return None
+    return max(ctx.max_results + 1 - (found.count if found is not None else 0), 0)
+
+
+def _capped(stmt, cap: int | None):
+    return stmt if cap is None else stmt.limit(cap)
+
+
 # FindDocuments is the hot query: its statement is built once per shape (which filters are
 # present, how many AND groups, backend, level) with bind parameters, and reused; building the
 # expression tree each time would cost more than running the query.
@@ -71,16 +86,19 @@ def _find_documents_shape(ctx: Ctx, patient_param: str, with_xml: bool) -> tuple
         values[f"au{i}"] = like_value(ctx.is_postgres, a)
     level1 = ctx.level == 1
     latest = level1 and needs_latest_check(statuses)
-    key += [level1, latest, with_xml]
+    cap = _cap(ctx)
+    key += [level1, latest, with_xml, cap is not None]
     if level1:
         values["offline"] = C.AVAILABILITY_OFFLINE
+    if cap is not None:
+        values["row_cap"] = cap
     return tuple(key), values
 
 
 def _build_find_documents(key: tuple):
     is_postgres = key[0]
     present = set(k for k in key if isinstance(k, str))
-    n_ev, n_conf, n_ref, n_au, level1, latest, with_xml = key[-7:]
+    n_ev, n_conf, n_ref, n_au, level1, latest, with_xml, capped = key[-8:]
     where = [O.c.patient_id == bindparam("pid"), O.c.status.in_(bindparam("statuses", expanding=True)),
              D.c.entry_type.in_(bindparam("entry_types", expanding=True))]
     for _name, col in _DE_IN_LISTS:
@@ -107,6 +125,8 @@ def _build_find_documents(key: tuple):
     stmt = de_select(*where)
     if with_xml:
         stmt = stmt.add_columns(O.c.status, O.c.lid, O.c.version, O.c.xml)
+    if capped:
+        stmt = stmt.limit(bindparam("row_cap"))
     return stmt
 
 
@@ -151,7 +171,7 @@ def find_submission_sets(ctx: Ctx) -> Found:
     stmt = (select(O.c.id, O.c.patient_id).select_from(O.join(SSET, SSET.c.id == O.c.id))
             .where(O.c.kind == S.KIND_SUBMISSION_SET, *where).order_by(O.c.seq))
     found = Found()
-    found.add_objects(ctx.conn.execute(stmt))
+    found.add_objects(ctx.conn.execute(_capped(stmt, _cap(ctx))))
     return found
 
 
@@ -166,7 +186,7 @@ def find_folders(ctx: Ctx) -> Found:
     stmt = (select(O.c.id, O.c.patient_id).select_from(O.join(FOL, FOL.c.id == O.c.id))
             .where(O.c.kind == S.KIND_FOLDER, *where).order_by(O.c.seq))
     found = Found()
-    found.add_objects(ctx.conn.execute(stmt))
+    found.add_objects(ctx.conn.execute(_capped(stmt, _cap(ctx))))
     return found
 
 
@@ -178,16 +198,20 @@ def get_all(ctx: Ctx) -> Found:
     de_st, ss_st, fd_st = (p.get("$XDSDocumentEntryStatus"), p.get("$XDSSubmissionSetStatus"),
                            p.get("$XDSFolderStatus"))
     found = Found()
-    found.add_objects(ctx.conn.execute(obj_select(S.KIND_SUBMISSION_SET, O.c.patient_id == pid,
-                                                  O.c.status.in_(ss_st))))
-    found.add_objects(ctx.conn.execute(de_select(O.c.patient_id == pid, O.c.status.in_(de_st),
-                                                 *content_filters(ctx), *de_visible(ctx, de_st))))
-    found.add_objects(ctx.conn.execute(obj_select(S.KIND_FOLDER, O.c.patient_id == pid, O.c.status.in_(fd_st),
-                                                  *fd_visible(ctx, fd_st))))
-    if ctx.leaf_class and ctx.max_results is not None and found.count > ctx.max_results:
-        return found  # the caller refuses the answer; the associations would only add to it
+    selects = (obj_select(S.KIND_SUBMISSION_SET, O.c.patient_id == pid, O.c.status.in_(ss_st)),
+               de_select(O.c.patient_id == pid, O.c.status.in_(de_st), *content_filters(ctx), *de_visible(ctx, de_st)),
+               obj_select(S.KIND_FOLDER, O.c.patient_id == pid, O.c.status.in_(fd_st), *fd_visible(ctx, fd_st)))
+    for stmt in selects:
+        cap = _cap(ctx, found)
+        if cap == 0:
+            return found  # the caller refuses the answer; reading on would only add to it
+        found.add_objects(ctx.conn.execute(_capped(stmt, cap)))
+    cap = _cap(ctx, found)
+    if cap == 0:
+        return found
     ids = [i for i, _ in found.objects]
-    found.add_associations(r.id for r in associations_in_seq_order(ctx, ids, *assoc_status_filter(ctx.params)))
+    found.add_associations(r.id for r in associations_in_seq_order(ctx, ids, *assoc_status_filter(ctx.params),
+                                                                   stop_at=cap))
     return found
 
 
