@@ -60,6 +60,12 @@ def msa(reply):
     return seg(reply, "MSA")
 
 
+def err_text(reply):
+    """ERR-8, the full reason, unescaped."""
+    msg = parse_message(reply)
+    return msg.unescape(msg.first("ERR")[8])
+
+
 # --- parsing helpers ------------------------------------------------------------------------
 
 def test_parse_message_numbers_msh_fields_like_the_standard():
@@ -171,10 +177,21 @@ def test_merge_adds_surviving_then_merges():
 def test_merge_pairs_ids_by_assigning_authority():
     patients = RecordingPatients()
     message = adt("A40", f"S1^^^LOCAL~S2^^^&{OTHER_OID}&ISO~S3^^^&{OID}&ISO",
-                  extra=[f"MRG|O3^^^&{OID}&ISO~O9^^^&1.9.9&ISO"])
+                  extra=[f"MRG|O3^^^&{OID}&ISO"])
     reply = handle_adt(message, patients)
     assert msa(reply)[1] == "AA"
     assert patients.calls == [("add", f"S3^^^&{OID}&ISO"), ("merge", f"O3^^^&{OID}&ISO", f"S3^^^&{OID}&ISO")]
+
+
+def test_merge_across_assigning_authorities_is_refused_whole():
+    # O9 has no survivor in its own authority: merging it into S3 would move a patient between domains.
+    patients = RecordingPatients()
+    message = adt("A40", f"S3^^^&{OID}&ISO", extra=[f"MRG|O3^^^&{OID}&ISO~O9^^^&1.9.9&ISO"])
+    reply = handle_adt(message, patients)
+    assert msa(reply)[1] == "AE"
+    assert "'O9^^^&1.9.9&ISO' has no PID-3 identifier of the same assigning authority" in err_text(reply)
+    assert seg(reply, "ERR")[2] == "MRG^1^1"
+    assert patients.calls == []
 
 
 def test_merge_of_several_patients_in_one_message():
@@ -411,7 +428,7 @@ def test_socket_small_limit_and_concurrent_clients():
 def test_handler_exception_uses_error_reply_and_server_keeps_serving():
     calls = []
 
-    def handler(message):
+    def handler(message, peer):
         calls.append(message)
         if "boom" in message:
             raise ValueError("boom")
@@ -424,7 +441,7 @@ def test_handler_exception_uses_error_reply_and_server_keeps_serving():
 
 
 def test_handler_exception_without_error_reply_closes_only_that_connection():
-    def handler(message):
+    def handler(message, peer):
         if "boom" in message:
             raise ValueError("boom")
         return ack(message)
@@ -436,7 +453,7 @@ def test_handler_exception_without_error_reply_closes_only_that_connection():
 
 
 def test_client_times_out_when_no_reply():
-    with MllpServer("127.0.0.1", 0, lambda message: None) as server:
+    with MllpServer("127.0.0.1", 0, lambda message, peer: None) as server:
         started = time.monotonic()
         with pytest.raises(TimeoutError):
             mllp_send("127.0.0.1", server.port, "MSH|^~\\&|", timeout=0.5)
@@ -444,7 +461,7 @@ def test_client_times_out_when_no_reply():
 
 
 def test_stop_with_idle_client_connected_returns_promptly():
-    server = MllpServer("127.0.0.1", 0, lambda message: message).start()
+    server = MllpServer("127.0.0.1", 0, lambda message, peer: message).start()
     port = server.port
     idle = socket.create_connection(("127.0.0.1", port))
     try:
