@@ -2,6 +2,11 @@
 (fresh SQLite and data folder), run the required collections against it over HTTP and
 MLLP, write ./conformance-report/ and print the closing line.
 
+The XUA collections (reg_xua, rep_xua) run against a second all-in-one server, with
+security = xua and the Connectathon policy the kit's variants assume, which trusts our own
+STS (node/sts.py, in-process, with a key pair made for the run); the harness asks that STS
+for each test's assertion as it would ask the Gazelle STS.
+
 The exit code is non-zero when a test fails (every default collection passes against our
 server, so a failure is a regression) or when the harness itself fails; --informative keeps
 failures informative, for collections the server does not serve yet.
@@ -10,52 +15,55 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 
 from . import report
 from .cli import write_reports
 from .context import RunConfig
-from .results import FAILED
+from .results import FAILED, RunResult
 from .runner import Runner
 from .testkit import TestKit
 from .transactions import Endpoints
+from .xua import StsConfig
 
 COLLECTIONS = ("reg", "rep", "reg_mu", "reg_rm", "rep_rd")  # required ones and the options built
+XUA_COLLECTIONS = ("reg_xua", "rep_xua")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m conformance.ci", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m conformance.ci", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("testkit")
-    parser.add_argument("--collection", action="append", help=f"default: {' '.join(COLLECTIONS)}")
+    parser.add_argument("--collection", action="append",
+                        help=f"default: {' '.join(COLLECTIONS + XUA_COLLECTIONS)}")
     parser.add_argument("--informative", action="store_true",
                         help="exit 0 even when tests fail (for collections the server does not serve yet)")
     parser.add_argument("--report-dir", default="conformance-report")
     args = parser.parse_args(argv)
 
-    from node.server import Services
-    from xds.settings import Settings
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     kit = TestKit(args.testkit)
-    tests: list[str] = []
-    for tag in args.collection or COLLECTIONS:
-        tests.extend(kit.collection(tag))
+    tags = args.collection or list(COLLECTIONS + XUA_COLLECTIONS)
+    plain_tags = [t for t in tags if not t.endswith("_xua")]
+    xua_tags = [t for t in tags if t.endswith("_xua")]
+    runs: list[tuple[str, RunResult]] = []
+    parts: list[str] = []
     with tempfile.TemporaryDirectory(prefix="xds-conformance-") as data:
-        settings = Settings(role="all", port=0, data=data, mllp_port=0, check_patients=True, log_level="WARNING")
-        services = Services(settings).start()
-        try:
-            endpoints = Endpoints(f"{services.url}/xds/registry", f"{services.url}/xds/repository",
-                                  (settings.host, services.mllp.port), timeout=60.0)
-            config = RunConfig(endpoints, settings.repository_id, kit.source_id)
-            print(f"conformance harness: {len(set(tests))} tests ({', '.join(args.collection or COLLECTIONS)}) "
-                  f"against {services.url}", flush=True)
-            run = Runner(kit, config, lambda line: print(line, flush=True)).run(list(dict.fromkeys(tests)))
-        finally:
-            services.stop()
+        if plain_tags:
+            runs.append(("", _run(kit, plain_tags, _settings(os.path.join(data, "plain")))))
+            parts.append(" ".join(plain_tags))
+        if xua_tags:
+            runs.append(("XUA server", _run_xua(kit, xua_tags, os.path.join(data, "xua"))))
+            parts.append(" ".join(xua_tags) + " (XUA server)")
+    run = merge(runs)
     write_reports(run, args.report_dir)
     print(report.text_listing(run))
     print(f"reports: {args.report_dir}/report.html, {args.report_dir}/junit.xml")
+    if len(runs) > 1:
+        for what, (_, part) in zip(parts, runs):
+            print(part.summary_line(f"  {what}"))
     print(run.summary_line(), flush=True)
     broken = run.internal_errors
     if broken:
@@ -65,6 +73,67 @@ def main(argv: list[str] | None = None) -> int:
     if run.count(FAILED) and not args.informative:
         return 1
     return 0
+
+
+def _settings(data: str, **security):
+    from xds.settings import Settings
+
+    return Settings(role="all", port=0, data=data, mllp_port=0, check_patients=True, log_level="WARNING",
+                    **security)
+
+
+def _run(kit: TestKit, tags: list[str], settings, sts: StsConfig | None = None) -> RunResult:
+    from node.server import Services
+
+    tests = list(dict.fromkeys(t for tag in tags for t in kit.collection(tag)))
+    services = Services(settings).start()
+    try:
+        endpoints = Endpoints(f"{services.url}/xds/registry", f"{services.url}/xds/repository",
+                              (settings.host, services.mllp.port), timeout=60.0)
+        config = RunConfig(endpoints, settings.repository_id, kit.source_id, sts=sts)
+        how = f" (security = xua, assertions from {sts.url})" if sts else ""
+        print(f"conformance harness: {len(tests)} tests ({', '.join(tags)}) against {services.url}{how}",
+              flush=True)
+        return Runner(kit, config, lambda line: print(line, flush=True)).run(tests)
+    finally:
+        services.stop()
+
+
+def _run_xua(kit: TestKit, tags: list[str], data: str) -> RunResult:
+    from node import sts as sts_server
+    from xds.security import issue
+    from xds.security.xua import AC_CLASSES
+
+    key, cert, _ = issue.signing_pair(os.path.join(data, "sts"))
+    server = sts_server.start(issue.Issuer(key, cert))
+    try:
+        # The Connectathon policy the kit's "second" variants are refused by: the first-level role and
+        # purpose of use only, and every SAML authentication context but InternetProtocol.
+        settings = _settings(os.path.join(data, "server"), security="xua", xua_trust=[cert],
+                             xua_audiences=[issue.DEFAULT_AUDIENCE], xua_roles=[issue.ROLE_MEDICAL_DOCTOR.code],
+                             xua_purposes=[issue.POU_TREATMENT.code],
+                             xua_authn_contexts=sorted(AC_CLASSES - {issue.AC_INTERNET_PROTOCOL}))
+        return _run(kit, tags, settings, StsConfig(f"http://127.0.0.1:{server.port}{sts_server.PATH}"))
+    finally:
+        server.stop()
+
+
+def merge(runs: list[tuple[str, RunResult]]) -> RunResult:
+    """One report of the runs against several servers. The setup tests run on each server, so those
+    of a labelled run say where they ran (a report would show the same test twice otherwise)."""
+    if len(runs) == 1:
+        return runs[0][1]
+    merged = RunResult(started=runs[0][1].started if runs else "")
+    for label, run in runs:
+        prefix = f"{label}: " if label else ""
+        for test in run.tests:
+            if label and test.setup:
+                test.title = f"{test.title} ({label})"
+            merged.tests.append(test)
+        merged.notes.extend(prefix + note for note in run.notes)
+        merged.target.update({f"{prefix}{name}": value for name, value in run.target.items()})
+        merged.elapsed += run.elapsed
+    return merged
 
 
 if __name__ == "__main__":

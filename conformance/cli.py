@@ -6,12 +6,15 @@ import argparse
 import os
 import sys
 
+from xds.security.issue import DEFAULT_AUDIENCE, DEFAULT_PASSWORD
+
 from . import report, report_html
 from .context import DEFAULT_ASSIGNING_AUTHORITY, RunConfig
 from .results import RunResult
 from .runner import Runner
 from .testkit import TestKit
 from .transactions import Endpoints, parse_hostport
+from .xua import StsConfig
 
 DEFAULT_COLLECTIONS = ("reg", "rep")
 
@@ -35,6 +38,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--assigning-authority", default=DEFAULT_ASSIGNING_AUTHORITY, metavar="OID",
                    help="assigning authority of the patient ids the harness makes up")
     p.add_argument("--home-community-id", metavar="URN", help="value for $homeCommunityId$")
+    p.add_argument("--sts", metavar="URL",
+                   help="a WS-Trust 1.3 STS (the Gazelle STS, or `xds sts serve`'s http://HOST:8090/sts): the "
+                        "tests of the XUA collections run, each SOAP step carrying in wsse:Security the assertion "
+                        "of the STS user the test id ends with (11966_expired: expired); without it they are skipped")
+    p.add_argument("--sts-user", default="valid", metavar="USER",
+                   help="the STS user of XUA tests without a variant suffix, of the setup tests and of the steps "
+                        "to the registry that supports a repository test (default valid)")
+    p.add_argument("--sts-password", default=DEFAULT_PASSWORD, metavar="PASSWORD",
+                   help=f"the STS users' password (default {DEFAULT_PASSWORD}, the Gazelle STS's)")
+    p.add_argument("--sts-audience", default=DEFAULT_AUDIENCE, metavar="URI",
+                   help=f"the audience asked for (wsp:AppliesTo; default {DEFAULT_AUDIENCE}; none: ask for none)")
+    p.add_argument("--sts-all", action="store_true",
+                   help="every test sends an assertion (--sts-user's), not only the XUA tests: for a SUT that "
+                        "authenticates every request")
     p.add_argument("--list", action="store_true", help="list the selected tests and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the closing line")
 
@@ -62,7 +79,7 @@ def execute(args: argparse.Namespace, out=None) -> tuple[RunResult, int]:
     endpoints = Endpoints(args.registry, args.repository,
                           parse_hostport(args.mllp) if args.mllp else None, args.timeout)
     config = RunConfig(endpoints, args.repository_id, kit.source_id, args.assigning_authority,
-                       args.home_community_id)
+                       args.home_community_id, sts=sts_config(args))
     progress = None if args.quiet else (lambda line: print(line, file=out, flush=True))
     run = Runner(kit, config, progress).run(ids)
     write_reports(run, args.report_dir)
@@ -72,6 +89,13 @@ def execute(args: argparse.Namespace, out=None) -> tuple[RunResult, int]:
               f"{os.path.join(args.report_dir, 'junit.xml')}", file=out)
     print(run.summary_line(), file=out, flush=True)
     return run, (1 if run.count("failed") else 0)
+
+
+def sts_config(args: argparse.Namespace) -> StsConfig | None:
+    if not args.sts:
+        return None
+    audience = None if args.sts_audience.lower() == "none" else args.sts_audience
+    return StsConfig(args.sts, args.sts_user, args.sts_password, audience, args.sts_all, args.timeout)
 
 
 def write_reports(run: RunResult, directory: str) -> None:
@@ -90,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
 def run_command(args: argparse.Namespace) -> int:
     if not args.list and not (args.registry or args.repository):
         print("xds conformance: give --registry and/or --repository", file=sys.stderr)
+        return 2
+    if args.sts_all and not args.sts:
+        print("xds conformance: --sts-all needs --sts URL", file=sys.stderr)
         return 2
     try:
         _, code = execute(args)

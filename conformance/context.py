@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .logstore import LogStore, SectionLog
 from .substitute import IdMaker
 from .testkit import Section, TestCase
 from .transactions import Endpoints
+
+if TYPE_CHECKING:
+    from .xua import StsConfig
 
 DEFAULT_ASSIGNING_AUTHORITY = "1.3.6.1.4.1.21367.13.20.1000"
 
@@ -23,6 +27,7 @@ class RunConfig:
     assigning_authority: str = DEFAULT_ASSIGNING_AUTHORITY
     home_community_id: str | None = None
     ids: IdMaker = None  # type: ignore[assignment]
+    sts: StsConfig | None = None  # where the XUA tests get their assertions; None: they are skipped
 
     def __post_init__(self):
         if self.ids is None:

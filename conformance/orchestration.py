@@ -4,6 +4,7 @@ cannot run offline.
 Registry: five fresh patient ids, fed by tests 15817/15817b/15818/15819/15820, then the
 data loads 12346 (query data), 12374 (a second patient) and 12361 (multi-patient), and
 every registry test with $patientid$ = the "register" id. Repository: one fresh id.
+XUA tests run only when an STS gives them their assertions (conformance/xua.py).
 """
 from __future__ import annotations
 
@@ -91,9 +92,14 @@ def references(case: TestCase) -> set[str]:
     return refs
 
 
-def skip_reason(case: TestCase) -> str | None:
-    if any(t.endswith("_xua") for t in case.collections) or case.id.endswith(_XUA_SUFFIXES):
-        return "XUA: needs SAML assertions from the Gazelle STS, which cannot be reached offline"
+def is_xua(case: TestCase) -> bool:
+    return any(t.endswith("_xua") for t in case.collections) or case.id.endswith(_XUA_SUFFIXES)
+
+
+def skip_reason(case: TestCase, sts: bool = False) -> str | None:
+    if is_xua(case) and not sts:
+        return ("XUA: needs SAML assertions from an STS: give --sts URL (the Gazelle STS, or a local "
+                "`xds sts serve`)")
     texts = _plan_texts(case)
     if any("<ASync" in t for t in texts) or "ASync" in case.collections:
         return "asynchronous WS-Addressing (a non-anonymous ReplyTo endpoint) is not reproduced offline"
@@ -106,9 +112,10 @@ def skip_reason(case: TestCase) -> str | None:
     return None
 
 
-def order(kit: TestKit, selected: list[str]) -> tuple[list[str], dict[str, str]]:
+def order(kit: TestKit, selected: list[str], sts: bool = False) -> tuple[list[str], dict[str, str]]:
     """The tests to run, setup first, then the selection with referenced tests before their readers,
-    and the tests to skip because something they read is skipped."""
+    and the tests to skip because something they read is skipped. sts: an STS gives the XUA tests
+    their assertions."""
     wanted = [t for t in dict.fromkeys(selected) if kit.has(t)]
     needed: set[str] = set()
     todo = list(wanted)
@@ -137,10 +144,10 @@ def order(kit: TestKit, selected: list[str]) -> tuple[list[str], dict[str, str]]
     run = setup + ordered
     skipped: dict[str, str] = {}
     for t in run:
-        reason = skip_reason(kit.test(t))
+        reason = skip_reason(kit.test(t), sts)
         if reason is None:
             blocked = sorted(r for r in references(kit.test(t))
-                             if r in skipped or (kit.has(r) and skip_reason(kit.test(r))))
+                             if r in skipped or (kit.has(r) and skip_reason(kit.test(r), sts)))
             if blocked:
                 reason = f"reads the logs of skipped test(s) {', '.join(blocked)}"
         if reason:

@@ -10,7 +10,7 @@ from typing import Callable
 
 from xds import constants as C
 
-from . import assertions, contents, evaluate, linkage, orchestration, response_checks, retrieve_check
+from . import assertions, contents, evaluate, linkage, orchestration, response_checks, retrieve_check, xua
 from .context import EngineError, RunConfig, SectionContext
 from .logstore import LogStore, StepLog
 from .plan import PlanError, Step, load_plan
@@ -33,6 +33,7 @@ class Runner:
         # uniqueId → file, for every document a PnR step got accepted: what Retrieve must give back.
         self.submitted: dict[str, str] = {}
         self.progress = progress or (lambda line: None)
+        self.assertions = xua.Assertions(config.sts) if config.sts is not None else None  # the current test's
 
     # --- a whole run ------------------------------------------------------------------------------
 
@@ -43,11 +44,14 @@ class Runner:
         result.target = {"registry": ep.registry or "", "repository": ep.repository or "",
                          "repository id": self.config.repository_id or "",
                          "patient feed (MLLP)": f"{ep.mllp[0]}:{ep.mllp[1]}" if ep.mllp else "none (bypassed)"}
+        sts = self.config.sts
+        if sts is not None:
+            result.target["STS"] = f"{sts.url} (default user {sts.user})"
         unknown = [t for t in test_ids if not self.kit.has(t)]
         for t in unknown:
             result.notes.append(f"test {t} is not in the test kit")
             result.tests.append(TestResult(t, status=SKIPPED, reason="not in the test kit"))
-        run, skipped = orchestration.order(self.kit, test_ids)
+        run, skipped = orchestration.order(self.kit, test_ids, sts=self.config.sts is not None)
         self._announce_patients(run, result)
         in_setup = False
         for test_id in run:
@@ -90,6 +94,8 @@ class Runner:
         started = time.monotonic()
         tr = TestResult(case.id, case.title, case.collections, orchestration.role_of(case), setup)
         params = orchestration.params_for(case, self.patients)
+        # Fresh assertions for each test: the variants are relative to the time they are issued.
+        self.assertions = xua.Assertions(self.config.sts) if self.config.sts is not None else None
         for section in case.sections:
             override = orchestration.section_override(case, section.name, self.patients)
             tr.sections.append(self.run_section(case, section, params, override))
@@ -168,7 +174,7 @@ class Runner:
         elif tx.kind == "NullTransaction":
             pass
         else:
-            ex = self._send(tx, kind, prepared, result)
+            ex = self._send(tx, kind, prepared, result, ctx)
             body = ex.body
             if ex.reply is not None and not ex.reply.is_fault:
                 entry.result = body
@@ -211,18 +217,29 @@ class Runner:
         result.response = ex.response_text
         result.problems.extend(evaluate.judge_feed(step, ex))
 
-    def _send(self, tx, kind, prepared: Prepared, result: StepResult) -> Exchange:
+    def _send(self, tx, kind, prepared: Prepared, result: StepResult, ctx: SectionContext) -> Exchange:
         ep = self.config.endpoints
         url = ep.url_for(kind)
         if not url:
             raise EngineError(f"{kind.label} needs the {kind.endpoint} endpoint, which was not given")
+        supporting = orchestration.role_of(ctx.test) == "repository" and kind.endpoint == "registry"
+        user = xua.user_for(ctx.test, self.config.sts, supporting)
         if tx.kind == "HttpTransaction":
+            if user:
+                result.notes.append("no wsse:Security: an HttpTransaction sends the kit's bytes as they are")
             ex = send_http(url, prepared.http_headers, prepared.http_body or b"", ep.timeout)
         else:
             if kind.action is None:
                 raise EngineError(f"{tx.kind} ({kind.label}) is not sent by this harness")
+            assertion = None
+            if user:
+                assertion = self.assertions.get(user)
+                whose = (" (the default user's: this registry supports the repository under test)"
+                         if supporting else "")
+                result.notes.append(f"wsse:Security: the SAML assertion of STS user {user} "
+                                    f"(ID {assertion.get('ID')}){whose}")
             ex = send_soap(kind, url, prepared.payload, prepared.attachments, ep.timeout,
-                           soap11=tx.has("SOAP11"), use_mtom=prepared.use_mtom)
+                           soap11=tx.has("SOAP11"), use_mtom=prepared.use_mtom, assertion=assertion)
         result.endpoint = ex.endpoint
         result.request = pretty(ex.request)
         if ex.attachments:

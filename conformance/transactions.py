@@ -2,6 +2,7 @@
 MTOM), ITI-8 over MLLP, and the raw HTTP POST of HttpTransaction."""
 from __future__ import annotations
 
+import copy
 import http.client
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from xds import constants as C
 from xds import soap
 from xds.client import SoapClient, SoapReply, TransportError
 from xds.mllp import mllp_send
+from xds.security.issue import wsse_security
 
 ACTION_RMU = "urn:ihe:iti:2018:RestrictedUpdateDocumentSet"
 ACTION_RODDE = "urn:ihe:iti:2010:RegisterOnDemandDocumentEntry"
@@ -85,15 +87,20 @@ class Exchange:
 
 
 def send_soap(kind: Kind, url: str, payload: etree._Element, attachments: list[tuple[str, str, str]],
-              timeout: float, soap11: bool = False, use_mtom: bool | None = None) -> Exchange:
+              timeout: float, soap11: bool = False, use_mtom: bool | None = None,
+              assertion: etree._Element | None = None) -> Exchange:
+    """assertion: a SAML assertion to send in wsse:Security (a copy: a signed element can be sent
+    by many steps, and the header takes what it wraps)."""
     version = soap.SOAP11 if soap11 else soap.SOAP12
     client = SoapClient(url, timeout)
+    headers = [wsse_security(copy.deepcopy(assertion), version)] if assertion is not None else None
     ex = Exchange(endpoint=url, attachments=list(attachments))
-    ex.request = client.envelope(kind.action, payload, version)
+    ex.request = client.envelope(kind.action, payload, version, headers)
     started = time.monotonic()
     try:
         ex.reply = client.call(kind.action, payload, attachments=attachments,
-                               use_mtom=kind.mtom if use_mtom is None else use_mtom, version=version)
+                               use_mtom=kind.mtom if use_mtom is None else use_mtom, version=version,
+                               extra_headers=headers)
     except TransportError as exc:
         ex.transport_error = str(exc)
     ex.elapsed = time.monotonic() - started

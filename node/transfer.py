@@ -1,4 +1,6 @@
-"""The client side of ITI-41 and ITI-43, for `xds submit` and `xds retrieve`.
+"""The client side of ITI-41 and ITI-43, for `xds submit` and `xds retrieve`, and what every client
+command shares: its TLS identity and the SAML assertion it sends in wsse:Security (`--assertion FILE`
+or `--sts URL --sts-user NAME`).
 
 Both directions stream: files are read in chunks while the request is sent, and a retrieved
 document goes from the socket to a spool file beside the output, then is renamed into place.
@@ -11,9 +13,11 @@ import datetime as _dt
 import http.client
 import mimetypes
 import os
+import re
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -21,20 +25,130 @@ from lxml import etree
 
 from xds import builder
 from xds import constants as C
-from xds import mtom, soap
+from xds import mtom, soap, xmlsafe
 from xds.constants import last_segment
-from xds.client import SoapClient
+from xds.client import SoapClient, TransportError
 from xds.ebrim import read_response_errors
 from xds.errors import XdsError
+from xds.security import issue
 
 REPOSITORY_PATH = "/xds/repository"
 PROGRESS_FROM = 8 * 1024 * 1024  # smaller transfers finish before a progress line would help
 
 
-def endpoint_url(url: str) -> str:
-    """Accept a bare http://host:port and add the repository path."""
+def endpoint_url(url: str, path: str = REPOSITORY_PATH) -> str:
+    """Accept a bare http://host:port and add the endpoint's path."""
     parts = urlsplit(url)
-    return url if parts.path not in ("", "/") else url.rstrip("/") + REPOSITORY_PATH
+    return url if parts.path not in ("", "/") else url.rstrip("/") + path
+
+
+def default_url(settings) -> str:
+    """The server the settings describe: HTTPS when they give it a certificate to serve with."""
+    return f"{'https' if settings.tls_cert else 'http'}://{settings.host}:{settings.port}"
+
+
+# --- who the client is: its TLS identity and its SAML assertion ----------------------------------
+
+class ClientSetupError(Exception):
+    """The client cannot even send its request; exit_code 2 for what the command line got wrong."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def add_client_arguments(p) -> None:
+    """The flags of every command that calls a server: the assertion to send and the TLS identity."""
+    auth = p.add_argument_group("authentication (a SAML 2.0 assertion in wsse:Security, for a server with "
+                                "security = xua or vihf)")
+    how = auth.add_mutually_exclusive_group()
+    how.add_argument("--assertion", metavar="FILE",
+                     help="send this saml2:Assertion (e.g. from `xds sts token valid > a.xml`), its bytes unchanged")
+    how.add_argument("--sts", metavar="URL", help="ask this WS-Trust 1.3 STS for an assertion first "
+                                                  "(e.g. http://127.0.0.1:8090/sts, or the Gazelle STS)")
+    auth.add_argument("--sts-user", metavar="NAME", help="the STS user (ours and Gazelle's: valid, expired, ...)")
+    auth.add_argument("--sts-password", metavar="PASSWORD", default=issue.DEFAULT_PASSWORD,
+                      help=f"its password (default {issue.DEFAULT_PASSWORD!r}, the Gazelle STS's)")
+    auth.add_argument("--sts-audience", metavar="URI", help="the audience to ask for (AppliesTo; default: "
+                                                            "the STS's own)")
+    tls = p.add_argument_group("TLS (default: the settings' tls_cert, tls_key, tls_ca)")
+    tls.add_argument("--tls-cert", metavar="PEM", help="client certificate for mutual TLS")
+    tls.add_argument("--tls-key", metavar="PEM", help="its private key")
+    tls.add_argument("--tls-ca", metavar="PEM", help="CA to trust for the server's certificate (default: the "
+                                                     "system's)")
+
+
+# A declaration may only open a document, and the assertion is spliced into the envelope.
+_DECLARATION = re.compile(rb"\A\s*<\?xml\s[^>]*\?>")
+_UTF8_NAMES = {"utf-8", "utf8", "us-ascii", "ascii"}
+
+
+def read_assertion(path: str) -> bytes:
+    """The file's saml2:Assertion as the bytes to put in wsse:Security: exactly the file's, without
+    its XML declaration, byte order mark and surrounding blank lines (transcoded to UTF-8 when the file
+    is in another encoding). Its signature covers what these bytes say, so they are never parsed and
+    written out again."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ClientSetupError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        root = xmlsafe.parse(data, path)
+    except xmlsafe.UnsafeXml as exc:
+        raise ClientSetupError(str(exc)) from None
+    if root.tag != f"{{{issue.NS_SAML2}}}Assertion":
+        raise ClientSetupError(f"{path} is not a SAML 2.0 assertion: its root element is "
+                               f"{etree.QName(root).localname} in {etree.QName(root).namespace or 'no namespace'}")
+    encoding = (root.getroottree().docinfo.encoding or "UTF-8").lower()
+    if encoding not in _UTF8_NAMES:
+        try:
+            data = data.decode(encoding).encode("utf-8")
+        except (LookupError, UnicodeError) as exc:
+            raise ClientSetupError(f"{path}: cannot be read as {encoding}: {exc}") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    return _DECLARATION.sub(b"", data, count=1).strip()
+
+
+def client_identity(args, settings, patient_id: str | None = None):
+    """(ssl_context, assertion bytes or None) for a client command. patient_id: the patient the
+    request is about, asked of the STS as the resource-id (a VIHF must name the body's patient)."""
+    try:
+        context = settings.client_ssl_context()
+    except (OSError, ValueError) as exc:
+        raise ClientSetupError(f"TLS: {exc}") from None
+    sts = getattr(args, "sts", None)
+    user = getattr(args, "sts_user", None)
+    if getattr(args, "assertion", None):
+        if user:
+            raise ClientSetupError("--sts-user goes with --sts, not with --assertion")
+        return context, read_assertion(args.assertion)
+    if not sts:
+        if user:
+            raise ClientSetupError("--sts-user needs --sts URL: the STS to ask")
+        return context, None
+    if not user:
+        raise ClientSetupError("--sts needs --sts-user NAME")
+    try:
+        token = issue.request_token(sts, user, args.sts_password, args.sts_audience, context,
+                                    patient_id=patient_id)
+    except issue.StsError as exc:
+        raise ClientSetupError(f"the STS {sts} refused: {exc}", 1) from None
+    except (TransportError, ValueError, xmlsafe.UnsafeXml) as exc:
+        raise ClientSetupError(f"the STS {sts} could not be asked: {exc}", 1) from None
+    return context, issue.serialize(token)
+
+
+def soap_envelope(client: SoapClient, action: str, payload: etree._Element, assertion: bytes | None) -> bytes:
+    """The request's SOAP 1.2 envelope, the assertion's bytes spliced into its wsse:Security."""
+    if assertion is None:
+        return client.envelope(action, payload)
+    mark = f"xds-assertion-{uuid.uuid4().hex}"
+    envelope = client.envelope(action, payload, extra_headers=[issue.wsse_security(etree.Comment(mark))])
+    # A comment holds the assertion's place: whatever lxml would write for the element itself may
+    # differ from the bytes its signer wrote.
+    return envelope.replace(f"<!--{mark}-->".encode(), assertion, 1)
 
 
 class Progress:
@@ -148,10 +262,12 @@ def provide_request(patient_id: str, files: list[tuple[str, str]]):
 
 
 def provide_files(url: str, patient_id: str, paths: list[str], mime: str | None = None,
-                  timeout: float = 600.0, progress_stream=None) -> TransferResult:
+                  timeout: float = 600.0, progress_stream=None, *, ssl_context=None,
+                  assertion: bytes | None = None) -> TransferResult:
+    """assertion: a saml2:Assertion's bytes, sent unchanged in wsse:Security."""
     files = [(p, mime or guess_mime(p)) for p in paths]
     pnr, parts, unique_ids = provide_request(patient_id, files)
-    client = SoapClient(endpoint_url(url), timeout)
+    client = SoapClient(endpoint_url(url), timeout, ssl_context)
     writer = mtom.MtomWriter()
     total = sum(os.path.getsize(p) for p in paths)
     progress = Progress("sending", total, progress_stream)
@@ -159,7 +275,7 @@ def provide_files(url: str, patient_id: str, paths: list[str], mime: str | None 
         for cid, ctype, path in parts:
             f = stack.enter_context(open(path, "rb"))
             writer.add_stream(_CountingReader(f, progress), ctype, cid, size=os.path.getsize(path))
-        writer.set_root(client.envelope(C.ACTION_PROVIDE, pnr), soap.CONTENT_TYPE[soap.SOAP12])
+        writer.set_root(soap_envelope(client, C.ACTION_PROVIDE, pnr, assertion), soap.CONTENT_TYPE[soap.SOAP12])
         headers = {"Content-Type": writer.content_type(C.ACTION_PROVIDE),
                    "Content-Length": str(writer.content_length())}
         try:
@@ -176,8 +292,10 @@ def _status(body, http_status: int, raw: bytes) -> tuple[str, list[XdsError]]:
     if body is None:
         return "HTTP " + str(http_status), [XdsError("HTTP", raw[:300].decode("utf-8", "replace"))]
     if etree.QName(body).localname == "Fault":
-        reason = " ".join(t.strip() for t in body.itertext() if t.strip())
-        return "SOAP Fault", [XdsError("Fault", reason)]
+        reason, subcode = issue.fault_text(body)
+        if not reason:
+            reason = " ".join(t.strip() for t in body.itertext() if t.strip())
+        return "SOAP Fault", [XdsError(subcode or "Fault", reason)]
     rr = body if body.tag == C.q(C.NS_RS, "RegistryResponse") else body.find(C.q(C.NS_RS, "RegistryResponse"))
     return read_response_errors(rr if rr is not None else body)
 
@@ -193,19 +311,21 @@ def retrieve_request(unique_id: str, repository_id: str, home: str | None = None
 
 
 def retrieve_document(url: str, unique_id: str, repository_id: str, out: str, timeout: float = 600.0,
-                      progress_stream=None) -> TransferResult:
+                      progress_stream=None, *, ssl_context=None, assertion: bytes | None = None) -> TransferResult:
     """Write one document to out ('-' for stdout)."""
-    client = SoapClient(endpoint_url(url), timeout)
+    client = SoapClient(endpoint_url(url), timeout, ssl_context)
     writer = mtom.MtomWriter()
-    writer.set_root(client.envelope(C.ACTION_RETRIEVE, retrieve_request(unique_id, repository_id)),
+    writer.set_root(soap_envelope(client, C.ACTION_RETRIEVE, retrieve_request(unique_id, repository_id), assertion),
                     soap.CONTENT_TYPE[soap.SOAP12])
     headers = {"Content-Type": writer.content_type(C.ACTION_RETRIEVE),
                "Content-Length": str(writer.content_length())}
     # Spooling beside the output lets the finished part be renamed into place, not copied.
     spool = os.path.dirname(os.path.abspath(out)) if out != "-" else None
     parts = urlsplit(client.url)
-    conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = conn_cls(parts.hostname, parts.port, timeout=timeout)
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=ssl_context)
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     message = None
     try:
         conn.request("POST", parts.path or "/", body=b"".join(writer.chunks()), headers=headers)
@@ -266,13 +386,18 @@ def _print_errors(errors: list[XdsError]) -> None:
 
 
 def submit_command(args, settings) -> int:
-    url = args.url or f"http://{settings.host}:{settings.port}"
+    url = args.url or default_url(settings)
     for p in args.files:
         if not os.path.isfile(p):
             print(f"xds: {p} is not a file", file=sys.stderr)
             return 2
     try:
-        result = provide_files(url, args.patient, args.files, args.mime)
+        context, assertion = client_identity(args, settings, args.patient)
+    except ClientSetupError as exc:
+        print(f"xds: {exc}", file=sys.stderr)
+        return exc.exit_code
+    try:
+        result = provide_files(url, args.patient, args.files, args.mime, ssl_context=context, assertion=assertion)
     except Exception as exc:  # a CLI answers with one line, not a trace
         print(f"xds: submit to {url} failed: {exc}", file=sys.stderr)
         return 1
@@ -284,10 +409,16 @@ def submit_command(args, settings) -> int:
 
 
 def retrieve_command(args, settings) -> int:
-    url = args.url or f"http://{settings.host}:{settings.port}"
+    url = args.url or default_url(settings)
     out = args.output or args.unique_id
     try:
-        result = retrieve_document(url, args.unique_id, args.repository_id or settings.repository_id, out)
+        context, assertion = client_identity(args, settings)
+    except ClientSetupError as exc:
+        print(f"xds: {exc}", file=sys.stderr)
+        return exc.exit_code
+    try:
+        result = retrieve_document(url, args.unique_id, args.repository_id or settings.repository_id, out,
+                                   ssl_context=context, assertion=assertion)
     except Exception as exc:
         print(f"xds: retrieve from {url} failed: {exc}", file=sys.stderr)
         return 1

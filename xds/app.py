@@ -22,9 +22,11 @@ from urllib.parse import parse_qs
 from lxml import etree
 
 from . import constants as C
-from . import logs, mtom, soap
+from . import logs, mtom, pipeline, soap
 from .ebrim import registry_response
-from .errors import REGISTRY_ERROR, SoapFault, XdsError, XdsException
+from .errors import SoapFault, XdsError
+from .security.principal import ANONYMOUS, Principal
+from .security.xua import NoSecurity
 
 log = logging.getLogger("xds.app")
 
@@ -62,9 +64,29 @@ class SoapRequest:
     # The attachment each xop:Include names, keyed by the Include's parent (resolved once, by the app).
     xop: dict[etree._Element, mtom.Attachment] = field(default_factory=dict)
 
+    # Set by the pipeline (xds/pipeline.py): the operation called, who calls, and the policy to ask.
+    action: str = ""
+    operation: "Operation | None" = None
+    principal: Principal = ANONYMOUS
+    policy: object = None
+
     @property
     def body(self) -> etree._Element:
         return self.envelope.body
+
+    def security_to_pass_on(self) -> list[etree._Element]:
+        """The caller's wsse:Security, for a hop that passes it on unchanged (the repository's ITI-42,
+        the registry's routed ITI-43): each hop authenticates as itself over TLS, the assertion says
+        for whom. Not mustUnderstand on the next hop: a peer that does not process assertions still
+        serves the system it knows. Handlers never read what is in it."""
+        header = self.envelope.header(soap.WSSE_SECURITY)
+        if header is None:
+            return []
+        copy = etree.fromstring(etree.tostring(header))
+        for name in list(copy.attrib):
+            if etree.QName(name).localname == "mustUnderstand":
+                del copy.attrib[name]
+        return [copy]
 
     @property
     def peer_subject(self) -> str | None:
@@ -106,6 +128,10 @@ class AppConfig:
     max_mtom_bytes: int = 8 * 1024 ** 3            # a whole MTOM request
     base_url: str | None = None
     mime_bare_lf: bool = False                     # accept MTOM framing with bare LF line ends
+    # The pipeline's layers (xds/pipeline.py): who is calling, what they may do, who is told.
+    authenticator: object = field(default_factory=NoSecurity)
+    policy_for: Callable | None = None
+    audit_sink: Callable | None = None
 
 
 def _answer_status(payload: etree._Element) -> etree._Element | None:
@@ -142,6 +168,11 @@ class XdsApp:
         self.endpoints = {e.path.rstrip("/"): e for e in endpoints}
         self.config = config or AppConfig()
         self.health = health
+        c = self.config
+        self._pipeline = pipeline.compose(pipeline.default_layers(c.authenticator, c.policy_for, c.audit_sink),
+                                          lambda req: req.operation.handler(req))
+        # wsse:Security is understood only where an authentication layer processes it.
+        self._understood = {soap.WSSE_SECURITY} if c.authenticator.mode != "none" else set()
 
     # --- WSGI entry -------------------------------------------------------------------------
     def __call__(self, environ, start_response):
@@ -185,7 +216,7 @@ class XdsApp:
             else:
                 raise SoapFault(f"content type {mime or '(none)'} is not SOAP; send application/soap+xml "
                                 f"(SOAP 1.2), text/xml (SOAP 1.1) or multipart/related MTOM", http_status=415)
-            env = soap.parse_envelope(envelope_bytes)
+            env = soap.parse_envelope(envelope_bytes, understood=self._understood)
             if env.version != version and message is None:
                 raise SoapFault(f"a SOAP {env.version} envelope was sent as {mime}", code="VersionMismatch")
             action = env.action or soap.content_type_action(content_type) or \
@@ -205,15 +236,9 @@ class XdsApp:
             elif env.root.find(f".//{{{C.NS_XOP}}}Include") is not None:
                 raise SoapFault("the envelope holds an xop:Include but the request is not MTOM "
                                 "(multipart/related; type=\"application/xop+xml\")")
-            req = SoapRequest(envelope=env, environ=environ, request_id=request_id, mtom=message, xop=xop)
-            try:
-                resp = op.handler(req)
-            except XdsException as exc:
-                resp = SoapResponse(op.error_payload(exc.errors))
-            except Exception:  # the server keeps serving and the caller gets a coded answer, not a trace
-                log.exception("request %s: internal error in %s", request_id, action)
-                resp = SoapResponse(op.error_payload([XdsError(
-                    REGISTRY_ERROR, f"internal error while processing the request (request id {request_id})")]))
+            req = SoapRequest(envelope=env, environ=environ, request_id=request_id, mtom=message, xop=xop,
+                              action=action, operation=op)
+            resp = self._pipeline(req)
             _log_outcome(action, env.message_id, resp.payload)
             use_mtom = resp.mtom if resp.mtom is not None else (
                 op.mtom_response if op.mtom_response is not None else message is not None)

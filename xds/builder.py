@@ -235,3 +235,25 @@ def simple_submission(patient_id: str, n_docs: int = 1, *, folder_too: bool = Fa
             objs.append(association("Folder01", f"Document{i:02d}", id=f"fdde{i}", ss_status=None))
             objs.append(association("SubmissionSet01", f"fdde{i}", id=f"ssfdde{i}"))
     return submit_objects_request(objs)
+
+
+# --- stored queries (ITI-18) --------------------------------------------------------------------
+def adhoc_query_request(query_id: str, slots: list[tuple[str, str]], return_type: str = "LeafClass",
+                        home: str | None = None) -> etree._Element:
+    req = etree.Element(C.q(C.NS_QUERY, "AdhocQueryRequest"), nsmap={"query": C.NS_QUERY, "rim": C.NS_RIM})
+    etree.SubElement(req, C.q(C.NS_QUERY, "ResponseOption"), returnType=return_type, returnComposedObjects="true")
+    query = etree.SubElement(req, C.q(C.NS_RIM, "AdhocQuery"), id=query_id)
+    if home:
+        query.set("home", home)
+    for name, text in slots:
+        slot = etree.SubElement(query, C.q(C.NS_RIM, "Slot"), name=name)
+        etree.SubElement(etree.SubElement(slot, C.q(C.NS_RIM, "ValueList")), C.q(C.NS_RIM, "Value")).text = text
+    return req
+
+
+def find_documents_request(patient_id: str, statuses: Sequence[str] = (C.STATUS_APPROVED,),
+                           return_type: str = "LeafClass") -> etree._Element:
+    """FindDocuments for one patient and statuses: the query that opens a record."""
+    quoted = ",".join(f"'{s}'" for s in statuses)
+    return adhoc_query_request(C.SQ_FIND_DOCUMENTS, [("$XDSDocumentEntryPatientId", f"'{patient_id}'"),
+                                                     ("$XDSDocumentEntryStatus", f"({quoted})")], return_type)

@@ -19,7 +19,10 @@ CONTENT_TYPE = {SOAP12: "application/soap+xml", SOAP11: "text/xml"}
 _UNDERSTOOD = {
     C.q(C.NS_WSA, n) for n in ("Action", "To", "MessageID", "ReplyTo", "From", "FaultTo", "RelatesTo")
 }
-WSSE_SECURITY = "{http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd}Security"
+NS_WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
+WSSE_SECURITY = "{%s}Security" % NS_WSSE
+# Prefixes a fault subcode may use: WS-Addressing's, and WS-Security's (wsse:InvalidSecurity, ...).
+_SUBCODE_NS = {"a": C.NS_WSA, "wsse": NS_WSSE}
 
 
 @dataclass
@@ -64,7 +67,7 @@ def parse_envelope(data: bytes, understood: set[str] | None = None, max_bytes: i
     if not children:
         raise SoapFault("the SOAP Body is empty")
     headers = [h for h in header_el if isinstance(h.tag, str)] if header_el is not None else []
-    ok = _UNDERSTOOD | {WSSE_SECURITY} | (understood or set())
+    ok = _UNDERSTOOD | (understood or set())
     for h in headers:
         if _is_true(h.get(C.q(ns, "mustUnderstand"))) and h.tag not in ok:
             raise SoapFault(f"header {h.tag} is marked mustUnderstand and is not understood", code="MustUnderstand")
@@ -130,7 +133,7 @@ def build_fault(version: str, fault: SoapFault, relates_to: str | None = None) -
         value.text = "s:" + fault.code
         if fault.subcode:
             sub = etree.SubElement(code, C.q(ns, "Subcode"))
-            sv = etree.SubElement(sub, C.q(ns, "Value"), nsmap={"a": C.NS_WSA})
+            sv = etree.SubElement(sub, C.q(ns, "Value"), nsmap=_SUBCODE_NS)
             sv.text = fault.subcode
         reason = etree.SubElement(f, C.q(ns, "Reason"))
         text = etree.SubElement(reason, C.q(ns, "Text"))
@@ -138,8 +141,11 @@ def build_fault(version: str, fault: SoapFault, relates_to: str | None = None) -
         text.text = fault.reason
     else:
         f = etree.SubElement(body, C.q(ns, "Fault"))
-        code = etree.SubElement(f, "faultcode")
-        code.text = "soapenv:" + {"Sender": "Client", "Receiver": "Server"}.get(fault.code, fault.code)
+        code = etree.SubElement(f, "faultcode", nsmap=_SUBCODE_NS)
+        if fault.subcode and fault.subcode.startswith("wsse:"):
+            code.text = fault.subcode  # WS-Security 1.1 section 12: its codes are the SOAP 1.1 faultcode
+        else:
+            code.text = "soapenv:" + {"Sender": "Client", "Receiver": "Server"}.get(fault.code, fault.code)
         reason = etree.SubElement(f, "faultstring")
         reason.text = fault.reason
     return etree.tostring(env, xml_declaration=True, encoding="UTF-8")

@@ -1,0 +1,29 @@
+"""security = none | xua | vihf: the authenticator each mode puts at the front of the pipeline."""
+from __future__ import annotations
+
+from typing import Callable
+
+from .xua import NoSecurity, TrustStore, XuaAuthenticator, XuaConfig
+
+
+def authenticator(settings, is_system: Callable[[str], bool] | None = None):
+    """is_system: the composition's word on TLS subjects that may call without an assertion (the
+    registry's directory of repositories); settings.xua_systems adds to it."""
+    if settings.security == "none":
+        return NoSecurity()
+    listed = set(settings.xua_systems)
+    known = is_system or (lambda subject: False)
+    config = XuaConfig(
+        trust=TrustStore(settings.xua_trust), audiences=tuple(settings.xua_audiences),
+        clock_skew=settings.xua_clock_skew,
+        roles=frozenset(settings.xua_roles) or None, purposes=frozenset(settings.xua_purposes) or None,
+        authn_contexts=frozenset(settings.xua_authn_contexts) or None,
+        refuse_replay=settings.xua_refuse_replay,
+        is_system=lambda subject: subject in listed or known(subject))
+    if settings.security == "vihf":
+        from .vihf import VihfAuthenticator
+
+        config.allow_sha1 = settings.vihf_allow_sha1
+        return VihfAuthenticator(config, freshness=settings.vihf_freshness,
+                                 proxy_same_subject=settings.vihf_proxy_same_subject)
+    return XuaAuthenticator(config)
