@@ -285,3 +285,20 @@ def test_a_proxy_signs_with_its_own_tls_certificate_when_asked(tmp_path, pki):
         assert fault(reply) == "wsse:FailedAuthentication" and "signing certificate" in reply.raw.decode()
     finally:
         server.stop()
+
+
+def test_structures_and_professionals_are_checked_against_the_directory(tmp_path, pki):
+    listed = token(pki, structure_id="499900063480001", subject=CARD)
+    directory = tmp_path / "directory.toml"
+    directory.write_text('[[structure]]\nid = "499900063480001"\nprofessionals = ["' + CARD + '"]\n\n'
+                         '[[structure]]\nid = "499900000000002"\nactive = false\nprofessionals = ["' + CARD + '"]\n')
+    server = start(tmp_path / "srv", pki, vihf_directory=str(directory))
+    try:
+        assert not query(server, pki, listed).is_fault
+        for tok, words in ((token(pki, structure_id="499900099999999", subject=CARD), "Structure introuvable"),
+                           (token(pki, structure_id="499900000000002", subject=CARD), "Structure introuvable"),
+                           (token(pki, structure_id="499900063480001", subject="899900000777"), "non liés")):
+            reply = query(server, pki, tok)
+            assert fault(reply) == "wsse:FailedAuthentication" and words in reply.raw.decode()
+    finally:
+        server.stop()

@@ -5,6 +5,7 @@ import contextvars
 import datetime as _dt
 import json
 import logging
+import sys
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("xds_request_id", default=None)
 
@@ -33,8 +34,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to sys.stderr as it is when a record is emitted: threads that outlive a swap of sys.stderr
+    (the CLI run in process by a test runner) keep logging instead of writing to a closed file."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup(level: str = "INFO", fmt: str = "json") -> None:
-    handler = logging.StreamHandler()
+    handler = _Stderr()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -65,6 +65,7 @@ class Settings:
     xua_refuse_replay: bool = False      # refuse a second use of one Assertion/@ID (XUA lets clients reuse)
     xua_systems: list = field(default_factory=list)  # TLS subjects that may call without an assertion
     vihf_allow_sha1: bool = False        # accept RSA-SHA1 signatures (older French tokens)
+    vihf_directory: str | None = None    # TOML file of [[structure]] tables: structures and their professionals (C-6)
     vihf_proxy_same_subject: bool = False  # API proxies: the TLS client certificate must be the VIHF's signer
     vihf_freshness: int = 600            # seconds a token without Conditions stays valid after IssueInstant/AuthnInstant
     log_level: str = "INFO"

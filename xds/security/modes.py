@@ -1,9 +1,12 @@
 """security = none | xua | vihf: the authenticator each mode puts at the front of the pipeline."""
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 from .xua import NoSecurity, TrustStore, XuaAuthenticator, XuaConfig
+
+log = logging.getLogger("xds.security")
 
 
 def authenticator(settings, is_system: Callable[[str], bool] | None = None):
@@ -24,6 +27,12 @@ def authenticator(settings, is_system: Callable[[str], bool] | None = None):
         from .vihf import VihfAuthenticator
 
         config.allow_sha1 = settings.vihf_allow_sha1
+        from .directory import Directory
+
+        directory = Directory.load(settings.vihf_directory) if settings.vihf_directory else None
+        if directory is None:
+            log.warning("security = vihf without vihf_directory: structures and professionals (check C-6) "
+                        "are not checked against a directory")
         return VihfAuthenticator(config, freshness=settings.vihf_freshness,
-                                 proxy_same_subject=settings.vihf_proxy_same_subject)
+                                 proxy_same_subject=settings.vihf_proxy_same_subject, directory=directory)
     return XuaAuthenticator(config)

@@ -53,8 +53,10 @@ class VihfAuthenticator(XuaAuthenticator):
     mode = "vihf"
     required = "the DMP requires a VIHF token (saml2:Assertion) in wsse:Security"
 
-    def __init__(self, config: XuaConfig, freshness: float = 600, now=None, proxy_same_subject: bool = False):
+    def __init__(self, config: XuaConfig, freshness: float = 600, now=None, proxy_same_subject: bool = False,
+                 directory=None):
         super().__init__(config, now)
+        self.directory = directory  # C-6 (xds/security/directory.py); None: not checked, said at start-up
         self.freshness = freshness
         # API-proxy flows (Table F, Issuer row): the TLS client and the token's signer are one certificate.
         self.proxy_same_subject = proxy_same_subject
@@ -85,6 +87,8 @@ class VihfAuthenticator(XuaAuthenticator):
                 raise F(F.FAILED_AUTHENTICATION, "the VIHF is signed with an authentication certificate, not the "
                         "structure's signature (cachet) certificate")
         self.check_vihf(assertion, now)
+        if self.directory is not None:
+            self.directory.check(assertion.first(STRUCTURE), assertion.name_id)
         principal = self.principal(assertion)
         expires = assertion.not_on_or_after or _first_time(assertion) + _dt.timedelta(seconds=self.freshness)
         self.check_replay(principal, expires, now)
