@@ -50,7 +50,8 @@ class Services:
         self.app = XdsApp(endpoints, AppConfig(spool_dir=spool, max_request_bytes=settings.max_request_bytes,
                                                max_document_bytes=settings.max_document_bytes,
                                                base_url=settings.base_url, mime_bare_lf=settings.mime_bare_lf,
-                                               authenticator=modes.authenticator(settings, self._known_system)),
+                                               authenticator=modes.authenticator(settings, self._known_system,
+                                                                                 self._database())),
                           health=lambda: {"role": settings.role})
         self.http: HttpServer | None = None
         self.mllp = None
@@ -79,6 +80,12 @@ class Services:
             self.mllp = feed_listener(s, self.registry.store, self.feed_sources,
                                       lambda event: self.feed_audit(event)).start()
         return self
+
+    def _database(self):
+        """The process's database, for what the core keeps there (the replay cache)."""
+        if self.registry is not None:
+            return self.registry.store.engine
+        return self.repository.store.engine if self.repository is not None else None
 
     def _known_system(self, subject: str) -> bool:
         """A repository host of the registry's directory may send ITI-42 without an assertion (as itself)."""

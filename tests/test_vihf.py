@@ -302,3 +302,38 @@ def test_structures_and_professionals_are_checked_against_the_directory(tmp_path
             assert fault(reply) == "wsse:FailedAuthentication" and words in reply.raw.decode()
     finally:
         server.stop()
+
+
+def test_a_replay_is_refused_by_another_server_sharing_the_database(tmp_path, pki, db_url):
+    """The replay cache lives in the database (sec_replay): a token used on one host is refused on the
+    other, as two registry hosts behind one address would see it."""
+    first = start(tmp_path / "a", pki, db=db_url)
+    second = start(tmp_path / "b", pki, db=db_url)
+    try:
+        tok = token(pki)
+        assert not query(first, pki, tok).is_fault
+        reply = query(second, pki, tok)
+        assert fault(reply) == "wsse:FailedAuthentication" and "used before" in reply.raw.decode()
+        assert not query(second, pki, token(pki)).is_fault  # another token is fine
+    finally:
+        second.stop()
+        first.stop()
+
+
+def test_expired_replay_entries_do_not_block_and_are_purged(tmp_path):
+    import datetime as dt
+
+    import sqlalchemy as sa
+
+    from xds import migrate
+    from xds.security.replay import DatabaseReplayCache, replay
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/r.db")
+    migrate.upgrade(engine, "security")
+    cache = DatabaseReplayCache(engine)
+    now = dt.datetime.now(dt.timezone.utc)
+    assert cache.first_use("_a", now - dt.timedelta(seconds=1), now - dt.timedelta(seconds=5))
+    assert cache.first_use("_a", now + dt.timedelta(hours=1), now)  # its old entry had expired
+    assert not cache.first_use("_a", now + dt.timedelta(hours=1), now)
+    with engine.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(replay)).scalar_one() == 1

@@ -46,6 +46,11 @@ TREES = {
     "repository": Tree(
         "repository", "repository:migrations", "alembic_version_repository", "repository_0001",
         frozenset({"repo_document"})),
+    # The replay cache of the authentication layer (xds/security/replay.py), in whichever database
+    # the process has; never made by create_all, so its baseline is its own first table.
+    "security": Tree(
+        "security", "xds.security:migrations", "alembic_version_security", "security_0001",
+        frozenset({"sec_replay"})),
 }
 
 

@@ -9,11 +9,20 @@ from .xua import NoSecurity, TrustStore, XuaAuthenticator, XuaConfig
 log = logging.getLogger("xds.security")
 
 
-def authenticator(settings, is_system: Callable[[str], bool] | None = None):
+def authenticator(settings, is_system: Callable[[str], bool] | None = None, engine=None):
     """is_system: the composition's word on TLS subjects that may call without an assertion (the
-    registry's directory of repositories); settings.xua_systems adds to it."""
+    registry's directory of repositories); settings.xua_systems adds to it. engine: the database
+    that holds the replay cache, shared by every process using it (migrated here)."""
     if settings.security == "none":
         return NoSecurity()
+    replays = None
+    if engine is not None:
+        from xds import migrate
+
+        from .replay import DatabaseReplayCache
+
+        migrate.upgrade(engine, "security")
+        replays = DatabaseReplayCache(engine)
     listed = set(settings.xua_systems)
     known = is_system or (lambda subject: False)
     config = XuaConfig(
@@ -34,5 +43,6 @@ def authenticator(settings, is_system: Callable[[str], bool] | None = None):
             log.warning("security = vihf without vihf_directory: structures and professionals (check C-6) "
                         "are not checked against a directory")
         return VihfAuthenticator(config, freshness=settings.vihf_freshness,
-                                 proxy_same_subject=settings.vihf_proxy_same_subject, directory=directory)
-    return XuaAuthenticator(config)
+                                 proxy_same_subject=settings.vihf_proxy_same_subject, directory=directory,
+                                 replays=replays)
+    return XuaAuthenticator(config, replays=replays)

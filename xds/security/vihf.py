@@ -54,8 +54,8 @@ class VihfAuthenticator(XuaAuthenticator):
     required = "the DMP requires a VIHF token (saml2:Assertion) in wsse:Security"
 
     def __init__(self, config: XuaConfig, freshness: float = 600, now=None, proxy_same_subject: bool = False,
-                 directory=None):
-        super().__init__(config, now)
+                 directory=None, replays=None):
+        super().__init__(config, now, replays)
         self.directory = directory  # C-6 (xds/security/directory.py); None: not checked, said at start-up
         self.freshness = freshness
         # API-proxy flows (Table F, Issuer row): the TLS client and the token's signer are one certificate.

@@ -98,7 +98,7 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 class ReplayCache:
-    """Assertion IDs seen, until they expire. Shared by the threads of one process."""
+    """Assertion IDs seen, until they expire, in memory: for one process without a database (tests, tools)."""
 
     def __init__(self):
         self._seen: dict[str, _dt.datetime] = {}
@@ -182,12 +182,13 @@ class XuaAuthenticator:
 
     mode = "xua"
 
-    def __init__(self, config: XuaConfig, now: Callable[[], _dt.datetime] | None = None):
+    def __init__(self, config: XuaConfig, now: Callable[[], _dt.datetime] | None = None, replays=None):
         self.config = config
         self.now = now or (lambda: _dt.datetime.now(_dt.timezone.utc))
         self._verified: dict[bytes, tuple[Principal, _dt.datetime | None]] = {}
         self._lock = threading.Lock()
-        self.replays = ReplayCache()
+        # The composition gives the database's (xds/security/replay.py), shared by every process.
+        self.replays = replays or ReplayCache()
 
     def authenticate(self, headers: list[etree._Element], peer_subject: str | None) -> Principal:
         el = find_assertion(headers)
