@@ -3,6 +3,7 @@ caller's assertion on, which the next hop verifies for signature and validity (n
 from __future__ import annotations
 
 import pytest
+from lxml import etree
 
 from node.server import Services
 from node.transfer import provide_and_register
@@ -18,6 +19,7 @@ from tests.certs import Authority
 
 PID = "HOP1^^^&1.2.250.1.213.1.4.10&ISO"
 REPO = "1.2.250.1.999.3.44"
+REPO_AUDIENCE = "https://repository.example/xds"
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +29,17 @@ def world(tmp_path_factory):
     key, cert, _ = issue.signing_pair(str(folder / "sts"))
     certs = {n: ca.issue(n) for n in ("registry", "repo", "consumer")}
 
-    def settings(name, **kw):
+    def settings(name, audience, **kw):
         c, k = certs[name]
         return Settings(port=0, data=str(folder / name), check_patients=False, settle_interval=0, security="xua",
-                        xua_trust=[cert], xua_audiences=[DEFAULT_AUDIENCE], tls_cert=c, tls_key=k, tls_ca=ca.path,
+                        xua_trust=[cert], xua_audiences=[audience], tls_cert=c, tls_key=k, tls_ca=ca.path,
                         repository_id=REPO, **kw)
 
-    registry = Services(settings("registry", role="registry")).start()
-    registry.registry.store.add_repository(REPO, "https://127.0.0.1:1/unused", "O=XDS test,CN=repo")
-    repository = Services(settings("repo", role="repository", registry_url=registry.url + "/xds/registry")).start()
+    # Each service knows only its own name as an audience, so a pass on the next hop is a hop's pass.
+    registry = Services(settings("registry", DEFAULT_AUDIENCE, role="registry")).start()
+    repository = Services(settings("repo", REPO_AUDIENCE, role="repository", registry_url=registry.url + "/xds/registry",
+                                   xua_systems=["O=XDS test,CN=registry"])).start()
+    registry.registry.store.add_repository(REPO, repository.url + "/xds/repository", "O=XDS test,CN=repo")
     yield {"registry": registry, "repository": repository, "sts": Issuer(key, cert), "ca": ca, "certs": certs}
     repository.stop()
     registry.stop()
@@ -58,13 +62,33 @@ def register_directly(w, who, headers):
                                                                      extra_headers=headers)
 
 
-def test_the_source_s_assertion_travels_with_the_itI42(world):
+def test_the_caller_s_assertion_travels_with_the_iti42_and_the_routed_iti43(world):
     w = world
     sub = builder.simple_submission(PID, 1, register=False)
     pnr, att = provide_and_register(sub, {"Document01": b"hop"})
     reply = client(w, w["repository"].url + "/xds/repository", "consumer").call(
-        C.ACTION_PROVIDE, pnr, attachments=att, extra_headers=[issue.wsse_security(w["sts"].issue("valid"))])
+        C.ACTION_PROVIDE, pnr, attachments=att,
+        extra_headers=[issue.wsse_security(w["sts"].issue("valid", audience=REPO_AUDIENCE))])
     assert status_of(reply) == C.RESPONSE_SUCCESS, reply.raw[:500]
+    # The consumer asks the registry (its assertion names the registry); the registry routes the ITI-43
+    # to the host with the consumer's assertion, which the host takes as a hop's.
+    uid = next(ei.get("value") for ei in sub.iter(f"{{{C.NS_RIM}}}ExternalIdentifier")
+               if ei.get("identificationScheme") == C.DE_UNIQUE_ID)
+    req = etree.Element(C.q(C.NS_XDSB, "RetrieveDocumentSetRequest"), nsmap={"xdsb": C.NS_XDSB})
+    dr = etree.SubElement(req, C.q(C.NS_XDSB, "DocumentRequest"))
+    etree.SubElement(dr, C.q(C.NS_XDSB, "RepositoryUniqueId")).text = REPO
+    etree.SubElement(dr, C.q(C.NS_XDSB, "DocumentUniqueId")).text = uid
+    for audience, expected in ((DEFAULT_AUDIENCE, C.RESPONSE_SUCCESS), (REPO_AUDIENCE, "wsse:FailedAuthentication")):
+        reply = client(w, w["registry"].url + "/xds/registry", "consumer").call(
+            C.ACTION_RETRIEVE, req, use_mtom=True,
+            extra_headers=[issue.wsse_security(w["sts"].issue("valid", audience=audience))])
+        if expected == C.RESPONSE_SUCCESS:
+            rr = reply.body.find(C.q(C.NS_RS, "RegistryResponse"))
+            assert read_response_errors(rr)[0] == C.RESPONSE_SUCCESS, reply.raw[:800]
+            assert reply.mtom and any(p.read_bytes() == b"hop" for p in reply.mtom.parts.values())
+            reply.mtom.cleanup()
+        else:
+            assert status_of(reply) == expected  # the registry itself checks the audience
 
 
 def test_a_known_repository_may_register_as_itself(world):
