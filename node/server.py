@@ -5,6 +5,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 from registry.config import RegistryConfig
 from registry.feed import no_audit
@@ -20,6 +21,8 @@ from .feed import feed_listener, feed_sources
 
 log = logging.getLogger("xds.server")
 
+_SYSTEMS_TTL = 5.0  # seconds the directory's certificate subjects are taken as read
+
 
 class Services:
     """Everything one `xds serve` process runs."""
@@ -32,6 +35,7 @@ class Services:
         _clean_spool(spool)
         self.registry = None
         self.repository = None
+        self._systems: tuple[float, set[str]] = (0.0, set())  # (read again after, subjects): _known_system
         endpoints = []
         if settings.role in ("all", "registry"):
             store = RegistryStore(settings.db_url)
@@ -88,10 +92,18 @@ class Services:
         return self.repository.store.engine if self.repository is not None else None
 
     def _known_system(self, subject: str) -> bool:
-        """A repository host of the registry's directory may send ITI-42 without an assertion (as itself)."""
+        """A repository host of the registry's directory may send ITI-42 without an assertion (as itself).
+
+        Asked for every request over TLS that carries an assertion (is it a hop?), so the directory's
+        subjects are read at most every _SYSTEMS_TTL seconds, not once a request; a host added or removed
+        with `xds repository` counts as such within that time."""
         if self.registry is None:
             return False
-        return any(subj == subject for _, subj in self.registry.store.repositories().values())
+        now = time.monotonic()
+        if now >= self._systems[0]:
+            subjects = {subj for _, subj in self.registry.store.repositories().values() if subj}
+            self._systems = (now + _SYSTEMS_TTL, subjects)
+        return subject in self._systems[1]
 
     @property
     def port(self) -> int:

@@ -83,12 +83,14 @@ class RegistryActor:
 
     def registered_documents(self, req: SoapRequest) -> SoapResponse:
         """The repositories' settlement lookup (registry/lookup.py): as open as ITI-42 is, no more."""
-        allowed = None
-        if self.config.require_known_repositories:
-            subject = req.peer_subject
-            allowed = {uid for uid, (_, subj) in self.store.repositories().items()
-                       if subject is not None and subj == subject}
+        allowed = self.repositories_of(req.peer_subject) if self.config.require_known_repositories else None
         return SoapResponse(registered_documents(self.store, req.body, allowed))
+
+    def repositories_of(self, subject: str | None) -> set[str]:
+        """The repositoryUniqueIds of the directory whose host presents this certificate subject."""
+        if subject is None:
+            return set()
+        return {uid for uid, (_, subj) in self.store.repositories().items() if subj == subject}
 
     def _check_submitter(self, req: SoapRequest) -> None:
         """Only a known repository host may register, and only documents it holds."""
@@ -98,7 +100,7 @@ class RegistryActor:
             log.warning("request %s: ITI-42 from %s refused: no verified client certificate", req.request_id, peer)
             raise XdsException(E.REGISTRY_ERROR, "ITI-42 is accepted only from repository hosts presenting a "
                                "client certificate", "TLS")
-        mine = {uid for uid, (_, subj) in self.store.repositories().items() if subj == subject}
+        mine = self.repositories_of(subject)
         if not mine:
             log.warning("request %s: ITI-42 from %s refused: certificate subject %r is not in the repository "
                         "directory", req.request_id, peer, subject)

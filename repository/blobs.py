@@ -73,10 +73,6 @@ class BlobStore(abc.ABC):
                 size += len(block)
         return size, digest.hexdigest()
 
-    def is_staged(self, staged: Staged) -> bool:
-        """Whether a staged document is still in staging (not yet committed nor discarded)."""
-        return False
-
     def all_locations(self) -> Iterable[str]:
         """Every stored document's location (the consistency check looks for files without rows)."""
         return ()
@@ -206,9 +202,6 @@ class FileSystemBlobStore(BlobStore):
 
     def delete(self, location: str) -> None:
         _unlink(self._path(location))
-
-    def is_staged(self, staged: Staged) -> bool:
-        return os.path.isfile(staged.key)
 
     def all_locations(self) -> Iterable[str]:
         for folder, _, names in os.walk(self.objects):

@@ -86,11 +86,9 @@ class Ledger:
         except XdsException as lookup_failed:
             log.warning("settlement lookup failed, %d documents stay pending: %s", len(pending), lookup_failed)
             return
-        held = [p for p in pending if answer.holds(p.unique_id, p.hash)]
-        if held:
-            log.warning("the registry refused an ITI-42 but holds %d of its documents: committed", len(held))
-            self.commit(held)
-        self.discard([p for p in pending if p not in held])
+        # The answer to a refusal is final: nothing of this ITI-42 can still be committed.
+        if self._apply(pending, answer, final=True) is Outcome.REGISTERED:
+            log.warning("the registry refused an ITI-42 but holds its documents: committed")
 
     def settle_unanswered(self, pending: Sequence[PendingRow], deadline: _dt.datetime, ended: bool = False) -> Outcome:
         """An ITI-42 got no answer: ask the registry until its answer is final, within a bound.

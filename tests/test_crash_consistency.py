@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
 import time
 
 import pytest
@@ -26,9 +25,8 @@ from xds import constants as C
 from xds.client import SoapClient, TransportError
 from xds.ebrim import read_response_errors
 from xds.mtom import href_to_cid
-from tests.test_split_deployment import free_port
+from tests.test_split_deployment import Proc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PID = "CRASH1^^^&1.2.250.1.213.1.4.10&ISO"
 REPO = "1.2.250.1.999.3.77"
 # Short enough for a quick suite; the protocol is the same with the default 30 s.
@@ -36,29 +34,18 @@ TIMINGS = ["--registry-timeout", "2"]
 SETTLE = {"XDS_SETTLE_INTERVAL": "0.3"}
 
 
-class Node:
-    """One `xds serve` process; restartable on the same port and data folder."""
+class Node(Proc):
+    """One `xds serve` process over plain HTTP; restartable on the same port and data folder, with or
+    without a crash point."""
 
     def __init__(self, tmp, name: str, *args: str, db: str | None = None):
+        super().__init__(tmp, name, "--no-patient-check", *args, *(["--db", db] if db else []))
         self.db = db
-        self.data = str(tmp / name)
-        self.log = str(tmp / f"{name}.log")
-        self.port = free_port()
-        self.args = ["serve", "--port", str(self.port), "--data", self.data, "--no-patient-check", *args,
-                     *(["--db", db] if db else [])]
-        self.proc: subprocess.Popen | None = None
 
     def start(self, crash_at: str | None = None) -> "Node":
-        env = {**os.environ, **SETTLE}
-        env.pop("XDS_CRASH_AT", None)
-        if crash_at:
-            env["XDS_CRASH_AT"] = crash_at
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", *self.args], cwd=ROOT, env=env,
-                                         stdout=subprocess.PIPE, stderr=log)
-        line = self.proc.stdout.readline().decode()
-        assert "xds:" in line, open(self.log).read()[-3000:]
-        return self
+        # An empty XDS_CRASH_AT names no point: a restart never inherits the crash.
+        self.env = {**SETTLE, "XDS_CRASH_AT": crash_at or ""}
+        return super().start()
 
     def died(self, timeout: float = 20) -> bool:
         try:
@@ -66,11 +53,6 @@ class Node:
         except subprocess.TimeoutExpired:
             return False
         return True
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
 
     @property
     def url(self) -> str:

@@ -233,29 +233,46 @@ class XuaAuthenticator:
                         "are refused here")
 
     # --- the checks -----------------------------------------------------------------------------
+    noun = "assertion"  # how refusals name the token
+    issuer_format_required = True
+
     def verify(self, el: etree._Element, now: _dt.datetime, hop: bool = False) -> Assertion:
         if el.find(f"{{{NS_DS}}}Signature") is None:
             raise F(F.INVALID_TOKEN, "the assertion is not signed")
-        cert = signer_certificate(el)
-        if not self.config.trust.trusts(cert, now):
-            raise F(F.FAILED_AUTHENTICATION, "the assertion is signed by a certificate that is not in the trust "
-                    "store, nor issued by one in it, or is outside its validity")
-        assertion = Assertion.read(verify_signature(el, cert, self.config.allow_sha1))
+        assertion, _ = self.signed(el, now)
         self.check_claims(assertion, now, hop)
         return assertion
+
+    def signed(self, el: etree._Element, now: _dt.datetime) -> tuple[Assertion, x509.Certificate]:
+        """The assertion as its signature covers it, and the certificate that signed it."""
+        cert = signer_certificate(el)
+        if not self.config.trust.trusts(cert, now):
+            raise F(F.FAILED_AUTHENTICATION, f"the {self.noun} is signed by a certificate that is not in the trust "
+                    "store, nor issued by one in it, or is outside its validity")
+        return Assertion.read(verify_signature(el, cert, self.config.allow_sha1)), cert
+
+    def check_named(self, a: Assertion) -> None:
+        """ID, Issuer (and its Format where the profile asks), NameID."""
+        if not a.id:
+            raise F(F.INVALID_TOKEN, f"the {self.noun} has no ID")
+        if not a.issuer:
+            raise F(F.INVALID_TOKEN, f"the {self.noun} has no Issuer")
+        if self.issuer_format_required and not a.issuer_format:
+            # XUA's Issuer names the X-Assertion Provider in a stated form (X509SubjectName, emailAddress, ...).
+            raise F(F.INVALID_TOKEN, "the assertion's Issuer has no Format")
+        if not a.name_id:
+            raise F(F.INVALID_TOKEN, f"the {self.noun} has no Subject/NameID")
+
+    def check_window(self, a: Assertion, now: _dt.datetime, skew: _dt.timedelta) -> None:
+        if a.not_before is not None and now + skew < a.not_before:
+            raise F(F.FAILED_AUTHENTICATION, f"the {self.noun} is not valid yet (Conditions/@NotBefore)")
+        if a.not_on_or_after is not None and now >= a.not_on_or_after + skew:
+            raise F(F.FAILED_AUTHENTICATION, f"the {self.noun} has expired (Conditions/@NotOnOrAfter)")
 
     def check_claims(self, a: Assertion, now: _dt.datetime, hop: bool = False) -> None:
         c = self.config
         skew = _dt.timedelta(seconds=c.clock_skew)
-        if not a.id:
-            raise F(F.INVALID_TOKEN, "the assertion has no ID")
-        if not a.issuer:
-            raise F(F.INVALID_TOKEN, "the assertion has no Issuer")
-        if not a.issuer_format:
-            # XUA's Issuer names the X-Assertion Provider in a stated form (X509SubjectName, emailAddress, ...).
-            raise F(F.INVALID_TOKEN, "the assertion's Issuer has no Format")
-        if not a.name_id:
-            raise F(F.INVALID_TOKEN, "the assertion has no Subject/NameID")
+        self.check_named(a)
         if a.name_id_format is not None and ":" not in a.name_id_format:
             raise F(F.INVALID_TOKEN, "the NameID's Format is not a URI")
         # XUA (ITI TF-2 3.40.4.1.2) confirms the subject: bearer, holder-of-key or sender-vouches.
@@ -266,10 +283,7 @@ class XuaAuthenticator:
             raise F(F.INVALID_TOKEN, "the assertion has no IssueInstant")
         if a.issue_instant > now + skew:
             raise F(F.FAILED_AUTHENTICATION, "the assertion's IssueInstant is in the future")
-        if a.not_before is not None and now + skew < a.not_before:
-            raise F(F.FAILED_AUTHENTICATION, "the assertion is not valid yet (Conditions/@NotBefore)")
-        if a.not_on_or_after is not None and now >= a.not_on_or_after + skew:
-            raise F(F.FAILED_AUTHENTICATION, "the assertion has expired (Conditions/@NotOnOrAfter)")
+        self.check_window(a, now, skew)
         if a.audiences is not None and not hop:
             if not c.audiences:
                 raise F(F.FAILED_AUTHENTICATION, "the assertion restricts its audience and this server has no "
