@@ -7,6 +7,8 @@ import signal
 import threading
 import time
 
+from registry.access import AccessStore
+from registry.admin import PREFIX as ADMIN_PREFIX, AccessAdmin
 from registry.config import RegistryConfig
 from registry.feed import no_audit
 from registry.service import RegistryActor
@@ -15,6 +17,9 @@ from repository.service import RepositoryActor
 from xds.app import AppConfig, XdsApp
 from xds.cheroot_adapter import HttpServer
 from xds.security import modes
+from xds.security.callers import CallerRules
+from xds.security.matrix import load_matrix
+from xds.security.policy import Matrix, Rules
 from xds.settings import Settings
 
 from .feed import feed_listener, feed_sources
@@ -44,19 +49,25 @@ class Services:
                 check_patients=settings.check_patients, max_query_results=settings.max_query_results,
                 keep_extra_metadata=settings.keep_extra_metadata, profile=settings.profile,
                 require_known_repositories=settings.require_known_repositories,
-                route_retrieve=settings.route_retrieve, forward_timeout=settings.forward_timeout),
+                route_retrieve=settings.route_retrieve, forward_timeout=settings.forward_timeout,
+                policy=policy_rules(settings), callers=CallerRules.from_settings(settings)),
                 client_ssl_context=settings.client_ssl_context(), spool_dir=spool,
                 max_document_bytes=settings.max_document_bytes)
             endpoints.append(self.registry.endpoint())
         if settings.role in ("all", "repository"):
             self.repository = RepositoryActor.from_settings(settings, self.registry)
             endpoints.append(self.repository.endpoint())
+        authenticator = modes.authenticator(settings, self._known_system, self._database())
+        routes = {}
+        if self.registry is not None:
+            # The administration interface of the patients' access states (registry/admin.py).
+            routes[ADMIN_PREFIX] = AccessAdmin(AccessStore(self.registry.store), authenticator,
+                                               CallerRules.from_settings(settings))
         self.app = XdsApp(endpoints, AppConfig(spool_dir=spool, max_request_bytes=settings.max_request_bytes,
                                                max_document_bytes=settings.max_document_bytes,
                                                base_url=settings.base_url, mime_bare_lf=settings.mime_bare_lf,
-                                               authenticator=modes.authenticator(settings, self._known_system,
-                                                                                 self._database())),
-                          health=lambda: {"role": settings.role})
+                                               authenticator=authenticator),
+                          health=lambda: {"role": settings.role}, routes=routes)
         self.http: HttpServer | None = None
         self.mllp = None
         self.feed_sources = feed_sources(settings) if self.registry is not None and settings.mllp_port is not None \
@@ -123,6 +134,16 @@ class Services:
             self.repository.close()  # its settlement job
         if self.registry is not None:
             self.registry.close()  # then the threads it forwards ITI-43 on
+
+
+def policy_rules(settings: Settings) -> Rules:
+    """The access policy's rule set: the DMP's exactly when profile = dmp and security = vihf."""
+    dmp = settings.profile == "dmp" and settings.security == "vihf"
+    matrix = load_matrix(settings.habilitation_matrix) if settings.habilitation_matrix else None
+    if matrix is not None and not matrix.official:
+        log.warning("habilitation_matrix %s says it is not the official matrix (official = false)",
+                    settings.habilitation_matrix)
+    return Rules(dmp=dmp, matrix=matrix or Matrix(), check_resource_id=settings.security == "vihf")
 
 
 def serve(settings: Settings) -> None:

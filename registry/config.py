@@ -1,7 +1,10 @@
 """Per-deployment switches of the registry actor."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from xds.security.callers import CallerRules
+from xds.security.policy import Rules
 
 
 @dataclass
@@ -21,3 +24,6 @@ class RegistryConfig:
     route_retrieve: bool = True
     # Seconds to wait for a repository host when forwarding ITI-43.
     forward_timeout: float = 30.0
+    # The access policy (xds/security/policy.py): the rule set, and who counts as administrator or patient.
+    policy: Rules = field(default_factory=Rules)
+    callers: CallerRules = field(default_factory=CallerRules)

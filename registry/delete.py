@@ -14,8 +14,10 @@ from xds import constants as C
 from xds import errors as E
 from xds.constants import last_segment
 from xds.errors import ErrorList, XdsException
+from xds.security import policy as P
 from . import schema as S
 from .checks import now_dtm
+from .guard import RegistryGuard, admin_guard
 from .store import AssociationRow, ObjectRow, RegistryStore
 
 log = logging.getLogger(__name__)
@@ -27,11 +29,13 @@ _REQUEST_SLOTS = C.q(C.NS_RS, "RequestSlotList")
 _DELETE_ALL = "urn:oasis:names:tc:ebxml-regrep:DeletionScopeType:DeleteAll"
 
 
-def delete_document_set(store: RegistryStore, request: etree._Element) -> None:
-    """Remove every object the RemoveObjectsRequest names, or none; raises XdsException on failure."""
+def delete_document_set(store: RegistryStore, request: etree._Element, guard: RegistryGuard | None = None) -> None:
+    """Remove every object the RemoveObjectsRequest names, or none; raises XdsException on failure.
+    guard: the access policy of the request; None is the administrator."""
     ids = read_object_refs(request)
+    guard = guard or admin_guard()
     with store.transaction() as conn:
-        _Removal(store, conn, ids).run()
+        _Removal(guard.hiding(store, conn, ids), conn, ids, guard).run()
 
 
 def read_object_refs(request: etree._Element) -> list[str]:
@@ -86,8 +90,8 @@ def read_object_refs(request: etree._Element) -> list[str]:
 
 
 class _Removal:
-    def __init__(self, store: RegistryStore, conn, ids: list[str]):
-        self.store, self.conn, self.ids = store, conn, ids
+    def __init__(self, store: RegistryStore, conn, ids: list[str], guard: RegistryGuard):
+        self.store, self.conn, self.ids, self.guard = store, conn, ids, guard
         self.removing = set(ids)
         self.errors = ErrorList(E.REGISTRY_ERROR)
 
@@ -98,6 +102,8 @@ class _Removal:
                 self.errors.add(f"ObjectRef {i} names no DocumentEntry, SubmissionSet, Folder or Association "
                                 f"in the registry", i, E.UNRESOLVED_REFERENCE)
         self.errors.raise_if_errors()
+        # An association is removed by whoever may remove the object it starts from.
+        self.guard.check_change(self.conn, set(objs) | {a.source for a in assocs.values()}, P.DELETE)
 
         ends = {end for a in assocs.values() for end in (a.source, a.target)} - self.removing
         # One lookup answers both questions: who still points at what we remove, and at what we keep.

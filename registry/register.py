@@ -18,22 +18,27 @@ from xds.constants import last_segment
 from xds.ebrim import assign_uuids, named_as_sent, parse_submission
 from xds.errors import ErrorList, XdsError, XdsException
 from xds.model import Association, DocumentEntry, Folder, Submission, SubmissionSet
+from xds.security import policy as P
 from xds.validation import Mode, validate_submission
 from . import schema as S
 from .checks import Reference, SubmissionChecks, new_association, now_dtm
 from .config import RegistryConfig
+from .guard import RegistryGuard, admin_guard, named_ids
 from .store import ObjectRow, RegistryStore
 
 log = logging.getLogger(__name__)
 
 
 def register(store: RegistryStore, request: etree._Element, config: RegistryConfig,
-             mode: Mode = Mode.REGISTER, commit_before: _dt.datetime | None = None) -> list[XdsError]:
+             mode: Mode = Mode.REGISTER, commit_before: _dt.datetime | None = None,
+             guard: RegistryGuard | None = None) -> list[XdsError]:
     """Register a SubmitObjectsRequest. Returns warnings; raises XdsException on failure.
 
     commit_before: the instant after which the sender (a repository) may settle this submission as
     not registered; past it the transaction is rolled back instead of committed.
+    guard: the access policy of the request (registry/guard.py); None is the administrator.
     """
+    guard = guard or admin_guard()
     sub, found = read_submission(request, config, mode)
     if sub.object_refs:
         found.add("ObjectRef elements are not registered by ITI-42", sub.object_refs[0])
@@ -41,7 +46,8 @@ def register(store: RegistryStore, request: etree._Element, config: RegistryConf
     warnings, submitted_uuids = prepare_for_storage(sub, config)
     try:
         with store.transaction() as conn:
-            _Registration(store, conn, sub, config, submitted_uuids).run()
+            view = guard.hiding(store, conn, named_ids(sub))
+            _Registration(view, conn, sub, config, submitted_uuids, guard).run()
             faults.point("registry-stored")
             # Checked last, with the uniqueIds locked: a settlement lookup, which takes the same locks,
             # sees this submission committed, or knows it never will be.
@@ -99,9 +105,9 @@ class _Registration:
     """ITI-42's rules that need the registry's state, then its writes, in the one transaction."""
 
     def __init__(self, store: RegistryStore, conn, sub: Submission, config: RegistryConfig,
-                 submitted_uuids: list[str]):
+                 submitted_uuids: list[str], guard: RegistryGuard):
         self.checks = SubmissionChecks(store, conn, sub, config, submitted_uuids)
-        self.store, self.conn, self.sub = store, conn, sub
+        self.store, self.conn, self.sub, self.guard = store, conn, sub, guard
         self.errors = self.checks.errors
         self.local = self.checks.local
         self.ss: SubmissionSet = self.checks.ss
@@ -115,18 +121,35 @@ class _Registration:
         self.checks.patient_known()
         self.checks.unique_ids(entries, holders)
         self.errors.raise_if_errors()
+        self.guard.check_feed(self.conn, {o.patient_id for o in entries if o.patient_id}, self.ss.id)
         refs = self.checks.resolve_references()
         self.errors.raise_if_errors()
         self._association_rules(refs)
         self.errors.raise_if_errors()
+        self.guard.check_change(self.conn, *self._changed(refs))
         deprecate, touched = self._lifecycle(refs)
         self.errors.raise_if_errors()
 
-        self.store.insert_submission(self.conn, entries, self.sub.associations + self.new_associations, self.now)
+        self.store.insert_submission(self.conn, entries, self.sub.associations + self.new_associations, self.now,
+                                     origin=self.guard.origin())
         if deprecate:
             self.store.set_status(self.conn, deprecate, C.STATUS_DEPRECATED)
         if touched:
             self.store.touch_folders(self.conn, touched, self.now)
+
+    def _changed(self, refs: dict[str, Reference]) -> tuple[dict[str, str], dict[str, str]]:
+        """Registered objects this submission changes, with how (for the access policy) and where: the
+        targets of relationships (RPLC, APND, XFRM, ...) and the Folders it adds members to."""
+        ops: dict[str, str] = {}
+        where: dict[str, str] = {}
+        for a in self.sub.associations:
+            target, source = refs.get(a.target), refs.get(a.source)
+            if a.type in C.RELATIONSHIP_TYPES and isinstance(target, ObjectRow):
+                ops[target.id], where[target.id] = P.REPLACE, a.id
+            elif a.type == C.ASSOC_HAS_MEMBER and isinstance(source, ObjectRow) and source.kind == S.KIND_FOLDER:
+                ops.setdefault(source.id, P.UPDATE)
+                where.setdefault(source.id, a.id)
+        return ops, where
 
     # --- ITI-42's own registry-state rules ----------------------------------------------------
     def _association_rules(self, refs: dict[str, Reference]) -> None:

@@ -76,18 +76,30 @@ class RetrieveRouter:
         self._pool.shutdown(wait=True)
         self._connections.close()
 
-    def retrieve(self, req: SoapRequest) -> SoapResponse:
+    def retrieve(self, req: SoapRequest, guard=None) -> SoapResponse:
+        """guard: the access policy of the request (registry/guard.py): a document it withholds is answered
+        as the host answers one it does not hold, and is never asked for."""
         items = read_requests(req.body)
         directory = self.store.repositories()
         errors: list[XdsError] = []
         groups: dict[str, list[tuple[str | None, str]]] = {}
+        allowed = None
+        if guard is not None:
+            with self.store.reading() as conn:
+                allowed = guard.retrievable(conn, [uid for _, repo, uid in items if repo in directory])
+        withheld = []
         for home, repo, uid in items:
             if repo not in directory:
                 errors.append(XdsError(E.UNKNOWN_REPOSITORY_ID, f"RepositoryUniqueId {repo} (asked for document "
                                        f"{uid}) is not in this registry's repository directory", repo))
+            elif allowed is not None and uid not in allowed:
+                # The words of repository/retrieve.py for a document the host does not hold.
+                withheld.append(XdsError(E.DOCUMENT_UNIQUE_ID_ERROR,
+                                         f"document {uid} is not stored in repository {repo}", uid))
             else:
                 groups.setdefault(repo, []).append((home, uid))
         replies = self._forward_all(groups, directory, req.request_id, req.security_to_pass_on())
+        errors += withheld
         cleanup = _run_all([r.cleanup for r in replies if r.cleanup is not None])
         try:
             answers, attachments = [], []

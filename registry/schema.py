@@ -38,6 +38,14 @@ registry_object = Table(
     Column("unique_id", String(300)),
     Column("seq", BigInteger, REG_SEQ, nullable=False),  # registration order, for stable answers
     Column("xml", Text, nullable=False),
+    # Who submitted the first version, and when (epoch seconds), kept by every later version: the
+    # access policy's "submitter" (who may change it) and "author" (MASQUE_PS), and when INVISIBLE_PATIENT
+    # lapses (one month later, precomputed so that queries compare a column). NULL: registered before
+    # these were recorded; only an administrator changes such objects.
+    Column("origin_org", String(256)),
+    Column("origin_person", String(256)),
+    Column("origin_time", BigInteger),
+    Column("reveal_at", BigInteger),
     Index("ix_reg_object_patient", "patient_id", "kind", "status"),
     Index("ix_reg_object_unique", "unique_id"),
     Index("ix_reg_object_lid", "lid", "version"),
@@ -133,6 +141,31 @@ repository_directory = Table(
     Column("retrieve_url", String(1024), nullable=False),
     Column("cert_subject", String(1024)),
     Index("ix_repository_directory_subject", "cert_subject"),
+)
+
+# The patient's access state (the access policy, xds/security/policy.py): one row per patient that has
+# any, and the professionals they authorised or blocked and their legal representatives.
+access_state = Table(
+    "acc_patient", metadata,
+    Column("patient_id", String(256), primary_key=True),
+    Column("closed", Boolean, nullable=False, default=False),
+    Column("minor", Boolean, nullable=False, default=False),
+    Column("treating_doctor", String(256)),
+    Column("object_break_glass", Boolean, nullable=False, default=False),
+    Column("object_centre_15", Boolean, nullable=False, default=False),
+    Column("updated", BigInteger, nullable=False),
+)
+
+ACCESS_AUTHORISED, ACCESS_BLOCKED, ACCESS_REPRESENTATIVE = "authorised", "blocked", "representative"
+access_person = Table(
+    "acc_person", metadata,
+    Column("patient_id", String(256), nullable=False),
+    Column("person", String(256), nullable=False),
+    Column("relation", String(16), nullable=False),   # authorised | blocked | representative
+    Column("since", BigInteger),
+    Column("until", BigInteger),
+    Column("updated", BigInteger, nullable=False),
+    Index("ix_acc_person_key", "patient_id", "relation", "person", unique=True),
 )
 
 # A single-row counter for registration order; portable across SQLite and PostgreSQL.

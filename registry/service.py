@@ -11,7 +11,9 @@ from xds.app import Endpoint, Operation, SoapRequest, SoapResponse
 from xds.ebrim import adhoc_query_response, registry_response
 from xds.errors import XdsException
 from xds.registered import parse_utc
+from xds.security.callers import caller_of
 from .config import RegistryConfig
+from .guard import RegistryGuard
 from .lookup import registered_documents
 from .register import register
 from .store import RegistryStore
@@ -44,7 +46,14 @@ class RegistryActor:
         self._router = None  # the ITI-43 RetrieveRouter, made with the first operations() that routes
 
     def endpoint(self, path: str = "/xds/registry") -> Endpoint:
-        return Endpoint(path, self.operations(), wsdl="registry.wsdl")
+        return Endpoint(path, self.operations(), wsdl="registry.wsdl", policy_for=self.guard_for)
+
+    def guard_for(self, req: SoapRequest) -> RegistryGuard:
+        """The access policy of one request (the pipeline's authorise layer)."""
+        return RegistryGuard(caller_of(req.principal, self.config.callers), self.config.policy, self.store)
+
+    def _guard(self, req: SoapRequest) -> RegistryGuard:
+        return req.policy if isinstance(req.policy, RegistryGuard) else self.guard_for(req)
 
     def operations(self) -> dict[str, Operation]:
         ops = {
@@ -63,7 +72,9 @@ class RegistryActor:
             if self._router is None:
                 self._router = RetrieveRouter(self.store, self.config.forward_timeout, self.client_ssl_context,
                                               self.spool_dir, self.max_document_bytes)
-            ops[C.ACTION_RETRIEVE] = Operation(self._router.retrieve, C.response_action(C.ACTION_RETRIEVE),
+            router = self._router
+            ops[C.ACTION_RETRIEVE] = Operation(lambda req: router.retrieve(req, self._guard(req)),
+                                               C.response_action(C.ACTION_RETRIEVE),
                                                error_payload=lambda errors: retrieve_response(errors),
                                                mtom_response=True)
         return ops
@@ -78,7 +89,7 @@ class RegistryActor:
             self._check_submitter(req)
         deadline = req.envelope.header(C.COMMIT_DEADLINE)
         commit_before = parse_utc(deadline.text, "CommitDeadline") if deadline is not None else None
-        warnings = register(self.store, req.body, self.config, commit_before=commit_before)
+        warnings = register(self.store, req.body, self.config, commit_before=commit_before, guard=self._guard(req))
         return SoapResponse(registry_response(warnings))
 
     def registered_documents(self, req: SoapRequest) -> SoapResponse:
@@ -120,17 +131,26 @@ class RegistryActor:
     def delete(self, req: SoapRequest) -> SoapResponse:
         from .delete import delete_document_set
 
-        delete_document_set(self.store, req.body)
+        delete_document_set(self.store, req.body, self._guard(req))
         return SoapResponse(registry_response())
 
     def update(self, req: SoapRequest) -> SoapResponse:
         from .update import update_document_set
 
-        return SoapResponse(registry_response(update_document_set(self.store, req.body, self.config)))
+        return SoapResponse(registry_response(update_document_set(self.store, req.body, self.config,
+                                                                  self._guard(req))))
 
-    def register_element(self, request, commit_before=None) -> list:
-        """In-process ITI-42, for a repository running in the same process."""
-        return register(self.store, request, self.config, commit_before=commit_before)
+    def register_element(self, request, commit_before=None, principal=None) -> list:
+        """In-process ITI-42, for a repository running in the same process: principal is the ITI-41 caller's."""
+        guard = RegistryGuard(caller_of(principal, self.config.callers), self.config.policy, self.store) \
+            if principal is not None else None
+        return register(self.store, request, self.config, commit_before=commit_before, guard=guard)
+
+    def retrievable(self, principal, unique_ids: list[str]) -> set[str]:
+        """For a repository in the same process: which of these documents the caller may retrieve."""
+        guard = RegistryGuard(caller_of(principal, self.config.callers), self.config.policy, self.store)
+        with self.store.reading() as conn:
+            return guard.retrievable(conn, unique_ids)
 
     def registered_element(self, request) -> etree._Element:
         """In-process settlement lookup, for a repository running in the same process."""
@@ -139,7 +159,7 @@ class RegistryActor:
     def query(self, req: SoapRequest) -> SoapResponse:
         from .query import stored_query
 
-        return SoapResponse(stored_query(self.store, req.body, self.config))
+        return SoapResponse(stored_query(self.store, req.body, self.config, self._guard(req)))
 
     def feed_handler(self):
         from .feed import feed_handler

@@ -1,8 +1,9 @@
 """The registry's storage: RegistryStore, and the stored queries' SQL.
 
-The storage layer is this module with registry.query.filters and registry.query.queries (the
-ITI-18 SQL, which runs on a reading connection opened here); it alone reads and writes the
-registry tables (registry.schema). The transactions (register, update, delete, route, the
+The storage layer is this module with registry.query.filters, registry.query.queries and
+registry.query.scope (the ITI-18 SQL, which runs on a reading connection opened here), and
+registry.access (the patients' access states); it alone reads and writes the registry tables
+(registry.schema). The transactions (register, update, delete, route, the
 patient feed, and the ITI-18 handler in registry.query) reach the database through
 RegistryStore, or, for ITI-18, through the query functions; they take nothing else from
 registry.schema than its KIND_* constants. tests/test_registry_layout.py checks this.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -295,30 +297,114 @@ class RegistryStore:
             out += [AssociationRow(*r) for r in conn.execute(q)]
         return out
 
+    # --- what the access policy reads (registry/guard.py) -------------------------------------
+    def policy_facts(self, conn: Connection, ids: Iterable[str]) -> dict:
+        """The access policy's view of registry objects (xds.security.policy.Document), by id."""
+        from xds.security.policy import Document
+
+        t, d, oc = S.registry_object, S.doc_entry, S.object_code
+        out: dict = {}
+        codes: dict[str, set[str]] = {}
+        for part in chunks(sorted(set(ids))):
+            q = (select(t.c.id, t.c.kind, t.c.patient_id, t.c.origin_org, t.c.origin_person, t.c.reveal_at,
+                        d.c.type_code).select_from(t.outerjoin(d, d.c.id == t.c.id)).where(t.c.id.in_(part)))
+            rows = conn.execute(q).all()
+            for r in conn.execute(select(oc.c.object_id, oc.c.code).where(
+                    oc.c.object_id.in_(part), oc.c.scheme == C.DE_CONFIDENTIALITY_CODE)):
+                codes.setdefault(r.object_id, set()).add(r.code)
+            for r in rows:
+                out[r.id] = Document(r.patient_id, r.kind, r.type_code, frozenset(codes.get(r.id, ())),
+                                     r.origin_org, r.origin_person, r.reveal_at)
+        return out
+
+    def ids_and_lids(self, conn: Connection, ids: Iterable[str]) -> dict[str, str]:
+        """Objects whose id or logical id is among ids: id -> lid."""
+        t = S.registry_object
+        out = {}
+        for part in chunks(sorted(set(ids))):
+            for r in conn.execute(select(t.c.id, t.c.lid).where(or_(t.c.id.in_(part), t.c.lid.in_(part)))):
+                out[r.id] = r.lid
+        return out
+
+    def association_ends(self, conn: Connection, ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        t = S.association
+        out = {}
+        for part in chunks(sorted(set(ids))):
+            for r in conn.execute(select(t.c.id, t.c.source, t.c.target).where(t.c.id.in_(part))):
+                out[r.id] = (r.source, r.target)
+        return out
+
+    def newest_documents(self, conn: Connection, unique_ids: Iterable[str]) -> dict[str, str]:
+        """uniqueId -> the id of its newest DocumentEntry version."""
+        t = S.registry_object
+        out: dict[str, tuple[int, str]] = {}
+        for part in chunks(sorted(set(unique_ids))):
+            for r in conn.execute(select(t.c.id, t.c.unique_id, t.c.version).where(
+                    t.c.unique_id.in_(part), t.c.kind == S.KIND_DOCUMENT_ENTRY)):
+                if r.unique_id not in out or out[r.unique_id][0] < r.version:
+                    out[r.unique_id] = (r.version, r.id)
+        return {u: i for u, (_, i) in out.items()}
+
+    def patients_of(self, conn: Connection, refs: Iterable[str]) -> set[str]:
+        """The patients of the objects whose id, uniqueId or logical id is among refs."""
+        t = S.registry_object
+        out: set[str] = set()
+        for part in chunks(sorted(set(refs))):
+            q = select(t.c.patient_id).where(or_(t.c.id.in_(part), t.c.unique_id.in_(part),
+                                                 t.c.lid.in_(part))).distinct()
+            out |= {r.patient_id for r in conn.execute(q) if r.patient_id}
+        return out
+
     # --- writes ------------------------------------------------------------------------------
     def insert_submission(self, conn: Connection, objects: Sequence[RegistryObject],
                           associations: Sequence[Association], now: str,
-                          versions: Mapping[str, int] | None = None) -> None:
+                          versions: Mapping[str, int] | None = None,
+                          origin: tuple[str | None, str | None] = (None, None),
+                          inherits: Mapping[str, str] | None = None) -> None:
         """Insert Approved registry objects (DocumentEntries, SubmissionSets, Folders) and associations
         with their index rows, numbered in registration order, objects first, in one batch.
 
         now: the lastUpdateTime of new Folders. versions: the version number of each object that is
         a new version of a registered logical id (ITI-57), by id; every other object is version 1.
+        origin: the submitter (organisation, person) recorded with new objects, now; inherits: new version id
+        -> the version it follows, whose origin it keeps (the access policy's submitter and author).
         """
         seq = self.next_seq(conn, len(objects) + len(associations))
-        self.write(conn, self._object_rows(objects, seq, now, versions or {}) + self._association_rows(
+        origins = self._origins(conn, objects, origin, inherits or {})
+        self.write(conn, self._object_rows(objects, seq, now, versions or {}, origins) + self._association_rows(
             associations, None if seq is None else seq + len(objects)))
 
     @staticmethod
+    def _origins(conn: Connection, objects: Sequence[RegistryObject], origin: tuple[str | None, str | None],
+                 inherits: Mapping[str, str]) -> dict[str, dict]:
+        from xds.security.policy import one_month_after
+
+        t = S.registry_object
+        at = int(time.time())
+        fresh = dict(origin_org=origin[0], origin_person=origin[1], origin_time=at,
+                     reveal_at=int(one_month_after(at)))
+        out = {o.id: fresh for o in objects if o.id not in inherits}
+        previous = sorted(set(inherits.values()))
+        found = {}
+        for part in chunks(previous):
+            for r in conn.execute(select(t.c.id, t.c.origin_org, t.c.origin_person, t.c.origin_time, t.c.reveal_at)
+                                  .where(t.c.id.in_(part))):
+                found[r.id] = dict(origin_org=r.origin_org, origin_person=r.origin_person,
+                                   origin_time=r.origin_time, reveal_at=r.reveal_at)
+        for new, old in inherits.items():
+            out[new] = found.get(old, dict(origin_org=None, origin_person=None, origin_time=None, reveal_at=None))
+        return out
+
+    @staticmethod
     def _object_rows(objs: Sequence[RegistryObject], seq0: int | None, now: str,
-                     versions: Mapping[str, int]) -> list[tuple[Table, list[dict]]]:
+                     versions: Mapping[str, int], origins: Mapping[str, dict]) -> list[tuple[Table, list[dict]]]:
         obj_rows, de_rows, ss_rows, fd_rows, code_rows, author_rows, ref_rows = [], [], [], [], [], [], []
         for i, o in enumerate(objs):
             kind = {DocumentEntry: S.KIND_DOCUMENT_ENTRY, SubmissionSet: S.KIND_SUBMISSION_SET,
                     Folder: S.KIND_FOLDER}[type(o)]
             obj_rows.append(dict(id=o.id, lid=o.lid or o.id, version=versions.get(o.id, 1), kind=kind,
                                  status=C.STATUS_APPROVED, patient_id=o.patient_id, unique_id=o.unique_id,
-                                 xml=stored_xml(o)))
+                                 xml=stored_xml(o), **origins[o.id]))
             if seq0 is not None:
                 obj_rows[-1]["seq"] = seq0 + i
             if isinstance(o, DocumentEntry):

@@ -16,10 +16,12 @@ from xds.constants import last_segment
 from xds.ebrim import named_as_sent
 from xds.errors import XdsError, XdsException
 from xds.model import Association, DocumentEntry, Submission
+from xds.security import policy as P
 from xds.validation import Mode
 from . import schema as S
 from .checks import Reference, SubmissionChecks, new_association, now_dtm
 from .config import RegistryConfig
+from .guard import RegistryGuard, admin_guard, named_ids
 from .register import prepare_for_storage, read_submission
 from .store import AssociationRow, ObjectRow, RegistryStore
 from .update_ops import AddedAssociation, NewVersion, Operations, StatusChange, read_operations
@@ -27,15 +29,19 @@ from .update_ops import AddedAssociation, NewVersion, Operations, StatusChange, 
 log = logging.getLogger(__name__)
 
 
-def update_document_set(store: RegistryStore, request: etree._Element, config: RegistryConfig) -> list[XdsError]:
-    """Apply every operation of the SubmitObjectsRequest, or none. Returns warnings; raises XdsException."""
+def update_document_set(store: RegistryStore, request: etree._Element, config: RegistryConfig,
+                        guard: RegistryGuard | None = None) -> list[XdsError]:
+    """Apply every operation of the SubmitObjectsRequest, or none. Returns warnings; raises XdsException.
+    guard: the access policy of the request; None is the administrator."""
+    guard = guard or admin_guard()
     sub, found = read_submission(request, config, Mode.UPDATE)
     found.raise_if_errors()
     ops = read_operations(sub)
     warnings, submitted_uuids = prepare_for_storage(sub, config)
     try:
         with store.transaction() as conn:
-            _Update(store, conn, sub, config, submitted_uuids, ops).run()
+            view = guard.hiding(store, conn, named_ids(sub))
+            _Update(view, conn, sub, config, submitted_uuids, ops, guard).run()
     except XdsException as exc:
         raise XdsException.of(named_as_sent(sub, exc.errors)) from None
     return warnings + found.warnings
@@ -47,9 +53,11 @@ class _Update:
     references, one patient per association) are those of registry.checks."""
 
     def __init__(self, store: RegistryStore, conn, sub: Submission, config: RegistryConfig,
-                 submitted_uuids: list[str], ops: Operations):
+                 submitted_uuids: list[str], ops: Operations, guard: RegistryGuard):
         self.checks = SubmissionChecks(store, conn, sub, config, submitted_uuids)
-        self.store, self.conn, self.sub, self.ops = store, conn, sub, ops
+        self.store, self.conn, self.sub, self.ops, self.guard = store, conn, sub, ops, guard
+        self.changes: dict[str, str] = {}   # registered object -> how this message changes it (access policy)
+        self.change_at: dict[str, str] = {}
         self.errors = self.checks.errors
         self.ss = self.checks.ss
         self.now = now_dtm()
@@ -83,7 +91,13 @@ class _Update:
         for a in self.sub.associations:
             self.checks.same_patient(a, refs)
         self.errors.raise_if_errors()
+        self.guard.check_change(self.conn, self.changes, self.changes, self.change_at)
         self._write()
+
+    def _changes(self, oid: str, op: str, where: str) -> None:
+        if self.changes.get(oid) != P.DELETE:
+            self.changes[oid] = op
+            self.change_at[oid] = where
 
     def _lock(self) -> None:
         """Serialise with other updates of the same version chains, associations and object pairs until
@@ -123,6 +137,7 @@ class _Update:
             self.errors.add(f"{what} has objectType {obj.object_type}, but logical id {obj.lid} has objectType "
                             f"{entry_type}; an update keeps the objectType", obj.id, E.METADATA_UPDATE_ERROR)
         self.new_versions[obj.id] = row.version + 1
+        self._changes(row.id, P.UPDATE, obj.id)
         self.renamed[row.id] = obj.id
         self.deprecate.add(row.id)
 
@@ -183,9 +198,11 @@ class _Update:
                                 f"only its latest version ({newest.version}, {newest.id}) may change status", where,
                                 E.METADATA_UPDATE_ERROR)
             changes = self.object_status
+            self._changes(target.id, P.DELETE if s.new.endswith(":Deleted") else P.UPDATE, where)
         elif isinstance(target, AssociationRow):
             self._association_status_allowed(s, target)
             changes = self.association_status
+            self._changes(target.source, P.UPDATE, where)
         else:
             return  # unresolved: reported already
         if target.status != s.original:
@@ -229,6 +246,7 @@ class _Update:
         if len(ends) != 2:
             return
         source, target = ends
+        self._changes(source.id, P.UPDATE, where)
         if a.type == C.ASSOC_HAS_MEMBER:
             if source.kind != S.KIND_FOLDER or target.kind != S.KIND_DOCUMENT_ENTRY:
                 self.errors.add(f"{name} must go from a Folder to a DocumentEntry, not from a "
@@ -247,7 +265,8 @@ class _Update:
     def _write(self) -> None:
         entries = [self.ss] + [v.obj for v in self.ops.versions]
         self.store.insert_submission(self.conn, entries, self.sub.associations + self.new_associations, self.now,
-                                     versions=self.new_versions)
+                                     versions=self.new_versions, origin=self.guard.origin(),
+                                     inherits={new: old for old, new in self.renamed.items()})
         if self.deprecate:
             self.store.set_status(self.conn, self.deprecate, C.STATUS_DEPRECATED)
         for status in set(self.object_status.values()):

@@ -23,10 +23,10 @@ class RegistryUnanswered(XdsException):
 
 class RegistryLink(Protocol):
     def register(self, request: etree._Element, commit_before: _dt.datetime,
-                 forward: Sequence[etree._Element] = ()) -> list[XdsError]:
+                 forward: Sequence[etree._Element] = (), principal=None) -> list[XdsError]:
         """Register a SubmitObjectsRequest: warnings on Success; RegistryUnanswered when the outcome is
         unknown; XdsException when the registry refused it. forward: SOAP headers passed on (the
-        caller's wsse:Security)."""
+        caller's wsse:Security); principal: the ITI-41 caller, for a registry in the same process."""
 
     def registered(self, repository_id: str, unique_ids: Sequence[str] = (), after: str | None = None,
                    limit: int | None = None) -> Registered:
@@ -41,9 +41,9 @@ class InProcessRegistry:
         self.actor = actor
 
     def register(self, request: etree._Element, commit_before: _dt.datetime,
-                 forward: Sequence[etree._Element] = ()) -> list[XdsError]:
-        # The caller was authenticated by this very process: nothing to pass on.
-        return self.actor.register_element(request, commit_before)
+                 forward: Sequence[etree._Element] = (), principal=None) -> list[XdsError]:
+        # The caller was authenticated by this very process: its principal goes to the registry's policy.
+        return self.actor.register_element(request, commit_before, principal)
 
     def registered(self, repository_id: str, unique_ids: Sequence[str] = (), after: str | None = None,
                    limit: int | None = None) -> Registered:
@@ -58,7 +58,7 @@ class RemoteRegistry:
         self.ssl_context = ssl_context
 
     def register(self, request: etree._Element, commit_before: _dt.datetime,
-                 forward: Sequence[etree._Element] = ()) -> list[XdsError]:
+                 forward: Sequence[etree._Element] = (), principal=None) -> list[XdsError]:
         deadline = etree.Element(C.COMMIT_DEADLINE, nsmap={"srv": C.NS_SERVER})
         deadline.text = wire.utc_text(commit_before)
         try:

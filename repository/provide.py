@@ -63,7 +63,7 @@ class Provide:
 
     def __call__(self, body: etree._Element, message: mtom.MtomMessage | None,
                  xop: dict[etree._Element, mtom.Attachment] | None = None,
-                 forward: list[etree._Element] | None = None) -> list[XdsError]:
+                 forward: list[etree._Element] | None = None, principal=None) -> list[XdsError]:
         """Returns the warnings of a Success; raises XdsException otherwise.
 
         xop: the attachment each xop:Include of the request names, keyed by the Include's parent, as
@@ -75,13 +75,14 @@ class Provide:
                                f"got {etree.QName(body).localname}", "Body")
         staged: list[Staged] = []
         try:
-            return self._run(body, message, xop or {}, staged, forward or [])
+            return self._run(body, message, xop or {}, staged, forward or [], principal)
         finally:
             # Whatever is still listed was neither committed nor dropped: a failure on the way.
             for s in staged:
                 self.blobs.discard(s)
 
-    def _run(self, body, message, xop, staged: list[Staged], forward: list[etree._Element]) -> list[XdsError]:
+    def _run(self, body, message, xop, staged: list[Staged], forward: list[etree._Element],
+             principal=None) -> list[XdsError]:
         contents = self._read_documents(body, xop, staged)
         sub = parse_submission(body)
         errors = ErrorList(E.REPOSITORY_METADATA_ERROR)
@@ -114,11 +115,11 @@ class Provide:
         for _, st, _ in fresh:
             staged.remove(st)
         faults.point("pending")
-        return self._register(sub, pending, deadline, forward) + errors.warnings
+        return self._register(sub, pending, deadline, forward, principal) + errors.warnings
 
-    def _register(self, sub, pending, deadline, forward) -> list[XdsError]:
+    def _register(self, sub, pending, deadline, forward, principal=None) -> list[XdsError]:
         try:
-            warnings = self.registry.register(sub.request, deadline, forward)
+            warnings = self.registry.register(sub.request, deadline, forward, principal)
         except RegistryUnanswered as exc:
             return self._settle_unanswered(exc, pending, deadline)
         except XdsException as exc:

@@ -14,10 +14,14 @@ from .store import RepositoryStore
 __all__ = ["retrieve", "retrieve_response", "read_requests"]
 
 
-def retrieve(body: etree._Element, store: RepositoryStore, blobs: BlobStore, repository_id: str):
-    """Returns the response element and its attachments [(cid, content type, file path)]."""
+def retrieve(body: etree._Element, store: RepositoryStore, blobs: BlobStore, repository_id: str, guard=None):
+    """Returns the response element and its attachments [(cid, content type, file path)].
+    guard: the access policy of the request (repository/guard.py); a document it withholds is answered
+    exactly as one this repository does not hold. None: every document is served."""
     items = read_requests(body)
-    rows = store.get_many(uid for _, repo, uid in items if repo == repository_id)
+    mine = list(dict.fromkeys(uid for _, repo, uid in items if repo == repository_id))
+    allowed = guard.retrievable(mine) if guard is not None else set(mine)
+    rows = store.get_many(uid for uid in mine if uid in allowed)
     errors: list[XdsError] = []
     answers: list[etree._Element] = []
     attachments: list[tuple[str, str, str]] = []

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from xds import constants as C
 from xds.app import Endpoint, Operation, SoapRequest, SoapResponse
 from xds.ebrim import registry_response
+from xds.security.callers import CallerRules, caller_of
+from .guard import RepositoryGuard
 from .blobs import BlobStore, FileSystemBlobStore
 from .forward import InProcessRegistry, RegistryLink, RemoteRegistry
 from .provide import Provide
@@ -25,6 +27,11 @@ class RepositoryConfig:
     registry_timeout: float = 30.0   # also the CommitDeadline of each ITI-42 (repository/settle.py)
     settle_interval: float = 30.0    # seconds between settlements of pending documents; 0: only at start-up
     check_interval: float = 0        # seconds between report-only consistency checks; 0: never
+    # The access policy (repository/guard.py): the registry's TLS subjects, whether the DMP rules are in
+    # force, and who counts as administrator.
+    registry_subjects: tuple[str, ...] = ()
+    dmp_rules: bool = False
+    callers: CallerRules = field(default_factory=CallerRules)
 
 
 class RepositoryActor:
@@ -84,12 +91,24 @@ class RepositoryActor:
         store = RepositoryStore(registry_actor.store.engine if shared else db_url)
         store.migrate()
         blobs = FileSystemBlobStore(os.path.join(settings.data, "documents"), durable=settings.document_fsync)
-        return cls(store, blobs, link, RepositoryConfig(settings.repository_id, settings.max_document_bytes,
-                                                        settings.registry_timeout, settings.settle_interval,
-                                                        settings.check_interval))
+        return cls(store, blobs, link, RepositoryConfig(
+            settings.repository_id, settings.max_document_bytes, settings.registry_timeout, settings.settle_interval,
+            settings.check_interval, tuple(settings.registry_subjects),
+            settings.profile == "dmp" and settings.security == "vihf", CallerRules.from_settings(settings)))
 
     def endpoint(self, path: str = "/xds/repository") -> Endpoint:
-        return Endpoint(path, self.operations(), wsdl="repository.wsdl")
+        return Endpoint(path, self.operations(), wsdl="repository.wsdl", policy_for=self.guard_for)
+
+    def guard_for(self, req: SoapRequest) -> RepositoryGuard:
+        caller = caller_of(req.principal, self.config.callers)
+        decides = None
+        if isinstance(self.registry, InProcessRegistry):
+            actor = self.registry.actor
+            decides = lambda uids: actor.retrievable(req.principal, uids)  # noqa: E731
+        return RepositoryGuard(caller, self.config.registry_subjects, self.config.dmp_rules, decides)
+
+    def _guard(self, req: SoapRequest) -> RepositoryGuard:
+        return req.policy if isinstance(req.policy, RepositoryGuard) else self.guard_for(req)
 
     def operations(self) -> dict[str, Operation]:
         return {
@@ -103,15 +122,17 @@ class RepositoryActor:
         }
 
     def provide(self, req: SoapRequest) -> SoapResponse:
-        warnings = self._provide(req.body, req.mtom, req.xop, forward=req.security_to_pass_on())
+        warnings = self._provide(req.body, req.mtom, req.xop, forward=req.security_to_pass_on(),
+                                 principal=req.principal)
         return SoapResponse(registry_response(warnings))
 
     def remove_documents(self, req: SoapRequest) -> SoapResponse:
         from .remove import remove_documents
 
+        self._guard(req).check_remove()
         payload = remove_documents(req.body, self.store, self.blobs, self.config.repository_id)
         return SoapResponse(payload, mtom=False)
 
     def retrieve(self, req: SoapRequest) -> SoapResponse:
-        payload, attachments = retrieve(req.body, self.store, self.blobs, self.config.repository_id)
+        payload, attachments = retrieve(req.body, self.store, self.blobs, self.config.repository_id, self._guard(req))
         return SoapResponse(payload, attachments=attachments, mtom=True)

@@ -222,7 +222,7 @@ def test_same_unique_id_with_the_same_hash_keeps_the_stored_copy(tmp_path, db_ur
     calls = []
 
     class Accepting:
-        def register(self, request, commit_before, forward=()):
+        def register(self, request, commit_before, forward=(), principal=None):
             calls.append(request)
             return [XdsError(E.EXTRA_METADATA_NOT_SAVED, "a warning", "x", C.SEVERITY_WARNING)]
 
@@ -247,7 +247,7 @@ def test_registry_errors_from_a_remote_registry_are_kept_whole(tmp_path, db_url)
               XdsError("XDSSomethingElse", "warned", "w", C.SEVERITY_WARNING)]
 
     class Refusing:
-        def register(self, request, commit_before, forward=()):
+        def register(self, request, commit_before, forward=(), principal=None):
             raise XdsException.of(errors)
 
     repo = Repo(tmp_path, db_url, Refusing())
@@ -268,7 +268,7 @@ def test_unreachable_registry(tmp_path, db_url):
 def test_internal_error_in_the_registry_keeps_nothing(tmp_path, db_url):
     class Broken:
         # A fake registry link that fails in its own code; asked afterwards, it holds nothing.
-        def register(self, request, commit_before, forward=()):
+        def register(self, request, commit_before, forward=(), principal=None):
             raise RuntimeError("database went away")
 
         def registered(self, repository_id, unique_ids=(), after=None, limit=None):

@@ -33,7 +33,7 @@ log = logging.getLogger("xds.app")
 # The request body: an object with read(n), and readinto(memoryview) when the server can fill a buffer.
 INPUT_KEY = "xds.input"
 # The subject of the client certificate verified during the TLS handshake; absent without one.
-PEER_KEY = "xds.peer_subject"
+from .http_auth import PEER_KEY  # noqa: E402 (the verified client certificate subject, set by the HTTP adapter)
 
 
 class MalformedBody(ValueError):
@@ -69,6 +69,8 @@ class SoapRequest:
     operation: "Operation | None" = None
     principal: Principal = ANONYMOUS
     policy: object = None
+    # The endpoint's maker of request-scoped policy objects (its actor's access policy), if it has one.
+    policy_for: "Callable | None" = None
 
     @property
     def body(self) -> etree._Element:
@@ -118,6 +120,8 @@ class Endpoint:
     path: str
     operations: dict[str, Operation]
     wsdl: str | None = None  # file name in the wsdl package
+    # request -> the request-scoped policy object its handlers ask (xds/pipeline.py, Authorise).
+    policy_for: Callable | None = None
 
 
 @dataclass
@@ -164,8 +168,11 @@ def _fault_response(version: str, fault: SoapFault, relates_to: str | None):
 
 class XdsApp:
     def __init__(self, endpoints: list[Endpoint], config: AppConfig | None = None,
-                 health: Callable[[], dict] | None = None):
+                 health: Callable[[], dict] | None = None, routes: dict[str, Callable] | None = None):
+        """routes: path prefix -> WSGI application for the endpoints that are not SOAP (the administration
+        interface); each authenticates through xds/http_auth.py with this application's authenticator."""
         self.endpoints = {e.path.rstrip("/"): e for e in endpoints}
+        self.routes = dict(routes or {})
         self.config = config or AppConfig()
         self.health = health
         c = self.config
@@ -184,6 +191,9 @@ class XdsApp:
         try:
             if path == "/health" and method == "GET":
                 return self._json(start_response, 200, {"status": "ok", **(self.health() if self.health else {})})
+            for prefix, route in self.routes.items():
+                if path == prefix or path.startswith(prefix + "/"):
+                    return route(environ, start_response)
             endpoint = self.endpoints.get(path)
             if endpoint is None:
                 return self._plain(start_response, "404 Not Found", f"no XDS endpoint at {_shown(path)}\n")
@@ -237,7 +247,7 @@ class XdsApp:
                 raise SoapFault("the envelope holds an xop:Include but the request is not MTOM "
                                 "(multipart/related; type=\"application/xop+xml\")")
             req = SoapRequest(envelope=env, environ=environ, request_id=request_id, mtom=message, xop=xop,
-                              action=action, operation=op)
+                              action=action, operation=op, policy_for=endpoint.policy_for)
             resp = self._pipeline(req)
             _log_outcome(action, env.message_id, resp.payload)
             use_mtom = resp.mtom if resp.mtom is not None else (

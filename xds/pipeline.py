@@ -6,8 +6,9 @@
   refuses with a WS-Security fault before anything is read or stored;
 - answer errors turns an XdsException from the layers inside it into the operation's own failure
   message (RegistryResponse, AdhocQueryResponse, RetrieveDocumentSetResponse);
-- authorise gives the handler a request-scoped policy object to ask for filters and decisions (the
-  access-policy layer; until it exists every authenticated caller may do everything);
+- authorise gives the handler a request-scoped policy object to ask for filters and decisions: the
+  endpoint's actor makes it from the Principal (registry/guard.py, repository/guard.py, deciding with
+  xds/security/policy.py); an endpoint without one gets the application's, else AllowAll;
 - audit is told of every outcome, refusals included (the audit layer; until then, nobody).
 
 Each layer is a callable (request, call_next) -> response, so a layer can act before and after the
@@ -80,7 +81,8 @@ class Authorise:
         self.policy_for = policy_for or (lambda req: AllowAll())
 
     def __call__(self, req, call_next: Handler):
-        req.policy = self.policy_for(req)
+        make = getattr(req, "policy_for", None) or self.policy_for
+        req.policy = make(req)
         return call_next(req)
 
 

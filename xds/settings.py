@@ -68,6 +68,12 @@ class Settings:
     vihf_directory: str | None = None    # TOML file of [[structure]] tables: structures and their professionals (C-6)
     vihf_proxy_same_subject: bool = False  # API proxies: the TLS client certificate must be the VIHF's signer
     vihf_freshness: int = 600            # seconds a token without Conditions stays valid after IssueInstant/AuthnInstant
+    # What each caller may see and do (README, "Access policy").
+    admin_roles: list = field(default_factory=list)     # role codes (code or code^system) that make a caller an administrator
+    admin_subjects: list = field(default_factory=list)  # TLS subjects that are administrators without an assertion
+    patient_roles: list = field(default_factory=lambda: ["116154003"])  # role codes of a patient acting for themselves (SNOMED CT "patient")
+    registry_subjects: list = field(default_factory=list)  # repository host: its registry's TLS subjects (ITI-86, routed ITI-43)
+    habilitation_matrix: str | None = None  # TOML file: which document types each profession consults (dmp)
     log_level: str = "INFO"
     log_format: str = "json"             # json (one object a line, with the request id) or text
     base_url: str | None = None
@@ -116,10 +122,19 @@ class Settings:
         if not (0 <= self.port < 65536):
             raise ValueError(f"port {self.port} is out of range")
         self._validate_feed()
+        self._validate_policy()
         if self.role == "repository" and not self.registry_url:
             raise ValueError("role repository needs registry_url (--registry-url http://host:port/xds/registry): "
                              "the repository registers every document it stores there")
 
+
+    def _validate_policy(self) -> None:
+        if self.profile == "dmp" and self.security == "xua":
+            raise ValueError("profile dmp with security xua: the DMP's rules need the VIHF token; use --security vihf "
+                             "(or security none for metadata-only tests and replays)")
+        if self.profile == "dmp" and self.role != "repository" and not self.habilitation_matrix:
+            raise ValueError("profile dmp needs habilitation_matrix (--habilitation-matrix FILE): which document "
+                             "types each profession may consult")
 
     def _validate_feed(self) -> None:
         if self.mllp_port is None or self.role == "repository":

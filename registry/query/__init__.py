@@ -10,6 +10,7 @@ import logging
 
 from lxml import etree
 
+from xds import constants as C
 from xds import ebrim
 from xds import errors as E
 from xds.db import retry_read
@@ -25,7 +26,9 @@ __all__ = ["stored_query", "QUERIES"]
 log = logging.getLogger(__name__)
 
 
-def stored_query(store: RegistryStore, request: etree._Element, config: RegistryConfig) -> etree._Element:
+def stored_query(store: RegistryStore, request: etree._Element, config: RegistryConfig,
+                 guard=None) -> etree._Element:
+    """guard: the access policy of the request (registry/guard.py); None is the administrator."""
     warnings: list[XdsError] = []
     try:
         req = read_request(request)
@@ -35,7 +38,11 @@ def stored_query(store: RegistryStore, request: etree._Element, config: Registry
 
         def run() -> list[etree._Element]:
             with store.reading() as conn:
-                ctx = Ctx(conn, store.is_postgres, params, leaf, config.max_query_results)
+                scope = None
+                if guard is not None:
+                    named = params.get(PATIENT_PARAMS[req.query_id]) if req.query_id in PATIENT_PARAMS else None
+                    scope = guard.query_scope(conn, named, lambda: patients_named(store, conn, params), leaf)
+                ctx = Ctx(conn, store.is_postgres, params, leaf, config.max_query_results, scope)
                 found = QUERY_FUNCTIONS[req.query_id](ctx)
                 if leaf:
                     _check_leaf_class(found, config)
@@ -52,6 +59,31 @@ def stored_query(store: RegistryStore, request: etree._Element, config: Registry
         log.exception("stored query failed")
         return ebrim.adhoc_query_response(
             errors=[XdsError(E.REGISTRY_ERROR, "internal error while running the stored query", "AdhocQuery")])
+
+
+# The queries about one patient, and the parameter naming it.
+PATIENT_PARAMS = {
+    C.SQ_FIND_DOCUMENTS: "$XDSDocumentEntryPatientId",
+    C.SQ_FIND_DOCUMENTS_BY_REFERENCE_ID: "$XDSDocumentEntryPatientId",
+    C.SQ_FIND_SUBMISSION_SETS: "$XDSSubmissionSetPatientId",
+    C.SQ_FIND_FOLDERS: "$XDSFolderPatientId",
+    C.SQ_GET_ALL: "$patientId",
+}
+# The parameters of the by-id queries that name registry objects (entryUUID, uniqueId or logical id).
+_ID_PARAMS = ("$XDSDocumentEntryEntryUUID", "$XDSDocumentEntryUniqueId", "$XDSDocumentEntryLogicalID",
+              "$XDSFolderEntryUUID", "$XDSFolderUniqueId", "$XDSFolderLogicalID", "$XDSSubmissionSetEntryUUID",
+              "$XDSSubmissionSetUniqueId", "$uuid")
+
+
+def patients_named(store: RegistryStore, conn, params) -> set[str]:
+    """The patients of the objects a by-id query names. Whatever it reaches from them belongs to the same
+    patients (the registry refuses associations across patients); anything else is seen by nobody."""
+    ids: list[str] = []
+    for name in _ID_PARAMS:
+        v = params.get(name)
+        if v:
+            ids += v if isinstance(v, list) else [v]
+    return store.patients_of(conn, ids)
 
 
 def _check_leaf_class(found: Found, config: RegistryConfig) -> None:

@@ -20,6 +20,7 @@ from xds import constants as C
 from registry import schema as S
 from ..store import chunks
 from .params import ASSOCIATION_STATUS, Params
+from .scope import Scope
 
 O = S.registry_object
 D = S.doc_entry
@@ -38,6 +39,12 @@ class Ctx:
     leaf_class: bool = False
     # A LeafClass answer above this many objects is refused; queries may stop early past it.
     max_results: int | None = None
+    # What the access policy lets the caller see (registry/query/scope.py); None: everything.
+    scope: "Scope | None" = None
+
+    def __post_init__(self):
+        if self.scope is None:
+            self.scope = Scope(None, 0)
 
     @property
     def level(self) -> int:
@@ -196,13 +203,15 @@ def content_filters(ctx: Ctx, o=O, d=D) -> list[ColumnElement]:
     return out
 
 
-def de_select(*where: ColumnElement):
+def de_select(ctx: Ctx, *where: ColumnElement):
+    """DocumentEntries matching where that the caller may see (ctx.scope)."""
     return (select(O.c.id, O.c.patient_id).select_from(O.join(D, D.c.id == O.c.id))
-            .where(O.c.kind == S.KIND_DOCUMENT_ENTRY, *where).order_by(O.c.seq))
+            .where(O.c.kind == S.KIND_DOCUMENT_ENTRY, *where, *ctx.scope.de()).order_by(O.c.seq))
 
 
-def obj_select(kind: str, *where: ColumnElement):
-    return select(O.c.id, O.c.patient_id).where(O.c.kind == kind, *where).order_by(O.c.seq)
+def obj_select(ctx: Ctx, kind: str, *where: ColumnElement):
+    """SubmissionSets or Folders matching where that the caller may see."""
+    return select(O.c.id, O.c.patient_id).where(O.c.kind == kind, *where, *ctx.scope.objects()).order_by(O.c.seq)
 
 
 def rows_in(ctx: Ctx, make_stmt, ids: Sequence[str]) -> list:
@@ -226,7 +235,8 @@ def associations_in_seq_order(ctx: Ctx, ids: Sequence[str], *where: ColumnElemen
         part = list(part)
         # Two index-driven lookups rather than one OR, which some planners turn into a scan.
         for col in (A.c.source, A.c.target):
-            stmt = select(A.c.id, A.c.type, A.c.source, A.c.target, A.c.seq).where(col.in_(part), *where)
+            stmt = select(A.c.id, A.c.type, A.c.source, A.c.target, A.c.seq).where(col.in_(part), *where,
+                                                                                   *ctx.scope.associations())
             if stop_at is not None:
                 # The second lookup may find again every association of the first, hence len(rows);
                 # a lookup cut short by its limit always brings the count to stop_at.

@@ -13,6 +13,7 @@ from sqlalchemy import bindparam, exists, or_, select
 
 from xds import constants as C
 from registry import schema as S
+from . import scope as SC
 from .filters import (
     A, AU, D, FOL, O, OC, REF, SSET, Ctx, Found, assoc_status_filter, associations_in_seq_order, author_matches,
     code_groups, content_filters, de_select, de_visible, entry_type_filter, fd_visible, latest_version,
@@ -87,18 +88,25 @@ def _find_documents_shape(ctx: Ctx, patient_param: str, with_xml: bool) -> tuple
     level1 = ctx.level == 1
     latest = level1 and needs_latest_check(statuses)
     cap = _cap(ctx)
+    # The access policy's conditions, as bind parameters of the cached statement.
+    vis = ctx.scope.single(values["pid"])
+    scope_values = SC.Values(bind=True)
+    key.append(SC.shape(vis))
     key += [level1, latest, with_xml, cap is not None]
     if level1:
         values["offline"] = C.AVAILABILITY_OFFLINE
     if cap is not None:
         values["row_cap"] = cap
-    return tuple(key), values
+    if not vis.everything:
+        SC.de_condition(vis, ctx.scope.now, v=scope_values)
+        values.update(scope_values.values)
+    return tuple(key), values, vis
 
 
-def _build_find_documents(key: tuple):
+def _build_find_documents(key: tuple, vis, now: int):
     is_postgres = key[0]
     present = set(k for k in key if isinstance(k, str))
-    n_ev, n_conf, n_ref, n_au, level1, latest, with_xml, capped = key[-8:]
+    n_ev, n_conf, n_ref, n_au, _scope, level1, latest, with_xml, capped = key[-9:]
     where = [O.c.patient_id == bindparam("pid"), O.c.status.in_(bindparam("statuses", expanding=True)),
              D.c.entry_type.in_(bindparam("entry_types", expanding=True))]
     for _name, col in _DE_IN_LISTS:
@@ -122,7 +130,11 @@ def _build_find_documents(key: tuple):
         where.append(or_(D.c.availability.is_(None), D.c.availability != bindparam("offline")))
     if latest:
         where.append(latest_version())
-    stmt = de_select(*where)
+    if not vis.everything:
+        # Built with the same numbering of bind parameters as _find_documents_shape's values.
+        where.append(SC.de_condition(vis, now, v=SC.Values(bind=True)))
+    stmt = (select(O.c.id, O.c.patient_id).select_from(O.join(D, D.c.id == O.c.id))
+            .where(O.c.kind == S.KIND_DOCUMENT_ENTRY, *where).order_by(O.c.seq))
     if with_xml:
         stmt = stmt.add_columns(O.c.status, O.c.lid, O.c.version, O.c.xml)
     if capped:
@@ -132,12 +144,12 @@ def _build_find_documents(key: tuple):
 
 def find_documents_select(ctx: Ctx, patient_param: str = "$XDSDocumentEntryPatientId", with_xml: bool = False):
     """The FindDocuments statement and its parameter values; with_xml adds what rendering needs."""
-    key, values = _find_documents_shape(ctx, patient_param, with_xml)
+    key, values, vis = _find_documents_shape(ctx, patient_param, with_xml)
     stmt = _FIND_CACHE.get(key)
     if stmt is None:
         if len(_FIND_CACHE) >= _FIND_CACHE_MAX:
             _FIND_CACHE.clear()
-        stmt = _FIND_CACHE[key] = _build_find_documents(key)
+        stmt = _FIND_CACHE[key] = _build_find_documents(key, vis, ctx.scope.now)
     return stmt, values
 
 
@@ -169,7 +181,7 @@ def find_submission_sets(ctx: Ctx) -> Found:
     if p.has("$XDSSubmissionSetAuthorPerson"):
         where.append(author_matches(ctx, O.c.id, [p.get("$XDSSubmissionSetAuthorPerson")]))
     stmt = (select(O.c.id, O.c.patient_id).select_from(O.join(SSET, SSET.c.id == O.c.id))
-            .where(O.c.kind == S.KIND_SUBMISSION_SET, *where).order_by(O.c.seq))
+            .where(O.c.kind == S.KIND_SUBMISSION_SET, *where, *ctx.scope.objects()).order_by(O.c.seq))
     found = Found()
     found.add_objects(ctx.conn.execute(_capped(stmt, _cap(ctx))))
     return found
@@ -184,7 +196,7 @@ def find_folders(ctx: Ctx) -> Found:
     where += code_groups(O.c.id, C.FOLDER_CODE_LIST, p.get("$XDSFolderCodeList"))
     where += fd_visible(ctx, statuses)
     stmt = (select(O.c.id, O.c.patient_id).select_from(O.join(FOL, FOL.c.id == O.c.id))
-            .where(O.c.kind == S.KIND_FOLDER, *where).order_by(O.c.seq))
+            .where(O.c.kind == S.KIND_FOLDER, *where, *ctx.scope.objects()).order_by(O.c.seq))
     found = Found()
     found.add_objects(ctx.conn.execute(_capped(stmt, _cap(ctx))))
     return found
@@ -198,9 +210,9 @@ def get_all(ctx: Ctx) -> Found:
     de_st, ss_st, fd_st = (p.get("$XDSDocumentEntryStatus"), p.get("$XDSSubmissionSetStatus"),
                            p.get("$XDSFolderStatus"))
     found = Found()
-    selects = (obj_select(S.KIND_SUBMISSION_SET, O.c.patient_id == pid, O.c.status.in_(ss_st)),
-               de_select(O.c.patient_id == pid, O.c.status.in_(de_st), *content_filters(ctx), *de_visible(ctx, de_st)),
-               obj_select(S.KIND_FOLDER, O.c.patient_id == pid, O.c.status.in_(fd_st), *fd_visible(ctx, fd_st)))
+    selects = (obj_select(ctx, S.KIND_SUBMISSION_SET, O.c.patient_id == pid, O.c.status.in_(ss_st)),
+               de_select(ctx, O.c.patient_id == pid, O.c.status.in_(de_st), *content_filters(ctx), *de_visible(ctx, de_st)),
+               obj_select(ctx, S.KIND_FOLDER, O.c.patient_id == pid, O.c.status.in_(fd_st), *fd_visible(ctx, fd_st)))
     for stmt in selects:
         cap = _cap(ctx, found)
         if cap == 0:
@@ -222,23 +234,23 @@ def _documents_by_id(ctx: Ctx, uuid_param: str, uid_param: str, lid_param: str |
     p = ctx.params
     if lid_param and p.has(lid_param):
         # A logical id asks for the history of an entry: every version, whatever the level.
-        return rows_in(ctx, lambda part: de_select(O.c.lid.in_(part), *extra), p.get(lid_param))
+        return rows_in(ctx, lambda part: de_select(ctx, O.c.lid.in_(part), *extra), p.get(lid_param))
     visible = de_visible(ctx)
     if p.has(uuid_param):
-        return rows_in(ctx, lambda part: de_select(O.c.id.in_(part), *visible, *extra), _as_list(p.get(uuid_param)))
-    return rows_in(ctx, lambda part: de_select(O.c.unique_id.in_(part), *visible, *extra),
+        return rows_in(ctx, lambda part: de_select(ctx, O.c.id.in_(part), *visible, *extra), _as_list(p.get(uuid_param)))
+    return rows_in(ctx, lambda part: de_select(ctx, O.c.unique_id.in_(part), *visible, *extra),
                    _as_list(p.get(uid_param)))
 
 
 def _folders_by_id(ctx: Ctx, uuid_param: str, uid_param: str, lid_param: str | None = None) -> list:
     p = ctx.params
     if lid_param and p.has(lid_param):
-        return rows_in(ctx, lambda part: obj_select(S.KIND_FOLDER, O.c.lid.in_(part)), p.get(lid_param))
+        return rows_in(ctx, lambda part: obj_select(ctx, S.KIND_FOLDER, O.c.lid.in_(part)), p.get(lid_param))
     visible = fd_visible(ctx)
     if p.has(uuid_param):
-        return rows_in(ctx, lambda part: obj_select(S.KIND_FOLDER, O.c.id.in_(part), *visible),
+        return rows_in(ctx, lambda part: obj_select(ctx, S.KIND_FOLDER, O.c.id.in_(part), *visible),
                        _as_list(p.get(uuid_param)))
-    return rows_in(ctx, lambda part: obj_select(S.KIND_FOLDER, O.c.unique_id.in_(part), *visible),
+    return rows_in(ctx, lambda part: obj_select(ctx, S.KIND_FOLDER, O.c.unique_id.in_(part), *visible),
                    _as_list(p.get(uid_param)))
 
 
@@ -276,7 +288,7 @@ def get_documents_and_associations(ctx: Ctx) -> Found:
 
 def get_submission_sets(ctx: Ctx) -> Found:
     """The SubmissionSets holding any of the given objects, with those HasMember associations."""
-    where = [A.c.type == HM, *assoc_status_filter(ctx.params)]
+    where = [A.c.type == HM, *assoc_status_filter(ctx.params), *ctx.scope.associations(), *ctx.scope.objects()]
     rows = rows_in(ctx, lambda part: (
         select(A.c.id, A.c.source, O.c.patient_id, A.c.seq, O.c.seq.label("ss_seq"))
         .select_from(A.join(O, O.c.id == A.c.source))
@@ -308,15 +320,15 @@ def get_submission_set_and_contents(ctx: Ctx) -> Found:
     else:
         key = O.c.unique_id == p.get("$XDSSubmissionSetUniqueId")
     found = Found()
-    ss = ctx.conn.execute(obj_select(S.KIND_SUBMISSION_SET, key)).first()
+    ss = ctx.conn.execute(obj_select(ctx, S.KIND_SUBMISSION_SET, key)).first()
     if ss is None:
         return found
-    astatus = assoc_status_filter(p)
+    astatus = assoc_status_filter(p) + ctx.scope.associations()
     members = select(A.c.target).where(A.c.source == ss.id, A.c.type == HM, *astatus)
     member_assocs = ctx.conn.execute(select(A.c.id, A.c.type, A.c.source, A.c.target, A.c.seq)
                                      .where(A.c.source == ss.id, A.c.type == HM, *astatus)).all()
-    docs = ctx.conn.execute(de_select(O.c.id.in_(members), *content_filters(ctx), *de_visible(ctx))).all()
-    fols = ctx.conn.execute(obj_select(S.KIND_FOLDER, O.c.id.in_(members), *fd_visible(ctx))).all()
+    docs = ctx.conn.execute(de_select(ctx, O.c.id.in_(members), *content_filters(ctx), *de_visible(ctx))).all()
+    fols = ctx.conn.execute(obj_select(ctx, S.KIND_FOLDER, O.c.id.in_(members), *fd_visible(ctx))).all()
     # Associations that are themselves members (Folder -> DE links made by this submission).
     inner = ctx.conn.execute(select(A.c.id, A.c.type, A.c.source, A.c.target, A.c.seq)
                              .where(A.c.id.in_(members), *astatus)).all()
@@ -344,9 +356,9 @@ def get_folder_and_contents(ctx: Ctx) -> Found:
         return found
     fol_ids = [f.id for f in fols]
     links = ctx.conn.execute(select(A.c.id, A.c.target, A.c.seq)
-                             .where(A.c.source.in_(fol_ids), A.c.type == HM, *assoc_status_filter(p))
-                             .order_by(A.c.seq)).all()
-    docs = rows_in(ctx, lambda part: de_select(O.c.id.in_(part), *content_filters(ctx), *de_visible(ctx)),
+                             .where(A.c.source.in_(fol_ids), A.c.type == HM, *assoc_status_filter(p),
+                                    *ctx.scope.associations()).order_by(A.c.seq)).all()
+    docs = rows_in(ctx, lambda part: de_select(ctx, O.c.id.in_(part), *content_filters(ctx), *de_visible(ctx)),
                    [a.target for a in links])
     doc_ids = {d.id for d in docs}
     found.add_objects(fols)
@@ -363,7 +375,7 @@ def get_folders_for_document(ctx: Ctx) -> Found:
         return found
     holders = select(A.c.source).where(A.c.target.in_([d.id for d in docs]), A.c.type == HM,
                                        *assoc_status_filter(p))
-    found.add_objects(ctx.conn.execute(obj_select(S.KIND_FOLDER, O.c.id.in_(holders), *fd_visible(ctx))))
+    found.add_objects(ctx.conn.execute(obj_select(ctx, S.KIND_FOLDER, O.c.id.in_(holders), *fd_visible(ctx))))
     return found
 
 
@@ -386,7 +398,7 @@ def get_related_documents(ctx: Ctx) -> Found:
             other[a.id] = a.source
     if not other:
         return found
-    related = rows_in(ctx, lambda part: de_select(O.c.id.in_(part), entry_type_filter(ctx), *de_visible(ctx)),
+    related = rows_in(ctx, lambda part: de_select(ctx, O.c.id.in_(part), entry_type_filter(ctx), *de_visible(ctx)),
                       list(other.values()))
     related_ids = {r.id for r in related}
     kept = [a for a in assocs if other.get(a.id) in related_ids]

@@ -1,0 +1,102 @@
+"""The patients' access states, kept by the registry: read for the access policy, changed through the
+administration interface (registry/admin.py) and `xds access`.
+
+An id the patient table does not know (or that was merged into another) has a state too, with
+exists = False, so that the policy can refuse it (C-10) without a second lookup.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.engine import Connection
+
+from xds.security.policy import AccessState, Grant
+from . import schema as S
+from .store import RegistryStore, chunks
+
+P, PP, PAT = S.access_state, S.access_person, S.patient
+AUTHORISED, BLOCKED, REPRESENTATIVE = S.ACCESS_AUTHORISED, S.ACCESS_BLOCKED, S.ACCESS_REPRESENTATIVE
+
+# What the administration interface may set on the patient's row, with the column each sets.
+FLAGS = {"closed": "closed", "minor": "minor", "object_break_glass": "object_break_glass",
+         "object_centre_15": "object_centre_15"}
+
+
+def states(conn: Connection, patients: Iterable[str]) -> dict[str, AccessState]:
+    ids = sorted(set(p for p in patients if p))
+    known: dict[str, bool] = {}
+    rows: dict[str, object] = {}
+    people: dict[str, list] = {p: [] for p in ids}
+    for part in chunks(ids):
+        for r in conn.execute(select(PAT.c.patient_id, PAT.c.active, PAT.c.merged_into)
+                              .where(PAT.c.patient_id.in_(part))):
+            known[r.patient_id] = bool(r.active) and r.merged_into is None
+        for r in conn.execute(select(P).where(P.c.patient_id.in_(part))):
+            rows[r.patient_id] = r
+        for r in conn.execute(select(PP).where(PP.c.patient_id.in_(part))):
+            people[r.patient_id].append(r)
+    out = {}
+    for p in ids:
+        row = rows.get(p)
+        persons = people[p]
+        out[p] = AccessState(
+            patient=p, exists=known.get(p, False),
+            closed=bool(row.closed) if row is not None else False,
+            minor=bool(row.minor) if row is not None else False,
+            treating_doctor=row.treating_doctor if row is not None else None,
+            authorised=tuple(Grant(r.person, r.since, r.until) for r in persons
+                             if r.relation == S.ACCESS_AUTHORISED),
+            blocked=frozenset(r.person for r in persons if r.relation == S.ACCESS_BLOCKED),
+            representatives=frozenset(r.person for r in persons if r.relation == S.ACCESS_REPRESENTATIVE),
+            objects_break_glass=bool(row.object_break_glass) if row is not None else False,
+            objects_centre_15=bool(row.object_centre_15) if row is not None else False)
+    return out
+
+
+class AccessStore:
+    def __init__(self, store: RegistryStore):
+        self.store = store
+
+    def state(self, patient: str) -> AccessState:
+        with self.store.reading() as conn:
+            return states(conn, [patient])[patient]
+
+    def _row(self, conn: Connection, patient: str, now: int) -> None:
+        if conn.execute(select(P.c.patient_id).where(P.c.patient_id == patient)).first() is None:
+            conn.execute(P.insert().values(patient_id=patient, closed=False, minor=False, object_break_glass=False,
+                                           object_centre_15=False, updated=now))
+
+    def set_flag(self, patient: str, flag: str, value: bool) -> None:
+        now = int(time.time())
+        with self.store.transaction() as conn:
+            self._row(conn, patient, now)
+            conn.execute(update(P).where(P.c.patient_id == patient).values({FLAGS[flag]: value, "updated": now}))
+
+    def set_treating_doctor(self, patient: str, person: str | None) -> None:
+        now = int(time.time())
+        with self.store.transaction() as conn:
+            self._row(conn, patient, now)
+            conn.execute(update(P).where(P.c.patient_id == patient).values(treating_doctor=person, updated=now))
+
+    def add_person(self, patient: str, relation: str, person: str, since: int | None = None,
+                   until: int | None = None) -> None:
+        """Authorise, block or name a representative; blocking withdraws an authorisation and the reverse."""
+        now = int(time.time())
+        with self.store.transaction() as conn:
+            self._row(conn, patient, now)
+            opposite = {S.ACCESS_AUTHORISED: S.ACCESS_BLOCKED, S.ACCESS_BLOCKED: S.ACCESS_AUTHORISED}.get(relation)
+            drop = [relation] + ([opposite] if opposite else [])
+            conn.execute(delete(PP).where(PP.c.patient_id == patient, PP.c.person == person,
+                                          PP.c.relation.in_(drop)))
+            conn.execute(PP.insert().values(patient_id=patient, person=person, relation=relation, since=since,
+                                            until=until, updated=now))
+
+    def remove_person(self, patient: str, relation: str, person: str) -> bool:
+        with self.store.transaction() as conn:
+            gone = conn.execute(delete(PP).where(PP.c.patient_id == patient, PP.c.person == person,
+                                                 PP.c.relation == relation)).rowcount
+            if gone:
+                conn.execute(update(P).where(P.c.patient_id == patient).values(updated=int(time.time())))
+            return bool(gone)

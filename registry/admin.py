@@ -1,0 +1,182 @@
+"""The administration interface of the patients' access states: JSON over HTTP at /admin/access/<patient>.
+
+    GET  /admin/access/<patient id, URL-encoded>   -> the state
+    POST /admin/access/<patient id>  {"action": ..., ...} -> the state after the change
+
+Actions: grant {person, since?, until?} · revoke {person} · block {person} · unblock {person} ·
+treating-doctor {person | null} · object {objection: break_glass | centre_15} · withdraw {objection} ·
+representative {person} · unrepresent {person} · set {flag: closed | minor, value: true | false}.
+Times are ISO 8601 (a date, or a date and time; UTC without a zone) or epoch seconds.
+
+Callers authenticate through xds/http_auth.py (mutual TLS or a SAML bearer assertion); what each may
+change is the access policy's may_manage. `xds access` is the command-line client of this interface.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+from urllib.parse import unquote
+
+from xds import http_auth
+from xds.security import policy as P
+from xds.security.callers import CallerRules, caller_of
+from .access import AUTHORISED, BLOCKED, REPRESENTATIVE, AccessStore
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/admin/access"
+MAX_BODY = 64 * 1024
+OBJECTIONS = {"break_glass": "object_break_glass", "centre_15": "object_centre_15"}
+FLAGS = ("closed", "minor")
+ACTIONS = ("grant", "revoke", "block", "unblock", "treating-doctor", "object", "withdraw", "representative",
+           "unrepresent", "set")
+
+
+class BadRequest(Exception):
+    pass
+
+
+class AccessAdmin:
+    def __init__(self, access: AccessStore, authenticator, callers: CallerRules = CallerRules()):
+        self.access = access
+        self.authenticator = authenticator
+        self.callers = callers
+
+    def __call__(self, environ, start_response):
+        method = environ.get("REQUEST_METHOD", "GET")
+        patient = unquote((environ.get("PATH_INFO") or "")[len(PREFIX):].strip("/"))
+        if not patient:
+            return _answer(start_response, 404, {"error": f"name the patient: {PREFIX}/<patient id, URL-encoded>"})
+        if method not in ("GET", "POST"):
+            return _answer(start_response, 405, {"error": "GET reads the access state, POST changes it"})
+        try:
+            principal = http_auth.authenticate(environ, self.authenticator)
+        except http_auth.HttpAuthError as exc:
+            return _answer(start_response, exc.status, {"error": exc.message})
+        caller = caller_of(principal, self.callers)
+        state = self.access.state(patient)
+        if not state.exists:
+            return _answer(start_response, 404, {"error": f"the registry knows no active patient {patient} "
+                                                          "(the ITI-8 feed or `xds patient add` announces patients)"})
+        try:
+            if method == "GET":
+                action, change = "show", {}
+            else:
+                change = _read_json(environ)
+                action = change.get("action")
+                if action not in ACTIONS:
+                    raise BadRequest(f"action must be one of {', '.join(ACTIONS)}")
+            person = change.get("person")
+            decision = P.may_manage(caller, state, action, person if isinstance(person, str) else None)
+            if not decision:
+                log.warning("access state of a patient: %s refused to a %s caller", action, caller.kind)
+                return _answer(start_response, 403, {"error": f"access denied: {decision.reason}"})
+            if action != "show":
+                self._apply(patient, action, change)
+                log.info("access state of a patient changed: %s by a %s caller", action, caller.kind)
+        except BadRequest as exc:
+            return _answer(start_response, 400, {"error": str(exc)})
+        return _answer(start_response, 200, state_json(self.access.state(patient)))
+
+    def _apply(self, patient: str, action: str, change: dict) -> None:
+        a = self.access
+        if action == "grant":
+            a.add_person(patient, AUTHORISED, _person(change), _time(change, "since"),
+                         _time(change, "until"))
+        elif action == "revoke":
+            a.remove_person(patient, AUTHORISED, _person(change))
+        elif action == "block":
+            a.add_person(patient, BLOCKED, _person(change))
+        elif action == "unblock":
+            a.remove_person(patient, BLOCKED, _person(change))
+        elif action == "representative":
+            a.add_person(patient, REPRESENTATIVE, _person(change))
+        elif action == "unrepresent":
+            a.remove_person(patient, REPRESENTATIVE, _person(change))
+        elif action == "treating-doctor":
+            person = change.get("person")
+            if person is not None and not (isinstance(person, str) and person.strip()):
+                raise BadRequest("person must be the treating doctor's id, or null for none")
+            a.set_treating_doctor(patient, person.strip() if person else None)
+        elif action in ("object", "withdraw"):
+            objection = change.get("objection")
+            if objection not in OBJECTIONS:
+                raise BadRequest(f"objection must be one of {', '.join(OBJECTIONS)}")
+            a.set_flag(patient, OBJECTIONS[objection], action == "object")
+        elif action == "set":
+            flag, value = change.get("flag"), change.get("value")
+            if flag not in FLAGS or not isinstance(value, bool):
+                raise BadRequest(f"set takes flag ({' or '.join(FLAGS)}) and value (true or false)")
+            a.set_flag(patient, flag, value)
+
+
+def state_json(state: P.AccessState) -> dict:
+    return {
+        "patient": state.patient, "closed": state.closed, "minor": state.minor,
+        "treating_doctor": state.treating_doctor,
+        "authorised": [{"person": g.person, "since": _iso(g.since), "until": _iso(g.until)}
+                       for g in sorted(state.authorised, key=lambda g: g.person)],
+        "blocked": sorted(state.blocked), "representatives": sorted(state.representatives),
+        "objections": sorted(k for k, col in OBJECTIONS.items() if getattr(state, col.replace("object_", "objects_"))),
+    }
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _read_json(environ) -> dict:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise BadRequest("Content-Length is not a number") from None
+    if length <= 0:
+        raise BadRequest("POST a JSON object, e.g. {\"action\": \"grant\", \"person\": \"...\"}")
+    if length > MAX_BODY:
+        raise BadRequest(f"the request body is larger than {MAX_BODY} bytes")
+    stream = environ.get("xds.input") or environ["wsgi.input"]
+    raw = stream.read(length)
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the request body is not JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return data
+
+
+def _person(change: dict) -> str:
+    person = change.get("person")
+    if not isinstance(person, str) or not person.strip() or len(person) > 256:
+        raise BadRequest("person must be the professional's or representative's id (at most 256 characters)")
+    return person.strip()
+
+
+def _time(change: dict, name: str) -> int | None:
+    v = change.get(name)
+    if v is None:
+        return None
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return int(v)
+    if isinstance(v, str):
+        try:
+            t = _dt.datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise BadRequest(f"{name} must be an ISO 8601 date or date-time, or epoch seconds") from None
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=_dt.timezone.utc)
+        return int(t.timestamp())
+    raise BadRequest(f"{name} must be an ISO 8601 date or date-time, or epoch seconds")
+
+
+def _answer(start_response, code: int, data: dict):
+    body = json.dumps(data).encode()
+    reasons = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+               405: "Method Not Allowed"}
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+               ("Cache-Control", "no-store")]
+    if code == 401:
+        headers.append(("WWW-Authenticate", 'Bearer realm="xds"'))
+    start_response(f"{code} {reasons.get(code, 'Error')}", headers)
+    return [body]

@@ -1,0 +1,145 @@
+"""What the access policy lets one caller see, as SQL over the registry's tables.
+
+The policy (xds/security/policy.py) decides a Visibility per patient; this module states the same
+conditions as predicates, so that filtering happens in the query itself: limits, XDSTooManyResults and
+ObjectRef answers count only what the caller may see. tests/test_policy_property.py checks that the SQL
+and Visibility.admits agree on every case it generates, on SQLite and PostgreSQL.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Mapping
+
+from sqlalchemy import and_, bindparam, exists, false, or_, select, true
+from sqlalchemy.sql.elements import ColumnElement
+
+from xds import constants as C
+from xds.security.policy import INVISIBLE_PATIENT, INVISIBLE_RL, MASQUE_PS, Visibility
+from registry import schema as S
+
+O, D, A, OC = S.registry_object, S.doc_entry, S.association, S.object_code
+
+
+class Values:
+    """Literal values, or bind parameters with a key (for the statements built once and reused)."""
+
+    def __init__(self, bind: bool = False, prefix: str = "sc"):
+        self.bind, self.prefix, self.values, self.n = bind, prefix, {}, 0
+
+    def __call__(self, value, expanding: bool = False):
+        if not self.bind:
+            return value
+        self.n += 1
+        name = f"{self.prefix}{self.n}"
+        self.values[name] = value
+        return bindparam(name, expanding=expanding)
+
+
+def _own(vis: Visibility, o, v: Values) -> list[ColumnElement]:
+    out = []
+    if vis.organisation is not None:
+        out.append(o.c.origin_org == v(vis.organisation))
+    if vis.person is not None:
+        out.append(o.c.origin_person == v(vis.person))
+    return out
+
+
+def de_condition(vis: Visibility, now: int, o=O, d=D, v: Values | None = None) -> ColumnElement:
+    v = v or Values()
+    if vis.everything:
+        return true()
+    if vis.nothing:
+        return false()
+    if vis.own_only:
+        return o.c.origin_org == v(vis.organisation) if vis.organisation is not None else false()
+    hidden_codes = []
+    if vis.hide_masked:
+        own = _own(vis, o, v)
+        hidden_codes.append(and_(OC.c.code == v(MASQUE_PS), *([~or_(*own)] if own else [])))
+    if vis.hide_patient_invisible:
+        hidden_codes.append(and_(OC.c.code == v(INVISIBLE_PATIENT),
+                                 or_(o.c.reveal_at.is_(None), o.c.reveal_at > v(now))))
+    if vis.hide_rl_invisible:
+        hidden_codes.append(OC.c.code == v(INVISIBLE_RL))
+    out = []
+    if hidden_codes:
+        # One probe of the entry's confidentiality codes for every marker that hides it.
+        out.append(~exists(select(OC.c.object_id).where(OC.c.object_id == o.c.id,
+                                                         OC.c.scheme == v(C.DE_CONFIDENTIALITY_CODE),
+                                                         or_(*hidden_codes))))
+    if vis.types is not None:
+        out.append(d.c.type_code.in_(v(sorted(vis.types), expanding=True)) if vis.types else false())
+    return and_(true(), *out)
+
+
+def object_condition(vis: Visibility, o=O, v: Values | None = None) -> ColumnElement:
+    """SubmissionSets and Folders."""
+    v = v or Values()
+    if vis.nothing:
+        return false()
+    if vis.own_only:
+        return o.c.origin_org == v(vis.organisation) if vis.organisation is not None else false()
+    return true()
+
+
+def shape(vis: Visibility) -> tuple:
+    """What decides the form of de_condition's statement (its key in a statement cache)."""
+    return (vis.everything, vis.nothing, vis.own_only, vis.hide_masked, vis.hide_patient_invisible,
+            vis.hide_rl_invisible, vis.types is None, bool(vis.types), len(vis.types or ()) ,
+            vis.organisation is None, vis.person is None)
+
+
+class Scope:
+    """The visibility of every patient a query may touch; a patient not listed sees nothing (fail closed).
+    None for by_patient: the caller sees everything, and the queries get no extra condition."""
+
+    def __init__(self, by_patient: Mapping[str, Visibility] | None, now: int):
+        self.by_patient = by_patient
+        self.now = now
+
+    @property
+    def everything(self) -> bool:
+        return self.by_patient is None or (bool(self.by_patient) and all(
+            v.everything for v in self.by_patient.values()))
+
+    def single(self, patient: str) -> Visibility:
+        """The visibility for a query about one patient (the Find* queries and GetAll)."""
+        if self.by_patient is None:
+            return Visibility(everything=True)
+        return self.by_patient.get(patient) or Visibility(nothing=True)
+
+    def _groups(self) -> list[tuple[list[str], Visibility]]:
+        groups: dict[Visibility, list[str]] = defaultdict(list)
+        for p, vis in (self.by_patient or {}).items():
+            if not vis.nothing:
+                groups[vis].append(p)
+        return [(sorted(ps), vis) for vis, ps in groups.items()]
+
+    def de(self, o=O, d=D) -> list[ColumnElement]:
+        if self.everything:
+            return []
+        return [or_(false(), *[and_(o.c.patient_id.in_(ps), de_condition(vis, self.now, o, d))
+                               for ps, vis in self._groups()])]
+
+    def objects(self, o=O) -> list[ColumnElement]:
+        if self.everything:
+            return []
+        return [or_(false(), *[and_(o.c.patient_id.in_(ps), object_condition(vis, o)) for ps, vis in self._groups()])]
+
+    def visible(self, x, xd) -> ColumnElement:
+        """Any registry object x (with its doc_entry row xd outer-joined)."""
+        terms = []
+        for ps, vis in self._groups():
+            terms.append(and_(x.c.patient_id.in_(ps), or_(
+                and_(x.c.kind == S.KIND_DOCUMENT_ENTRY, de_condition(vis, self.now, x, xd)),
+                and_(x.c.kind != S.KIND_DOCUMENT_ENTRY, object_condition(vis, x)))))
+        return or_(false(), *terms)
+
+    def associations(self, a=A) -> list[ColumnElement]:
+        """An association is seen only when neither end is a registry object the caller may not see."""
+        if self.everything:
+            return []
+        x, xd = O.alias("scope_end"), D.alias("scope_end_de")
+        hidden_end = exists(select(x.c.id).select_from(x.outerjoin(xd, xd.c.id == x.c.id))
+                            .where(x.c.id.in_([a.c.source, a.c.target]), ~self.visible(x, xd)))
+        return [~hidden_end]
