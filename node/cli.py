@@ -12,7 +12,8 @@ def _settings(args) -> settings_mod.Settings:
                                                       "repository_id", "registry_url", "profile", "tls_cert", "tls_key", "tls_ca", "registry_timeout",
                                                       "require_known_repositories", "mime_bare_lf",
                                                       "security", "allow_anonymous", "xua_trust", "xua_audiences",
-                                                      "feed_sources", "allow_plain_mllp")}
+                                                      "feed_sources", "allow_plain_mllp", "habilitation_matrix",
+                                                      "admin_subjects", "registry_subjects")}
     if getattr(args, "no_patient_check", False):
         overrides["check_patients"] = False
     return settings_mod.load(getattr(args, "config", None), overrides=overrides)
@@ -61,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="a name of this service that an AudienceRestriction may carry (repeatable)")
     p.add_argument("--mime-bare-lf", action="store_true", default=None,
                    help="accept MTOM bodies whose MIME boundary lines and part headers end in bare LF, not CRLF")
+    p.add_argument("--habilitation-matrix", metavar="FILE",
+                   help="TOML file: the document types each profession may consult (needed by --profile dmp)")
+    p.add_argument("--admin-subject", dest="admin_subjects", action="append", metavar="DN",
+                   help="a TLS client certificate subject that is an administrator (repeatable)")
+    p.add_argument("--registry-subject", dest="registry_subjects", action="append", metavar="DN",
+                   help="repository host: its registry's certificate subject, the caller of ITI-86 and routed "
+                        "ITI-43 (repeatable)")
 
     p = sub.add_parser("patient", help="manage the patient ids the registry accepts")
     _add_common(p)
@@ -103,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     from .query import add_arguments as query_arguments
 
     query_arguments(p)
+
+    p = sub.add_parser("access", help="the registry's access states of patients: authorise, block, treating "
+                                      "doctor, objections, ... (`xds access -h`)")
+    from .access import add_arguments as access_arguments
+
+    access_arguments(p)
 
     p = sub.add_parser("repository", help="the registry's directory of repository hosts; check a repository "
                                          "against its registry")
@@ -183,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         from .query import command as query_command
 
         return query_command(args, s)
+    if args.command == "access":
+        from .access import command as access_command
+
+        return access_command(args, s)
     return 2
 
 

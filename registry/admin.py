@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from xds import http_auth
 from xds.security import policy as P
@@ -45,7 +45,7 @@ class AccessAdmin:
 
     def __call__(self, environ, start_response):
         method = environ.get("REQUEST_METHOD", "GET")
-        patient = unquote((environ.get("PATH_INFO") or "")[len(PREFIX):].strip("/"))
+        patient = _patient_of(environ)
         if not patient:
             return _answer(start_response, 404, {"error": f"name the patient: {PREFIX}/<patient id, URL-encoded>"})
         if method not in ("GET", "POST"):
@@ -96,8 +96,8 @@ class AccessAdmin:
             a.remove_person(patient, REPRESENTATIVE, _person(change))
         elif action == "treating-doctor":
             person = change.get("person")
-            if person is not None and not (isinstance(person, str) and person.strip()):
-                raise BadRequest("person must be the treating doctor's id, or null for none")
+            if person is not None and not (isinstance(person, str) and person.strip() and len(person) <= 256):
+                raise BadRequest("person must be the treating doctor's id (at most 256 characters), or null for none")
             a.set_treating_doctor(patient, person.strip() if person else None)
         elif action in ("object", "withdraw"):
             objection = change.get("objection")
@@ -124,6 +124,15 @@ def state_json(state: P.AccessState) -> dict:
 
 def _iso(t: float | None) -> str | None:
     return None if t is None else _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _patient_of(environ) -> str:
+    """The patient id of the request path, decoded once. PATH_INFO comes decoded already (cheroot keeps
+    only %2F), so decoding it again reads an id's own "%41" as "A": the raw target is decoded instead."""
+    target = environ.get("REQUEST_URI")
+    if target is None:
+        return (environ.get("PATH_INFO") or "")[len(PREFIX):].strip("/")
+    return unquote(urlsplit(target).path[len(PREFIX):].strip("/"))
 
 
 def _read_json(environ) -> dict:
@@ -153,21 +162,30 @@ def _person(change: dict) -> str:
     return person.strip()
 
 
+# The times a state can show again (_iso): 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+MIN_TIME, MAX_TIME = -62135596800, 253402300799
+
+
 def _time(change: dict, name: str) -> int | None:
     v = change.get(name)
     if v is None:
         return None
+    t = None
     if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return int(v)
-    if isinstance(v, str):
+        t = v
+    elif isinstance(v, str):
         try:
-            t = _dt.datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
+            d = _dt.datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
         except ValueError:
             raise BadRequest(f"{name} must be an ISO 8601 date or date-time, or epoch seconds") from None
-        if t.tzinfo is None:
-            t = t.replace(tzinfo=_dt.timezone.utc)
-        return int(t.timestamp())
-    raise BadRequest(f"{name} must be an ISO 8601 date or date-time, or epoch seconds")
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=_dt.timezone.utc)
+        t = d.timestamp()
+    # NaN fails both comparisons.
+    if t is None or not MIN_TIME <= t <= MAX_TIME:
+        raise BadRequest(f"{name} must be an ISO 8601 date or date-time, or epoch seconds, between the years 1 "
+                         "and 9999")
+    return int(t)
 
 
 def _answer(start_response, code: int, data: dict):

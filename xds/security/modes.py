@@ -31,7 +31,8 @@ def authenticator(settings, is_system: Callable[[str], bool] | None = None, engi
         roles=frozenset(settings.xua_roles) or None, purposes=frozenset(settings.xua_purposes) or None,
         authn_contexts=frozenset(settings.xua_authn_contexts) or None,
         refuse_replay=settings.xua_refuse_replay,
-        is_system=lambda subject: subject in listed or known(subject))
+        is_system=lambda subject: subject in listed or known(subject),
+        alone=frozenset(settings.admin_subjects) | frozenset(settings.registry_subjects))
     if settings.security == "vihf":
         from .vihf import VihfAuthenticator
 

@@ -56,6 +56,9 @@ class XuaConfig:
     allow_sha1: bool = False                         # RSA-SHA1 / SHA-1 (older French tokens)
     # TLS subjects of systems that may call without an assertion (a repository sending ITI-42).
     is_system: Callable[[str], bool] = field(default=lambda subject: False)
+    # TLS subjects that may call as themselves without an assertion but pass on no one's (admin_subjects,
+    # and a host's registry_subjects).
+    alone: frozenset[str] = frozenset()
 
 
 class TrustStore:
@@ -221,7 +224,7 @@ class XuaAuthenticator:
 
     def without_assertion(self, peer_subject: str | None) -> Principal:
         """Only a system known by its TLS certificate may call without an assertion, as itself."""
-        if peer_subject and self.config.is_system(peer_subject):
+        if peer_subject and (self.config.is_system(peer_subject) or peer_subject in self.config.alone):
             return Principal(mode="tls", subject=peer_subject, tls_subject=peer_subject)
         raise F(F.TOKEN_UNAVAILABLE, self.required)
 
