@@ -36,11 +36,13 @@ class Values:
 
 
 def _own(vis: Visibility, o, v: Values) -> list[ColumnElement]:
+    # IS NOT NULL keeps each term TRUE or FALSE: under NOT, a NULL comparison would make the masked entry
+    # of an unknown submitter count as not hidden.
     out = []
     if vis.organisation is not None:
-        out.append(o.c.origin_org == v(vis.organisation))
+        out.append(and_(o.c.origin_org.isnot(None), o.c.origin_org == v(vis.organisation)))
     if vis.person is not None:
-        out.append(o.c.origin_person == v(vis.person))
+        out.append(and_(o.c.origin_person.isnot(None), o.c.origin_person == v(vis.person)))
     return out
 
 
