@@ -198,7 +198,10 @@ class _Update:
                                 f"only its latest version ({newest.version}, {newest.id}) may change status", where,
                                 E.METADATA_UPDATE_ERROR)
             changes = self.object_status
-            self._changes(target.id, P.DELETE if s.new.endswith(":Deleted") else P.UPDATE, where)
+            # Taking an entry out of the Approved set (Deprecated, the DMP's Deleted) is a deletion to the
+            # policy: only its author's structure; archiving and back are updates.
+            leaves = not (s.new == C.STATUS_APPROVED or s.new.endswith(":Archived"))
+            self._changes(target.id, P.DELETE if leaves else P.UPDATE, where)
         elif isinstance(target, AssociationRow):
             self._association_status_allowed(s, target)
             changes = self.association_status

@@ -53,12 +53,13 @@ class _Content:
 
 class Provide:
     def __init__(self, blobs: BlobStore, store: RepositoryStore, registry: RegistryLink, repository_id: str,
-                 max_document_bytes: int, ledger: Ledger | None = None):
+                 max_document_bytes: int, ledger: Ledger | None = None, profile: str | None = None):
         self.blobs = blobs
         self.store = store
         self.registry = registry
         self.repository_id = repository_id
         self.max_document_bytes = max_document_bytes
+        self.profile = profile  # the metadata validation profile (xds/validation), the registry's too
         self.ledger = ledger or Ledger(store, blobs, registry, repository_id, registry_timeout=30.0)
 
     def __call__(self, body: etree._Element, message: mtom.MtomMessage | None,
@@ -87,7 +88,7 @@ class Provide:
         sub = parse_submission(body)
         errors = ErrorList(E.REPOSITORY_METADATA_ERROR)
         # The validator's codes stay as they are: a Document Source reads them like a registry's.
-        errors.items += validate_submission(sub, Mode.PROVIDE).items
+        errors.items += validate_submission(sub, Mode.PROVIDE, self.profile).items
         pairs = self._match(sub.document_entries, contents, errors)
         self._check_unique_ids(pairs, errors)
         for de, content in pairs:

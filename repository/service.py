@@ -32,6 +32,7 @@ class RepositoryConfig:
     registry_subjects: tuple[str, ...] = ()
     dmp_rules: bool = False
     callers: CallerRules = field(default_factory=CallerRules)
+    profile: str | None = None       # the metadata validation profile of ITI-41 (None: ihe)
 
 
 class RepositoryActor:
@@ -42,7 +43,7 @@ class RepositoryActor:
         self.config = config
         self.ledger = Ledger(store, blobs, registry, config.repository_id, config.registry_timeout)
         self._provide = Provide(blobs, store, registry, config.repository_id, config.max_document_bytes,
-                                self.ledger)
+                                self.ledger, config.profile)
         self._job: SettlementJob | None = None
 
     def start(self) -> None:
@@ -94,7 +95,8 @@ class RepositoryActor:
         return cls(store, blobs, link, RepositoryConfig(
             settings.repository_id, settings.max_document_bytes, settings.registry_timeout, settings.settle_interval,
             settings.check_interval, tuple(settings.registry_subjects),
-            settings.profile == "dmp" and settings.security == "vihf", CallerRules.from_settings(settings)))
+            settings.profile == "dmp" and settings.security == "vihf", CallerRules.from_settings(settings),
+            settings.profile))
 
     def endpoint(self, path: str = "/xds/repository") -> Endpoint:
         return Endpoint(path, self.operations(), wsdl="repository.wsdl", policy_for=self.guard_for)

@@ -353,7 +353,7 @@ def _convert(spec: Spec, item: Item) -> tuple[Any, str | None]:
             return None, f"'{text}' is not an association type"
         return text, None
     if spec.kind == CX:
-        problems = hl7.check_cx(text)
+        problems = hl7.check_cx(text, strict=False)
         return (text, None) if not problems else (None, f"patient id '{text}' is not a valid CX: {problems[0]}")
     return text, None
 

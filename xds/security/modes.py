@@ -32,7 +32,8 @@ def authenticator(settings, is_system: Callable[[str], bool] | None = None, engi
         authn_contexts=frozenset(settings.xua_authn_contexts) or None,
         refuse_replay=settings.xua_refuse_replay,
         is_system=lambda subject: subject in listed or known(subject),
-        alone=frozenset(settings.admin_subjects) | frozenset(settings.registry_subjects))
+        alone=frozenset(settings.admin_subjects) | frozenset(settings.registry_subjects),
+        card_relays=frozenset(settings.registry_subjects))
     if settings.security == "vihf":
         from .vihf import VihfAuthenticator
 

@@ -72,7 +72,7 @@ class VihfAuthenticator(XuaAuthenticator):
         now = self.now()
         if el.find(f"{{{NS_DS}}}Signature") is None:
             assertion = Assertion.read(el)
-            self._unsigned_directe(assertion, peer_subject)
+            self._unsigned_directe(assertion, peer_subject, relayed=peer_subject in self.config.card_relays)
         else:
             assertion, cert = self.signed(el, now)
             signer = dn_parts(cert.subject.rfc4514_string())
@@ -92,12 +92,15 @@ class VihfAuthenticator(XuaAuthenticator):
         self.check_replay(principal, expires, now)
         return replace(principal, tls_subject=peer_subject)
 
-    def _unsigned_directe(self, a: Assertion, peer_subject: str | None) -> None:
+    def _unsigned_directe(self, a: Assertion, peer_subject: str | None, relayed: bool = False) -> None:
         """An unsigned token stands only on the CPS card's TLS session: DIRECTE, and the card's
-        certificate is the token's Issuer and names the NameID."""
+        certificate is the token's Issuer and names the NameID. relayed: passed on by a peer that checked
+        that itself (a host's registry, routing ITI-43)."""
         mode = (a.first(AUTH_MODE) or "").upper()
         if mode != "DIRECTE":
             raise F(F.INVALID_TOKEN, "an unsigned VIHF is accepted only in Authentification_Mode DIRECTE")
+        if relayed:
+            return
         if not peer_subject:
             raise F(F.FAILED_AUTHENTICATION, "an unsigned VIHF needs the CPS card's client certificate on the "
                     "TLS connection")

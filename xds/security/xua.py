@@ -59,6 +59,9 @@ class XuaConfig:
     # TLS subjects that may call as themselves without an assertion but pass on no one's (admin_subjects,
     # and a host's registry_subjects).
     alone: frozenset[str] = frozenset()
+    # TLS subjects trusted to have checked an unsigned DIRECTE token against the card's own TLS session
+    # before passing it on (a host's registry_subjects: the registry routing ITI-43).
+    card_relays: frozenset[str] = frozenset()
 
 
 class TrustStore:
