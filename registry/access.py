@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Iterable
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import Connection
 
 from xds.security.policy import AccessState, Grant
@@ -24,8 +24,34 @@ FLAGS = {"closed": "closed", "minor": "minor", "object_break_glass": "object_bre
          "object_centre_15": "object_centre_15"}
 
 
+# One patient's whole state in one round trip (the Find* queries and GetAll ask for one): the patient
+# row with its state row and person rows joined; built once, so only its parameter changes.
+_ONE = (select(PAT.c.active, PAT.c.merged_into, P.c.closed, P.c.minor, P.c.treating_doctor,
+               P.c.object_break_glass, P.c.object_centre_15, PP.c.person, PP.c.relation, PP.c.since, PP.c.until)
+        .select_from(PAT.outerjoin(P, P.c.patient_id == PAT.c.patient_id)
+                     .outerjoin(PP, PP.c.patient_id == PAT.c.patient_id))
+        .where(PAT.c.patient_id == bindparam("pid")))
+
+
+def _one(conn: Connection, patient: str) -> AccessState:
+    rows = conn.execute(_ONE, {"pid": patient}).all()
+    if not rows:
+        return AccessState(patient=patient, exists=False)
+    r = rows[0]
+    people = [x for x in rows if x.person is not None]
+    return AccessState(
+        patient=patient, exists=bool(r.active) and r.merged_into is None, closed=bool(r.closed),
+        minor=bool(r.minor), treating_doctor=r.treating_doctor,
+        authorised=tuple(Grant(x.person, x.since, x.until) for x in people if x.relation == S.ACCESS_AUTHORISED),
+        blocked=frozenset(x.person for x in people if x.relation == S.ACCESS_BLOCKED),
+        representatives=frozenset(x.person for x in people if x.relation == S.ACCESS_REPRESENTATIVE),
+        objects_break_glass=bool(r.object_break_glass), objects_centre_15=bool(r.object_centre_15))
+
+
 def states(conn: Connection, patients: Iterable[str]) -> dict[str, AccessState]:
     ids = sorted(set(p for p in patients if p))
+    if len(ids) == 1:
+        return {ids[0]: _one(conn, ids[0])}
     known: dict[str, bool] = {}
     rows: dict[str, object] = {}
     people: dict[str, list] = {p: [] for p in ids}

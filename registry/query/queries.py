@@ -90,16 +90,13 @@ def _find_documents_shape(ctx: Ctx, patient_param: str, with_xml: bool) -> tuple
     cap = _cap(ctx)
     # The access policy's conditions, as bind parameters of the cached statement.
     vis = ctx.scope.single(values["pid"])
-    scope_values = SC.Values(bind=True)
     key.append(SC.shape(vis))
     key += [level1, latest, with_xml, cap is not None]
     if level1:
         values["offline"] = C.AVAILABILITY_OFFLINE
     if cap is not None:
         values["row_cap"] = cap
-    if not vis.everything:
-        SC.de_condition(vis, ctx.scope.now, v=scope_values)
-        values.update(scope_values.values)
+    values.update(SC.scope_values(vis, ctx.scope.now))
     return tuple(key), values, vis
 
 
@@ -131,7 +128,7 @@ def _build_find_documents(key: tuple, vis, now: int):
     if latest:
         where.append(latest_version())
     if not vis.everything:
-        # Built with the same numbering of bind parameters as _find_documents_shape's values.
+        # Named bind parameters, whose values SC.scope_values gives each time.
         where.append(SC.de_condition(vis, now, v=SC.Values(bind=True)))
     stmt = (select(O.c.id, O.c.patient_id).select_from(O.join(D, D.c.id == O.c.id))
             .where(O.c.kind == S.KIND_DOCUMENT_ENTRY, *where).order_by(O.c.seq))

@@ -21,18 +21,14 @@ O, D, A, OC = S.registry_object, S.doc_entry, S.association, S.object_code
 
 
 class Values:
-    """Literal values, or bind parameters with a key (for the statements built once and reused)."""
+    """Literal values, or named bind parameters (for the statements built once and reused; scope_values
+    gives their values without building anything)."""
 
-    def __init__(self, bind: bool = False, prefix: str = "sc"):
-        self.bind, self.prefix, self.values, self.n = bind, prefix, {}, 0
+    def __init__(self, bind: bool = False):
+        self.bind = bind
 
-    def __call__(self, value, expanding: bool = False):
-        if not self.bind:
-            return value
-        self.n += 1
-        name = f"{self.prefix}{self.n}"
-        self.values[name] = value
-        return bindparam(name, expanding=expanding)
+    def __call__(self, value, name: str, expanding: bool = False):
+        return bindparam(name, expanding=expanding) if self.bind else value
 
 
 def _own(vis: Visibility, o, v: Values) -> list[ColumnElement]:
@@ -40,9 +36,9 @@ def _own(vis: Visibility, o, v: Values) -> list[ColumnElement]:
     # of an unknown submitter count as not hidden.
     out = []
     if vis.organisation is not None:
-        out.append(and_(o.c.origin_org.isnot(None), o.c.origin_org == v(vis.organisation)))
+        out.append(and_(o.c.origin_org.isnot(None), o.c.origin_org == v(vis.organisation, "sc_org")))
     if vis.person is not None:
-        out.append(and_(o.c.origin_person.isnot(None), o.c.origin_person == v(vis.person)))
+        out.append(and_(o.c.origin_person.isnot(None), o.c.origin_person == v(vis.person, "sc_person")))
     return out
 
 
@@ -53,25 +49,54 @@ def de_condition(vis: Visibility, now: int, o=O, d=D, v: Values | None = None) -
     if vis.nothing:
         return false()
     if vis.own_only:
-        return o.c.origin_org == v(vis.organisation) if vis.organisation is not None else false()
+        return o.c.origin_org == v(vis.organisation, "sc_org") if vis.organisation is not None else false()
     hidden_codes = []
     if vis.hide_masked:
         own = _own(vis, o, v)
-        hidden_codes.append(and_(OC.c.code == v(MASQUE_PS), *([~or_(*own)] if own else [])))
+        hidden_codes.append(and_(OC.c.code == v(MASQUE_PS, "sc_masked"), *([~or_(*own)] if own else [])))
     if vis.hide_patient_invisible:
-        hidden_codes.append(and_(OC.c.code == v(INVISIBLE_PATIENT),
-                                 or_(o.c.reveal_at.is_(None), o.c.reveal_at > v(now))))
+        hidden_codes.append(and_(OC.c.code == v(INVISIBLE_PATIENT, "sc_invisible_patient"),
+                                 or_(o.c.reveal_at.is_(None), o.c.reveal_at > v(now, "sc_now"))))
     if vis.hide_rl_invisible:
-        hidden_codes.append(OC.c.code == v(INVISIBLE_RL))
+        hidden_codes.append(OC.c.code == v(INVISIBLE_RL, "sc_invisible_rl"))
     out = []
     if hidden_codes:
         # One probe of the entry's confidentiality codes for every marker that hides it.
         out.append(~exists(select(OC.c.object_id).where(OC.c.object_id == o.c.id,
-                                                         OC.c.scheme == v(C.DE_CONFIDENTIALITY_CODE),
+                                                         OC.c.scheme == v(C.DE_CONFIDENTIALITY_CODE, "sc_scheme"),
                                                          or_(*hidden_codes))))
     if vis.types is not None:
-        out.append(d.c.type_code.in_(v(sorted(vis.types), expanding=True)) if vis.types else false())
+        out.append(d.c.type_code.in_(v(sorted(vis.types), "sc_types", expanding=True)) if vis.types else false())
     return and_(true(), *out)
+
+
+def scope_values(vis: Visibility, now: int) -> dict:
+    """The values of de_condition's bind parameters, as Values(bind=True) names them."""
+    if vis.everything or vis.nothing:
+        return {}
+    out: dict = {}
+    if vis.organisation is not None:
+        out["sc_org"] = vis.organisation
+    if vis.own_only:
+        return out
+    if vis.types is not None and not vis.types:
+        return {}  # no type allowed: the condition is FALSE, with no parameters
+    if vis.person is not None and vis.hide_masked:
+        out["sc_person"] = vis.person
+    if not vis.hide_masked:
+        out.pop("sc_org", None)
+    if vis.hide_masked:
+        out["sc_masked"] = MASQUE_PS
+    if vis.hide_patient_invisible:
+        out["sc_invisible_patient"] = INVISIBLE_PATIENT
+        out["sc_now"] = now
+    if vis.hide_rl_invisible:
+        out["sc_invisible_rl"] = INVISIBLE_RL
+    if vis.hide_masked or vis.hide_patient_invisible or vis.hide_rl_invisible:
+        out["sc_scheme"] = C.DE_CONFIDENTIALITY_CODE
+    if vis.types:
+        out["sc_types"] = sorted(vis.types)
+    return out
 
 
 def object_condition(vis: Visibility, o=O, v: Values | None = None) -> ColumnElement:
