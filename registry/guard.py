@@ -73,10 +73,13 @@ class RegistryGuard:
             return Scope({named_patient: self._visibility(state, leaf_class)}, int(self.now))
         by_patient: dict[str, Visibility] = {}
         for p, state in self.states(conn, patients_of_ids()).items():
-            # A by-id query names objects, not a patient: whatever would refuse it hides them instead,
-            # so that the answer does not tell whose they are.
-            if P.may_query(self.rules, self.caller, state, leaf_class):
+            # A by-id query names objects, not a patient: an unknown or closed record, or another patient
+            # than the token's, hides them instead, so that the answer does not tell whose they are.
+            decision = P.may_query(self.rules, self.caller, state, leaf_class)
+            if decision:
                 by_patient[p] = self._visibility(state, leaf_class)
+            elif decision.refusal == P.DENIED:
+                raise refuse(decision, "AdhocQuery")  # about the caller (C-8, C-15), not the objects
         return Scope(by_patient, int(self.now))
 
     def _visibility(self, state: P.AccessState, leaf_class: bool) -> Visibility:

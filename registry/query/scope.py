@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Mapping
 
-from sqlalchemy import and_, bindparam, exists, false, or_, select, true
+from sqlalchemy import and_, bindparam, exists, false, func, or_, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from xds import constants as C
@@ -49,7 +49,7 @@ def de_condition(vis: Visibility, now: int, o=O, d=D, v: Values | None = None) -
     if vis.nothing:
         return false()
     if vis.own_only:
-        return o.c.origin_org == v(vis.organisation, "sc_org") if vis.organisation is not None else false()
+        return _own_only(vis, o, v)
     hidden_codes = []
     if vis.hide_masked:
         own = _own(vis, o, v)
@@ -66,7 +66,8 @@ def de_condition(vis: Visibility, now: int, o=O, d=D, v: Values | None = None) -
                                                          OC.c.scheme == v(C.DE_CONFIDENTIALITY_CODE, "sc_scheme"),
                                                          or_(*hidden_codes))))
     if vis.types is not None:
-        out.append(d.c.type_code.in_(v(sorted(vis.types), "sc_types", expanding=True)) if vis.types else false())
+        out.append(and_(d.c.type_code.isnot(None), d.c.type_code.in_(v(sorted(vis.types), "sc_types", expanding=True)))
+                   if vis.types else false())
     return and_(true(), *out)
 
 
@@ -105,8 +106,14 @@ def object_condition(vis: Visibility, o=O, v: Values | None = None) -> ColumnEle
     if vis.nothing:
         return false()
     if vis.own_only:
-        return o.c.origin_org == v(vis.organisation) if vis.organisation is not None else false()
+        return _own_only(vis, o, v)
     return true()
+
+
+def _own_only(vis: Visibility, o, v: Values) -> ColumnElement:
+    if vis.organisation is None:
+        return false()
+    return and_(o.c.origin_org.isnot(None), o.c.origin_org == v(vis.organisation, "sc_org"))
 
 
 def shape(vis: Visibility) -> tuple:
@@ -163,10 +170,16 @@ class Scope:
         return or_(false(), *terms)
 
     def associations(self, a=A) -> list[ColumnElement]:
-        """An association is seen only when neither end is a registry object the caller may not see."""
+        """An association is seen only when neither end is hidden: a registry object the caller may not see,
+        or an association with such an end (a SubmissionSet's HasMember of a Folder filing)."""
         if self.everything:
             return []
-        x, xd = O.alias("scope_end"), D.alias("scope_end_de")
-        hidden_end = exists(select(x.c.id).select_from(x.outerjoin(xd, xd.c.id == x.c.id))
-                            .where(x.c.id.in_([a.c.source, a.c.target]), ~self.visible(x, xd)))
-        return [~hidden_end]
+        inner = A.alias("scope_inner")
+        return [~self._hidden_object_end(a), ~exists(select(inner.c.id).where(
+            inner.c.id.in_([a.c.source, a.c.target]), self._hidden_object_end(inner)))]
+
+    def _hidden_object_end(self, a) -> ColumnElement:
+        x, xd = O.alias(), D.alias()
+        # COALESCE: a comparison with a NULL column must count as not visible, never as unknown.
+        return exists(select(x.c.id).select_from(x.outerjoin(xd, xd.c.id == x.c.id))
+                      .where(x.c.id.in_([a.c.source, a.c.target]), ~func.coalesce(self.visible(x, xd), false())))

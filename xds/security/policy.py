@@ -307,6 +307,8 @@ def may_query(rules: Rules, caller: Caller, state: AccessState, leaf_class: bool
     gate = _dmp_gate(rules, caller, state)
     if gate.refusal in (UNKNOWN_PATIENT, PATIENT_MISMATCH):
         return gate
+    if caller.kind == PROFESSIONAL and caller.secret and not state.minor:
+        return deny("connexion secrète (INVISIBLE_REPRESENTANTS_LEGAUX) is only for a minor patient")  # C-15
     if leaf_class and caller.kind == PROFESSIONAL and not _consults(rules, caller):
         return deny("this authentication mode or profession may find references (ObjectRef) but not consult")
     return ALLOW
@@ -350,13 +352,14 @@ def may_change(rules: Rules, caller: Caller, state: AccessState, doc: Document, 
     own = caller.organisation is not None and doc.origin_org == caller.organisation
     if not rules.dmp:
         return ALLOW if own else deny("only the submitter of the target or an administrator may change it")
-    gate = _dmp_gate(rules, caller, state)
-    if not gate:
-        return gate
+    # A target the caller cannot see is answered as unknown, whatever else would refuse the change.
     sees = visibility(rules, caller, state, READ, now).admits(doc, now)
     locates = visibility(rules, caller, state, LOCATE, now).admits(doc, now)
     if not (sees or locates):
         return deny("not visible to this caller", HIDDEN)
+    gate = _dmp_gate(rules, caller, state)
+    if not gate:
+        return gate
     if caller.kind == SYSTEM:
         return deny("a system without a token does not change a DMP")
     if op in (DELETE, REPLACE):
