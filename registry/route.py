@@ -16,7 +16,7 @@ from xds.client import ConnectionPool, SoapClient, TransportError
 from xds.ebrim import read_response_errors, status_for
 from xds.errors import XdsError
 from xds.mtom import DEFAULT_MAX_XML_BYTES, MtomError, MtomLimitError, href_to_cid, new_cid
-from xds.xdsb import read_requests, retrieve_response, x as _x
+from xds.xdsb import not_held, read_requests, retrieve_response, x as _x
 from .store import RegistryStore
 
 log = logging.getLogger(__name__)
@@ -93,9 +93,7 @@ class RetrieveRouter:
                 errors.append(XdsError(E.UNKNOWN_REPOSITORY_ID, f"RepositoryUniqueId {repo} (asked for document "
                                        f"{uid}) is not in this registry's repository directory", repo))
             elif allowed is not None and uid not in allowed:
-                # The words of repository/retrieve.py for a document the host does not hold.
-                withheld.append(XdsError(E.DOCUMENT_UNIQUE_ID_ERROR,
-                                         f"document {uid} is not stored in repository {repo}", uid))
+                withheld.append(not_held(uid, repo))  # as the host answers a document it does not hold
             else:
                 groups.setdefault(repo, []).append((home, uid))
         replies = self._forward_all(groups, directory, req.request_id, req.security_to_pass_on())

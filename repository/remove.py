@@ -15,7 +15,7 @@ from xds import errors as E
 from xds.ebrim import registry_response, status_for
 from xds.errors import XdsError
 from .blobs import BlobStore
-from xds.xdsb import read_requests
+from xds.xdsb import not_held, read_requests
 from .store import DocumentRow, RepositoryStore
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,7 @@ def remove_documents(body: etree._Element, store: RepositoryStore, blobs: BlobSt
             errors.append(XdsError(E.UNKNOWN_REPOSITORY_ID, f"RepositoryUniqueId {repo} (asked to remove document "
                                    f"{uid}) is not this repository, which is {repository_id}", repo))
         elif uid not in removed:
-            errors.append(XdsError(E.DOCUMENT_UNIQUE_ID_ERROR,
-                                   f"document {uid} is not stored in repository {repository_id}", uid))
+            errors.append(not_held(uid, repository_id))
     if removed:
         log.info("ITI-86 removed %d documents", len(removed))
     status = status_for(errors, partial=bool(removed))

@@ -7,7 +7,7 @@ from xds import errors as E
 from xds.ebrim import status_for
 from xds.errors import XdsError
 from xds.mtom import new_cid, xop_include
-from xds.xdsb import SAFE_MIME, read_requests, retrieve_response, x as _x
+from xds.xdsb import SAFE_MIME, not_held, read_requests, retrieve_response, x as _x
 from .blobs import BlobStore
 from .store import RepositoryStore
 
@@ -33,8 +33,7 @@ def retrieve(body: etree._Element, store: RepositoryStore, blobs: BlobStore, rep
         row = rows.get(uid)
         path = blobs.local_path(row.location) if row is not None else None
         if row is None:
-            errors.append(XdsError(E.DOCUMENT_UNIQUE_ID_ERROR,
-                                   f"document {uid} is not stored in repository {repository_id}", uid))
+            errors.append(not_held(uid, repository_id))
             continue
         if path is None or not blobs.exists(row.location):
             errors.append(XdsError(E.REPOSITORY_ERROR, f"document {uid} is recorded but its content is missing "

@@ -36,6 +36,13 @@ def _text(parent: etree._Element, local: str) -> str | None:
     return child.text.strip()
 
 
+def not_held(unique_id: str, repository_id: str) -> XdsError:
+    """The answer for a document a repository does not hold: a host's own (ITI-43, ITI-86), and the
+    registry's for a document its access policy withholds, which must read exactly the same."""
+    return XdsError(E.DOCUMENT_UNIQUE_ID_ERROR, f"document {unique_id} is not stored in repository {repository_id}",
+                    unique_id)
+
+
 def read_requests(body: etree._Element, expected: str = REQUEST_TAG) -> list[tuple[str | None, str, str]]:
     """(homeCommunityId, repositoryUniqueId, documentUniqueId) of each DocumentRequest.
 
