@@ -38,14 +38,22 @@ def _one(conn: Connection, patient: str) -> AccessState:
     if not rows:
         return AccessState(patient=patient, exists=False)
     r = rows[0]
-    people = [x for x in rows if x.person is not None]
+    # Without an acc_patient row its columns come back NULL, which _state reads as the defaults.
+    return _state(patient, bool(r.active) and r.merged_into is None, r, [x for x in rows if x.person is not None])
+
+
+def _state(patient: str, exists: bool, row, persons: list) -> AccessState:
+    """row: the acc_patient columns (or None); persons: the acc_person rows."""
+    def flag(name: str) -> bool:
+        return bool(getattr(row, name)) if row is not None else False
+
     return AccessState(
-        patient=patient, exists=bool(r.active) and r.merged_into is None, closed=bool(r.closed),
-        minor=bool(r.minor), treating_doctor=r.treating_doctor,
-        authorised=tuple(Grant(x.person, x.since, x.until) for x in people if x.relation == S.ACCESS_AUTHORISED),
-        blocked=frozenset(x.person for x in people if x.relation == S.ACCESS_BLOCKED),
-        representatives=frozenset(x.person for x in people if x.relation == S.ACCESS_REPRESENTATIVE),
-        objects_break_glass=bool(r.object_break_glass), objects_centre_15=bool(r.object_centre_15))
+        patient=patient, exists=exists, closed=flag("closed"), minor=flag("minor"),
+        treating_doctor=row.treating_doctor if row is not None else None,
+        authorised=tuple(Grant(r.person, r.since, r.until) for r in persons if r.relation == S.ACCESS_AUTHORISED),
+        blocked=frozenset(r.person for r in persons if r.relation == S.ACCESS_BLOCKED),
+        representatives=frozenset(r.person for r in persons if r.relation == S.ACCESS_REPRESENTATIVE),
+        objects_break_glass=flag("object_break_glass"), objects_centre_15=flag("object_centre_15"))
 
 
 def states(conn: Connection, patients: Iterable[str]) -> dict[str, AccessState]:
@@ -63,22 +71,7 @@ def states(conn: Connection, patients: Iterable[str]) -> dict[str, AccessState]:
             rows[r.patient_id] = r
         for r in conn.execute(select(PP).where(PP.c.patient_id.in_(part))):
             people[r.patient_id].append(r)
-    out = {}
-    for p in ids:
-        row = rows.get(p)
-        persons = people[p]
-        out[p] = AccessState(
-            patient=p, exists=known.get(p, False),
-            closed=bool(row.closed) if row is not None else False,
-            minor=bool(row.minor) if row is not None else False,
-            treating_doctor=row.treating_doctor if row is not None else None,
-            authorised=tuple(Grant(r.person, r.since, r.until) for r in persons
-                             if r.relation == S.ACCESS_AUTHORISED),
-            blocked=frozenset(r.person for r in persons if r.relation == S.ACCESS_BLOCKED),
-            representatives=frozenset(r.person for r in persons if r.relation == S.ACCESS_REPRESENTATIVE),
-            objects_break_glass=bool(row.object_break_glass) if row is not None else False,
-            objects_centre_15=bool(row.object_centre_15) if row is not None else False)
-    return out
+    return {p: _state(p, known.get(p, False), rows.get(p), people[p]) for p in ids}
 
 
 class AccessStore:

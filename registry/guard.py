@@ -129,9 +129,7 @@ class RegistryGuard:
         states_ = self.states(conn, {f.patient for f in facts.values()})
         unseen = set()
         for oid, doc in facts.items():
-            state = states_[doc.patient]
-            if not any(P.visibility(self.rules, self.caller, state, op, self.now).admits(doc, self.now)
-                       for op in (P.READ, P.LOCATE)):
+            if not P.sees_at_all(self.rules, self.caller, states_[doc.patient], doc, self.now):
                 unseen.add(oid)
         out = set()
         for oid in unseen & set(rows):

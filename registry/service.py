@@ -50,7 +50,10 @@ class RegistryActor:
 
     def guard_for(self, req: SoapRequest) -> RegistryGuard:
         """The access policy of one request (the pipeline's authorise layer)."""
-        return RegistryGuard(caller_of(req.principal, self.config.callers), self.config.policy, self.store)
+        return self.guard_of(req.principal)
+
+    def guard_of(self, principal) -> RegistryGuard:
+        return RegistryGuard(caller_of(principal, self.config.callers), self.config.policy, self.store)
 
     def _guard(self, req: SoapRequest) -> RegistryGuard:
         return req.policy if isinstance(req.policy, RegistryGuard) else self.guard_for(req)
@@ -142,15 +145,13 @@ class RegistryActor:
 
     def register_element(self, request, commit_before=None, principal=None) -> list:
         """In-process ITI-42, for a repository running in the same process: principal is the ITI-41 caller's."""
-        guard = RegistryGuard(caller_of(principal, self.config.callers), self.config.policy, self.store) \
-            if principal is not None else None
+        guard = self.guard_of(principal) if principal is not None else None
         return register(self.store, request, self.config, commit_before=commit_before, guard=guard)
 
     def retrievable(self, principal, unique_ids: list[str]) -> set[str]:
         """For a repository in the same process: which of these documents the caller may retrieve."""
-        guard = RegistryGuard(caller_of(principal, self.config.callers), self.config.policy, self.store)
         with self.store.reading() as conn:
-            return guard.retrievable(conn, unique_ids)
+            return self.guard_of(principal).retrievable(conn, unique_ids)
 
     def registered_element(self, request) -> etree._Element:
         """In-process settlement lookup, for a repository running in the same process."""

@@ -71,33 +71,22 @@ def de_condition(vis: Visibility, now: int, o=O, d=D, v: Values | None = None) -
     return and_(true(), *out)
 
 
+_BOUND: dict[tuple, frozenset[str]] = {}
+
+
 def scope_values(vis: Visibility, now: int) -> dict:
-    """The values of de_condition's bind parameters, as Values(bind=True) names them."""
-    if vis.everything or vis.nothing:
+    """The values of de_condition's bind parameters (Values(bind=True)): which ones it binds is read from
+    the expression itself, once per shape, so the two cannot drift apart."""
+    key = shape(vis)
+    names = _BOUND.get(key)
+    if names is None:
+        names = _BOUND[key] = frozenset(de_condition(vis, now, v=Values(bind=True)).compile().params)
+    if not names:
         return {}
-    out: dict = {}
-    if vis.organisation is not None:
-        out["sc_org"] = vis.organisation
-    if vis.own_only:
-        return out
-    if vis.types is not None and not vis.types:
-        return {}  # no type allowed: the condition is FALSE, with no parameters
-    if vis.person is not None and vis.hide_masked:
-        out["sc_person"] = vis.person
-    if not vis.hide_masked:
-        out.pop("sc_org", None)
-    if vis.hide_masked:
-        out["sc_masked"] = MASQUE_PS
-    if vis.hide_patient_invisible:
-        out["sc_invisible_patient"] = INVISIBLE_PATIENT
-        out["sc_now"] = now
-    if vis.hide_rl_invisible:
-        out["sc_invisible_rl"] = INVISIBLE_RL
-    if vis.hide_masked or vis.hide_patient_invisible or vis.hide_rl_invisible:
-        out["sc_scheme"] = C.DE_CONFIDENTIALITY_CODE
-    if vis.types:
-        out["sc_types"] = sorted(vis.types)
-    return out
+    every = {"sc_org": vis.organisation, "sc_person": vis.person, "sc_masked": MASQUE_PS,
+             "sc_invisible_patient": INVISIBLE_PATIENT, "sc_now": now, "sc_invisible_rl": INVISIBLE_RL,
+             "sc_scheme": C.DE_CONFIDENTIALITY_CODE, "sc_types": sorted(vis.types or ())}
+    return {name: every[name] for name in names}
 
 
 def object_condition(vis: Visibility, o=O, v: Values | None = None) -> ColumnElement:
@@ -119,8 +108,7 @@ def _own_only(vis: Visibility, o, v: Values) -> ColumnElement:
 def shape(vis: Visibility) -> tuple:
     """What decides the form of de_condition's statement (its key in a statement cache)."""
     return (vis.everything, vis.nothing, vis.own_only, vis.hide_masked, vis.hide_patient_invisible,
-            vis.hide_rl_invisible, vis.types is None, bool(vis.types), len(vis.types or ()) ,
-            vis.organisation is None, vis.person is None)
+            vis.hide_rl_invisible, vis.types is None, bool(vis.types), vis.organisation is None, vis.person is None)
 
 
 class Scope:

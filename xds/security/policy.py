@@ -300,6 +300,12 @@ def visibility(rules: Rules, caller: Caller, state: AccessState, op: str, now: f
                       organisation=caller.organisation, person=caller.person)
 
 
+def sees_at_all(rules: Rules, caller: Caller, state: AccessState, doc: Document, now: float) -> bool:
+    """Whether the caller sees the object by consulting or by finding references: a change aimed at an
+    object it does not is answered as one aimed at an unknown object."""
+    return any(visibility(rules, caller, state, op, now).admits(doc, now) for op in (READ, LOCATE))
+
+
 def may_query(rules: Rules, caller: Caller, state: AccessState, leaf_class: bool) -> Decision:
     """Refusals of a whole ITI-18 about this patient (not filters): C-8, C-9, C-10."""
     if caller.kind == ADMIN or not rules.dmp:
@@ -353,9 +359,7 @@ def may_change(rules: Rules, caller: Caller, state: AccessState, doc: Document, 
     if not rules.dmp:
         return ALLOW if own else deny("only the submitter of the target or an administrator may change it")
     # A target the caller cannot see is answered as unknown, whatever else would refuse the change.
-    sees = visibility(rules, caller, state, READ, now).admits(doc, now)
-    locates = visibility(rules, caller, state, LOCATE, now).admits(doc, now)
-    if not (sees or locates):
+    if not sees_at_all(rules, caller, state, doc, now):
         return deny("not visible to this caller", HIDDEN)
     gate = _dmp_gate(rules, caller, state)
     if not gate:
