@@ -19,7 +19,6 @@ import base64
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 from urllib.parse import quote
@@ -42,6 +41,8 @@ from xds.security import issue
 from xds.security.issue import Issuer
 from xds.tls import TlsFiles, client_context
 from tests.certs import Authority
+from tests.test_delete import remove_request
+from tests.test_split_deployment import Proc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MATRIX = os.path.join(ROOT, "tests", "fixtures", "policy", "habilitations-unofficial.toml")
@@ -75,40 +76,6 @@ def pid(n: int) -> str:
 
 PATIENTS = {name: pid(i) for i, name in enumerate(
     ("find", "masked", "retrieve", "host", "update", "delete", "remove", "indirecte"), start=1)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Proc:
-    """One `python -m node.cli serve` process with its own data folder, logging to a file."""
-
-    def __init__(self, tmp, name: str, *args: str, env: dict):
-        self.name, self.data, self.log = name, str(tmp / name), str(tmp / f"{name}.log")
-        self.port = free_port()
-        self.args = ["serve", "--port", str(self.port), "--data", self.data, *args]
-        self.env = env
-        self.proc = None
-
-    def start(self) -> "Proc":
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", *self.args], cwd=ROOT,
-                                         env={**os.environ, **self.env}, stdout=subprocess.PIPE, stderr=log)
-        line = self.proc.stdout.readline().decode()
-        assert "xds:" in line, open(self.log).read()
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
 
 
 def cli(*args: str) -> None:
@@ -352,15 +319,6 @@ def update_request(patient: str, entry_id: str, original: str, new: str, ps: str
     return builder.submit_objects_request([ss, builder.submission_set_marker(), change])
 
 
-def remove_objects_request(*ids: str) -> etree._Element:
-    """ITI-62 RemoveObjectsRequest."""
-    req = etree.Element(C.q(C.NS_LCM, "RemoveObjectsRequest"), nsmap={"lcm": C.NS_LCM, "rim": C.NS_RIM})
-    refs = etree.SubElement(req, C.q(C.NS_RIM, "ObjectRefList"))
-    for i in ids:
-        etree.SubElement(refs, C.q(C.NS_RIM, "ObjectRef"), id=i)
-    return req
-
-
 def remove_documents_request(*wanted: tuple[str, str]) -> etree._Element:
     return document_requests("RemoveDocumentsRequest", *wanted)
 
@@ -538,7 +496,7 @@ def test_another_host_cannot_delete_a_submission_and_the_administrator_can(world
 
     def delete(caller, targets):
         who, token = caller
-        return call(w, "registry", who, C.ACTION_DELETE, remove_objects_request(*targets), token)
+        return call(w, "registry", who, C.ACTION_DELETE, remove_request(*targets), token)
 
     # Host-b's certificate alone, or host-b's structure: the submission is answered as objects the
     # registry does not hold.

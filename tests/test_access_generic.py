@@ -11,7 +11,7 @@ import pytest
 from lxml import etree
 
 from node.server import Services
-from node.transfer import provide_and_register
+from node.transfer import provide_and_register, retrieve_request
 from xds import builder
 from xds import constants as C
 from xds.client import SoapClient
@@ -19,10 +19,12 @@ from xds.ebrim import read_response_errors
 from xds.settings import Settings
 from xds.tls import TlsFiles, client_context
 from tests.certs import Authority
+from tests.test_delete import remove_request
+from tests.test_remove_documents import remove_request as remove_documents_request
+from tests.test_update import message, status_change
 
 PID = "GEN1^^^&1.2.250.1.213.1.4.10&ISO"
 REPO_A, REPO_B = "1.2.250.1.999.3.61", "1.2.250.1.999.3.62"
-SS = "SubmissionSet01"
 
 
 def dn(cn: str) -> str:
@@ -103,30 +105,11 @@ def status_of(w, entry_id: str) -> str | None:
 
 
 def deprecate(entry_id: str) -> etree._Element:
-    a = builder.association(SS, entry_id, C.ASSOC_UPDATE_AVAILABILITY_STATUS, id="uas")
-    builder.slot(a, "OriginalStatus", [C.STATUS_APPROVED])
-    builder.slot(a, "NewStatus", [C.STATUS_DEPRECATED])
-    return builder.submit_objects_request([builder.submission_set(PID), builder.submission_set_marker(), a])
-
-
-def remove_objects(*ids: str) -> etree._Element:
-    req = etree.Element(C.q(C.NS_LCM, "RemoveObjectsRequest"), nsmap={"lcm": C.NS_LCM, "rim": C.NS_RIM})
-    lst = etree.SubElement(req, C.q(C.NS_RIM, "ObjectRefList"))
-    for i in ids:
-        etree.SubElement(lst, C.q(C.NS_RIM, "ObjectRef"), id=i)
-    return req
-
-
-def document_request(tag: str, repo: str, uid: str, ns: str = C.NS_XDSB) -> etree._Element:
-    req = etree.Element(C.q(ns, tag), nsmap={"xdsb": C.NS_XDSB, "rmd": C.NS_RMD})
-    dr = etree.SubElement(req, C.q(C.NS_XDSB, "DocumentRequest"))
-    etree.SubElement(dr, C.q(C.NS_XDSB, "RepositoryUniqueId")).text = repo
-    etree.SubElement(dr, C.q(C.NS_XDSB, "DocumentUniqueId")).text = uid
-    return req
+    return message(PID, status_change(entry_id, C.STATUS_APPROVED, C.STATUS_DEPRECATED))
 
 
 def retrieved(w, repo: str, uid: str) -> bytes | None:
-    reply = registry_call(w, "source", C.ACTION_RETRIEVE, document_request("RetrieveDocumentSetRequest", repo, uid))
+    reply = registry_call(w, "source", C.ACTION_RETRIEVE, retrieve_request(uid, repo))
     try:
         parts = [p.read_bytes() for p in reply.mtom.parts.values()] if reply.mtom else []
         return parts[0] if outcome(reply)[0] == "Success" and parts else None
@@ -150,7 +133,7 @@ def test_another_host_may_not_deprecate_and_the_submitter_may(world):
 def test_another_host_may_not_delete_a_submission_and_an_administrator_may(world):
     w = world
     entry, _ = provide(w, "host-a", b"delete me")
-    reply = registry_call(w, "host-b", C.ACTION_DELETE, remove_objects(entry))
+    reply = registry_call(w, "host-b", C.ACTION_DELETE, remove_request(entry))
     assert outcome(reply) == ("Failure", ["XDSRegistryError"])
     assert status_of(w, entry) == "Approved"
     # The entry alone cannot go while its SubmissionSet's HasMember points at it: remove both.
@@ -158,9 +141,9 @@ def test_another_host_may_not_delete_a_submission_and_an_administrator_may(world
     with store.reading() as conn:
         links = [a for a in store.associations_touching(conn, [entry]) if a.type == C.ASSOC_HAS_MEMBER]
     ids = [entry] + [a.id for a in links] + [a.source for a in links]
-    assert outcome(registry_call(w, "host-b", C.ACTION_DELETE, remove_objects(*ids)))[0] == "Failure"
+    assert outcome(registry_call(w, "host-b", C.ACTION_DELETE, remove_request(*ids)))[0] == "Failure"
     assert status_of(w, entry) == "Approved"
-    reply = registry_call(w, "admin", C.ACTION_DELETE, remove_objects(*ids))
+    reply = registry_call(w, "admin", C.ACTION_DELETE, remove_request(*ids))
     assert outcome(reply)[0] == "Success", reply.raw[:600]
     assert status_of(w, entry) is None
 
@@ -171,7 +154,7 @@ def test_the_submitting_host_may_delete_its_own_submission(world):
     store = w["registry"].registry.store
     with store.reading() as conn:
         links = [a for a in store.associations_touching(conn, [entry]) if a.type == C.ASSOC_HAS_MEMBER]
-    reply = registry_call(w, "host-a", C.ACTION_DELETE, remove_objects(entry, *[a.id for a in links],
+    reply = registry_call(w, "host-a", C.ACTION_DELETE, remove_request(entry, *[a.id for a in links],
                                                                         *[a.source for a in links]))
     assert outcome(reply)[0] == "Success", reply.raw[:600]
     assert status_of(w, entry) is None
@@ -195,7 +178,7 @@ def test_another_host_may_not_replace_a_document_and_the_submitter_may(world):
 def test_iti86_on_a_host_only_from_its_registry_or_an_administrator(world):
     w = world
     _, uid = provide(w, "host-a", b"bytes of a")
-    request = document_request("RemoveDocumentsRequest", REPO_A, uid, C.NS_RMD)
+    request = remove_documents_request((REPO_A, uid))
     for who in ("host-b", "source"):
         reply = host_call(w, "host-a", who, C.ACTION_REMOVE_DOCUMENTS, request)
         assert outcome(reply) == ("Failure", ["XDSRepositoryError"]), who
@@ -206,7 +189,7 @@ def test_iti86_on_a_host_only_from_its_registry_or_an_administrator(world):
     assert retrieved(w, REPO_A, uid) is None
     _, uid2 = provide(w, "host-a", b"more bytes of a")
     reply = host_call(w, "host-a", "admin", C.ACTION_REMOVE_DOCUMENTS,
-                      document_request("RemoveDocumentsRequest", REPO_A, uid2, C.NS_RMD))
+                      remove_documents_request((REPO_A, uid2)))
     assert outcome(reply)[0] == "Success", reply.raw[:600]
 
 
