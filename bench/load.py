@@ -93,13 +93,7 @@ class Requests:
 
     @staticmethod
     def _query(client: SoapClient, pid: str) -> bytes:
-        q = C.NS_QUERY
-        req = etree.Element(f"{{{q}}}AdhocQueryRequest", nsmap={"query": q, "rim": C.NS_RIM})
-        etree.SubElement(req, f"{{{q}}}ResponseOption", returnType="LeafClass", returnComposedObjects="true")
-        aq = etree.SubElement(req, f"{{{C.NS_RIM}}}AdhocQuery", id=C.SQ_FIND_DOCUMENTS)
-        builder.slot(aq, "$XDSDocumentEntryPatientId", [f"'{pid}'"])
-        builder.slot(aq, "$XDSDocumentEntryStatus", [f"('{C.STATUS_APPROVED}')"])
-        return SoapClient("http://x/xds/registry").envelope(C.ACTION_QUERY, req)
+        return SoapClient("http://x/xds/registry").envelope(C.ACTION_QUERY, builder.find_documents_request(pid))
 
     def provide(self, rnd: random.Random, seeding: bool = False) -> tuple[bytes, str]:
         uid = f"2.25.{uuid.uuid4().int}"

@@ -9,6 +9,7 @@ from lxml import etree
 
 from xds.audit import AuditEvent, DocumentRef, HumanRequestor, Node, record_key, to_xml
 from xds.audit import records
+from xds.builder import adhoc_query_request
 from xds.constants import NS_QUERY, NS_RIM
 from xds.security.principal import Code
 
@@ -32,12 +33,8 @@ QUERY_ID = "urn:uuid:14d4debf-8f97-4251-9a74-a90016b0af0d"  # FindDocuments
 
 
 def adhoc_request() -> bytes:
-    root = etree.Element(f"{{{NS_QUERY}}}AdhocQueryRequest", nsmap={"query": NS_QUERY, "rim": NS_RIM})
-    etree.SubElement(root, f"{{{NS_QUERY}}}ResponseOption", returnType="LeafClass", returnComposedObjects="true")
-    query = etree.SubElement(root, f"{{{NS_RIM}}}AdhocQuery", id=QUERY_ID)
-    slot = etree.SubElement(query, f"{{{NS_RIM}}}Slot", name="$XDSDocumentEntryPatientId")
-    etree.SubElement(etree.SubElement(slot, f"{{{NS_RIM}}}ValueList"), f"{{{NS_RIM}}}Value").text = f"'{PID}'"
-    return etree.tostring(root, encoding="utf-8")
+    return etree.tostring(adhoc_query_request(QUERY_ID, [("$XDSDocumentEntryPatientId", f"'{PID}'")]),
+                          encoding="utf-8")
 
 
 DOCS = (DocumentRef("1.2.3.4.1", "1.3.6.1.4.1.21367.2010.1.2.1125"),

@@ -7,7 +7,6 @@ import os
 
 import pytest
 import sqlalchemy as sa
-from lxml import etree
 from sqlalchemy import event
 
 from node.server import Services
@@ -65,12 +64,7 @@ def provide(server, n: int = 1) -> tuple[str, list]:
 
 
 def find_documents(server) -> tuple[str, int]:
-    q = C.NS_QUERY
-    req = etree.Element(f"{{{q}}}AdhocQueryRequest", nsmap={"query": q, "rim": C.NS_RIM})
-    etree.SubElement(req, f"{{{q}}}ResponseOption", returnType="LeafClass", returnComposedObjects="true")
-    aq = etree.SubElement(req, f"{{{C.NS_RIM}}}AdhocQuery", id=C.SQ_FIND_DOCUMENTS)
-    builder.slot(aq, "$XDSDocumentEntryPatientId", [f"'{PID}'"])
-    builder.slot(aq, "$XDSDocumentEntryStatus", [f"('{C.STATUS_APPROVED}')"])
+    req = builder.find_documents_request(PID)
     reply = SoapClient(server.url + "/xds/registry", 20).call(C.ACTION_QUERY, req)
     return reply.body.get("status"), len(reply.body.findall(f".//{{{C.NS_RIM}}}ExtrinsicObject"))
 

@@ -118,13 +118,7 @@ def timed_health(server, timeout: float = 3.0) -> float:
 
 
 def find_documents(pid: str) -> etree._Element:
-    q = C.NS_QUERY
-    req = etree.Element(f"{{{q}}}AdhocQueryRequest", nsmap={"query": q, "rim": C.NS_RIM})
-    etree.SubElement(req, f"{{{q}}}ResponseOption", returnType="LeafClass", returnComposedObjects="true")
-    aq = etree.SubElement(req, f"{{{C.NS_RIM}}}AdhocQuery", id=C.SQ_FIND_DOCUMENTS)
-    builder.slot(aq, "$XDSDocumentEntryPatientId", [f"'{pid}'"])
-    builder.slot(aq, "$XDSDocumentEntryStatus", [f"('{C.STATUS_APPROVED}')"])
-    return req
+    return builder.find_documents_request(pid)
 
 
 def timed_query(server, pid: str, expected: int, timeout: float = 3.0) -> float:

@@ -151,12 +151,7 @@ def retrieve(d, url: str, wanted: list[tuple[str, str]]):
 
 
 def find_documents(d) -> list[str]:
-    q = C.NS_QUERY
-    req = etree.Element(f"{{{q}}}AdhocQueryRequest", nsmap={"query": q, "rim": C.NS_RIM})
-    etree.SubElement(req, f"{{{q}}}ResponseOption", returnType="LeafClass", returnComposedObjects="true")
-    aq = etree.SubElement(req, f"{{{C.NS_RIM}}}AdhocQuery", id=C.SQ_FIND_DOCUMENTS)
-    builder.slot(aq, "$XDSDocumentEntryPatientId", [f"'{PID}'"])
-    builder.slot(aq, "$XDSDocumentEntryStatus", [f"('{C.STATUS_APPROVED}')"])
+    req = builder.find_documents_request(PID)
     reply = client(d, d["registry"].url + "/xds/registry").call(C.ACTION_QUERY, req)
     assert reply.body.get("status") == C.RESPONSE_SUCCESS, etree.tostring(reply.body)
     return reply.body.findall(f".//{{{C.NS_RIM}}}ExtrinsicObject")
