@@ -36,12 +36,9 @@ INVISIBLE_RL = f"INVISIBLE_REPRESENTANTS_LEGAUX^^{DMP_CONFIDENTIALITY_SCHEME}"
 # --- operations ----------------------------------------------------------------------------------
 READ = "read"            # consult: ITI-18 answering metadata (LeafClass), ITI-43
 LOCATE = "locate"        # find references: ITI-18 answering ObjectRef (DMP TD3.1b)
-FEED = "feed"            # ITI-41 / ITI-42: a new submission for the patient
 REPLACE = "replace"      # RPLC, APND, XFRM and their variants aimed at a registered document
-UPDATE = "update"        # ITI-57: a new version of metadata, or an availability status other than Deleted
-DELETE = "delete"        # ITI-57 to Deleted (the DMP's deletion), ITI-62
-REMOVE_DOCUMENTS = "remove_documents"  # ITI-86 on a repository host
-MANAGE = "manage"        # the administration interface: the patient's access state
+UPDATE = "update"        # ITI-57: a new version of metadata, archiving and back, an association added
+DELETE = "delete"        # ITI-57 out of Approved (Deprecated, the DMP's Deleted), ITI-62
 
 # Kinds of refusal, which each transaction answers with its own code (PROFILE.md's list).
 DENIED = "denied"                # XDSRegistryError, access denied
@@ -148,8 +145,8 @@ def deny(reason: str, refusal: str = DENIED) -> Decision:
 @dataclass(frozen=True)
 class Visibility:
     """Which of one patient's objects a caller sees. `everything` needs no filter; `nothing` sees none;
-    otherwise a DocumentEntry is seen when every condition holds, and SubmissionSets and Folders when
-    `objects` is set (and, with own_only, when the caller submitted them)."""
+    otherwise a DocumentEntry is seen when every condition holds, and SubmissionSets and Folders always
+    (with own_only: when the caller's organisation submitted them)."""
 
     everything: bool = False
     nothing: bool = False
@@ -161,10 +158,6 @@ class Visibility:
     organisation: str | None = None   # the caller's, for own_only and the author exception
     person: str | None = None
     reason: str = ""                  # why nothing, when nothing
-
-    @property
-    def objects(self) -> bool:
-        return not self.nothing
 
     def admits(self, doc: Document, now: float) -> bool:
         if self.everything:
