@@ -59,8 +59,9 @@ def bearer(assertion: bytes) -> str:
 
 
 def call(url: str, change: dict | None = None, *, assertion: bytes | None = None,
-         ssl_context: ssl.SSLContext | None = None, timeout: float = 30.0) -> dict:
-    """GET the state (change None) or POST one change; the state the server answers, or AccessError."""
+         ssl_context: ssl.SSLContext | None = None, timeout: float = 30.0, expect: str = "patient") -> dict:
+    """GET the state (change None) or POST one change; the state the server answers, or AccessError.
+    expect: a key every good answer carries (the audit interface's answers use it too)."""
     parts = urlsplit(url)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     if parts.scheme == "https":
@@ -88,7 +89,7 @@ def call(url: str, change: dict | None = None, *, assertion: bytes | None = None
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         data = None
-    if status == 200 and isinstance(data, dict) and "patient" in data:
+    if status == 200 and isinstance(data, dict) and expect in data:
         return data
     if isinstance(data, dict) and isinstance(data.get("error"), str):
         message = data["error"]

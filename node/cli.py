@@ -13,7 +13,8 @@ def _settings(args) -> settings_mod.Settings:
                                                       "require_known_repositories", "mime_bare_lf",
                                                       "security", "allow_anonymous", "xua_trust", "xua_audiences",
                                                       "feed_sources", "allow_plain_mllp", "habilitation_matrix",
-                                                      "admin_subjects", "registry_subjects")}
+                                                      "admin_subjects", "registry_subjects", "audit_repository",
+                                                      "audit_tls_ca", "audit_source_id", "notification_webhook")}
     if getattr(args, "no_patient_check", False):
         overrides["check_patients"] = False
     return settings_mod.load(getattr(args, "config", None), overrides=overrides)
@@ -70,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="repository host: its registry's certificate subject, the caller of ITI-86 and routed "
                         "ITI-43 (repeatable)")
 
+    p.add_argument("--audit-repository", metavar="URL",
+                   help="send ATNA audit records to tls://host[:6514] (syslog over TLS) or udp://host[:514]")
+    p.add_argument("--audit-tls-ca", metavar="PEM", help="CA of the audit repository's certificate (default --tls-ca)")
+    p.add_argument("--audit-source-id", metavar="ID", help="AuditSourceID of this node (default xds@<host name>)")
+    p.add_argument("--notification-webhook", metavar="URL",
+                   help="POST break-the-glass and centre 15 notifications (JSON) to this URL")
+
     p = sub.add_parser("patient", help="manage the patient ids the registry accepts")
     _add_common(p)
     psub = p.add_subparsers(dest="patient_command", required=True)
@@ -117,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     from .access import add_arguments as access_arguments
 
     access_arguments(p)
+
+    p = sub.add_parser("audit", help="the audit records and the patients' access logs: status, log, "
+                                     "notifications, records (`xds audit -h`)")
+    from .audit import add_arguments as audit_arguments
+
+    audit_arguments(p)
 
     p = sub.add_parser("repository", help="the registry's directory of repository hosts; check a repository "
                                          "against its registry")
@@ -197,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         from .query import command as query_command
 
         return query_command(args, s)
+    if args.command == "audit":
+        from .audit import command as audit_command
+
+        return audit_command(args, s)
     if args.command == "access":
         from .access import command as access_command
 

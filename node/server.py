@@ -15,6 +15,9 @@ from registry.service import RegistryActor
 from registry.store import RegistryStore
 from repository.service import RepositoryActor
 from xds.app import AppConfig, XdsApp
+from xds.audit.auditor import Auditor, AuditSource, RegistryFacts
+from xds.audit.http import ADMIN_PREFIX as AUDIT_PREFIX, PATIENT_PREFIX as PATIENT_LOG_PREFIX, AuditAdmin, PatientLog
+from xds.audit.store import AuditStore
 from xds.cheroot_adapter import HttpServer
 from xds.security import modes
 from xds.security.callers import CallerRules
@@ -42,6 +45,10 @@ class Services:
         self.repository = None
         self._systems: tuple[float, set[str]] = (0.0, set())  # (read again after, subjects): _known_system
         endpoints = []
+        # The audit layer (xds/audit): its store is bound below, once the process's database is known.
+        self.auditor = Auditor(None, AuditSource.of(settings.audit_source_id, settings.audit_enterprise_site),
+                               CallerRules.from_settings(settings), base_url=settings.base_url) \
+            if settings.audit else None
         if settings.role in ("all", "registry"):
             store = RegistryStore(settings.db_url)
             store.migrate()
@@ -55,26 +62,63 @@ class Services:
                 max_document_bytes=settings.max_document_bytes)
             endpoints.append(self.registry.endpoint())
         if settings.role in ("all", "repository"):
-            self.repository = RepositoryActor.from_settings(settings, self.registry)
+            self.repository = RepositoryActor.from_settings(settings, self.registry, self.auditor)
             endpoints.append(self.repository.endpoint())
+        self.delivery = None
+        if self.auditor is not None:
+            self._start_audit(settings)
         authenticator = modes.authenticator(settings, self._known_system, self._database())
         routes = {}
         if self.registry is not None:
             # The administration interface of the patients' access states (registry/admin.py).
             routes[ADMIN_PREFIX] = AccessAdmin(AccessStore(self.registry.store), authenticator,
                                                CallerRules.from_settings(settings))
+        if self.auditor is not None:
+            routes[AUDIT_PREFIX] = AuditAdmin(self.auditor.store, authenticator, CallerRules.from_settings(settings),
+                                              self.auditor.source, settings.audit_repository)
+            if self.registry is not None:
+                routes[PATIENT_LOG_PREFIX] = PatientLog(self.auditor.store, authenticator,
+                                                        CallerRules.from_settings(settings),
+                                                        AccessStore(self.registry.store).state)
         self.app = XdsApp(endpoints, AppConfig(spool_dir=spool, max_request_bytes=settings.max_request_bytes,
                                                max_document_bytes=settings.max_document_bytes,
                                                base_url=settings.base_url, mime_bare_lf=settings.mime_bare_lf,
-                                               authenticator=authenticator),
-                          health=lambda: {"role": settings.role}, routes=routes)
+                                               authenticator=authenticator, auditor=self.auditor),
+                          health=lambda: {"role": settings.role}, routes=routes,
+                          on_auth_refusal=self.auditor.authentication_failure if self.auditor is not None else None)
         self.http: HttpServer | None = None
         self.mllp = None
         self.feed_sources = feed_sources(settings) if self.registry is not None and settings.mllp_port is not None \
             else None
-        # Called with a registry.feed.FeedEvent for every accepted and refused ITI-8 message; the audit
-        # layer replaces it before start().
-        self.feed_audit = no_audit
+        # Called with a registry.feed.FeedEvent for every accepted and refused ITI-8 message.
+        self.feed_audit = self.auditor.feed if self.auditor is not None else no_audit
+
+    def _start_audit(self, settings: Settings) -> None:
+        store = AuditStore(self._database())
+        store.migrate()
+        self.auditor.store = store
+        if self.registry is not None:
+            self.auditor.registry = RegistryFacts(self.registry.store, AccessStore(self.registry.store))
+            router = self.registry._router
+            if router is not None:
+                router.hop_audit = self._routed_hop
+        if settings.audit_repository or settings.notification_webhook:
+            from xds.audit.delivery import Delivery
+
+            self.delivery = Delivery(store, self.auditor.source, destination=settings.audit_repository,
+                                     ssl_context=settings.audit_ssl_context() if settings.audit_repository else None,
+                                     webhook=settings.notification_webhook,
+                                     webhook_ssl_context=settings.client_ssl_context(),
+                                     interval=settings.audit_interval)
+            self.auditor.wake = self.delivery.kick
+
+    def _routed_hop(self, req, url: str, repo: str, wanted, errors, answered: int) -> None:
+        """The registry's side of the ITI-43 it forwards to a host (registry/route.py)."""
+        failed = any(e.is_error for e in errors)
+        outcome = 0 if not failed else (4 if answered else 8)
+        codes = " ".join(sorted({e.code for e in errors if e.is_error}))[:200] or None
+        self.auditor.hop("ITI-43", principal=req.principal, destination=url, outcome=outcome, description=codes,
+                         documents=[(uid, repo, home) for home, uid in wanted])
 
     def start(self) -> "Services":
         """Bind and serve in background threads (tests, and `serve` below)."""
@@ -87,6 +131,10 @@ class Services:
                                body_window=s.body_window, max_connections=s.max_connections,
                                listen_backlog=s.listen_backlog)
         self.http.start()
+        if self.auditor is not None:
+            self.auditor.system("application-start")
+            if self.delivery is not None:
+                self.delivery.start()
         if self.registry is not None and self.repository is not None and s.route_retrieve:
             # All in one process: the registry's own directory names the local repository, so ITI-43
             # sent to the registry endpoint reaches it like any other host.
@@ -134,6 +182,13 @@ class Services:
             self.repository.close()  # its settlement job
         if self.registry is not None:
             self.registry.close()  # then the threads it forwards ITI-43 on
+        if self.auditor is not None and self.auditor.store is not None:
+            try:
+                self.auditor.system("application-stop")
+            except Exception:
+                log.exception("the application-stop audit record could not be written")
+        if self.delivery is not None:
+            self.delivery.stop()  # one last round; what it cannot send waits in the outbox
 
 
 def policy_rules(settings: Settings) -> Rules:

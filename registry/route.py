@@ -70,6 +70,9 @@ class RetrieveRouter:
         # Threads are started as forwards need them, up to MAX_FORWARDS.
         self._pool = ThreadPoolExecutor(max_workers=MAX_FORWARDS, thread_name_prefix="xds-route")
         self._connections = ConnectionPool()
+        # (request, host URL, repositoryUniqueId, [(home, uid)], errors, documents answered) for each host
+        # asked: the audit record of this side of the hop (node/server.py sets it).
+        self.hop_audit: Callable | None = None
 
     def close(self) -> None:
         """Wait for the forwards in flight, then end the threads and the kept connections."""
@@ -97,6 +100,9 @@ class RetrieveRouter:
             else:
                 groups.setdefault(repo, []).append((home, uid))
         replies = self._forward_all(groups, directory, req.request_id, req.security_to_pass_on())
+        if self.hop_audit is not None:
+            for (repo, wanted), reply in zip(groups.items(), replies):
+                self.hop_audit(req, directory[repo][0], repo, wanted, reply.errors, len(reply.answers))
         errors += withheld
         cleanup = _run_all([r.cleanup for r in replies if r.cleanup is not None])
         try:

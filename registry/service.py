@@ -46,7 +46,8 @@ class RegistryActor:
         self._router = None  # the ITI-43 RetrieveRouter, made with the first operations() that routes
 
     def endpoint(self, path: str = "/xds/registry") -> Endpoint:
-        return Endpoint(path, self.operations(), wsdl="registry.wsdl", policy_for=self.guard_for)
+        return Endpoint(path, self.operations(), wsdl="registry.wsdl", policy_for=self.guard_for,
+                        actor="Document Registry")
 
     def guard_for(self, req: SoapRequest) -> RegistryGuard:
         """The access policy of one request (the pipeline's authorise layer)."""

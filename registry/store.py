@@ -317,6 +317,27 @@ class RegistryStore:
                                      r.origin_org, r.origin_person, r.reveal_at)
         return out
 
+    def audit_facts(self, conn: Connection, refs: Iterable[str]) -> dict[str, tuple]:
+        """What the patient's access log says of the newest DocumentEntry whose id or uniqueId is among
+        refs: ref -> (patient, uniqueId, title, confidentiality codes, reveal_at)."""
+        t, oc = S.registry_object, S.object_code
+        found: dict[str, tuple] = {}
+        for part in chunks(sorted(set(refs))):
+            rows = conn.execute(select(t.c.id, t.c.unique_id, t.c.version, t.c.patient_id, t.c.reveal_at, t.c.xml)
+                                .where(or_(t.c.id.in_(part), t.c.unique_id.in_(part)),
+                                       t.c.kind == S.KIND_DOCUMENT_ENTRY)).all()
+            ids = [r.id for r in rows]
+            codes: dict[str, set[str]] = {}
+            for r in conn.execute(select(oc.c.object_id, oc.c.code).where(
+                    oc.c.object_id.in_(ids), oc.c.scheme == C.DE_CONFIDENTIALITY_CODE)):
+                codes.setdefault(r.object_id, set()).add(r.code)
+            for r in rows:
+                for ref in (r.id, r.unique_id):
+                    if ref in part and (ref not in found or found[ref][0] < r.version):
+                        found[ref] = (r.version, (r.patient_id, r.unique_id, _title(r.xml),
+                                                  frozenset(codes.get(r.id, ())), r.reveal_at))
+        return {ref: facts for ref, (_, facts) in found.items()}
+
     def ids_and_lids(self, conn: Connection, ids: Iterable[str]) -> dict[str, str]:
         """Objects whose id or logical id is among ids: id -> lid."""
         t = S.registry_object
@@ -623,3 +644,18 @@ def _set_slot(el: etree._Element, name: str, value: str) -> None:
     etree.SubElement(vl, f"{{{RIM}}}Value").text = value
     pos = sum(1 for c in el if c.tag == f"{{{RIM}}}Slot")
     el.insert(pos, s)
+
+
+def _title(xml: str) -> str | None:
+    """The first LocalizedString of an object's Name, as stored."""
+    try:
+        root = safe_parse(xml.encode("utf-8"), "stored object")
+    except Exception:
+        return None
+    name = root.find(C.q(C.NS_RIM, "Name"))
+    if name is None:
+        return None
+    for ls in name.iterchildren(C.q(C.NS_RIM, "LocalizedString")):
+        if ls.get("value"):
+            return ls.get("value")
+    return None

@@ -84,3 +84,43 @@ class RemoteRegistry:
                                  wire.request(repository_id, unique_ids, after, limit), self.timeout,
                                  self.ssl_context)
         return wire.read_response(response)
+
+
+class AuditedRegistry:
+    """A registry link whose every ITI-42 leaves an audit record of this repository's side of the hop
+    (xds/audit/auditor.py); for a registry in the same process, the registry's side too, since that
+    call passes no SOAP layer of its own."""
+
+    def __init__(self, link: RegistryLink, auditor, destination: str):
+        self.link = link
+        self.auditor = auditor
+        self.destination = destination
+        self.in_process = isinstance(link, InProcessRegistry)
+
+    def register(self, request: etree._Element, commit_before: _dt.datetime,
+                 forward: Sequence[etree._Element] = (), principal=None) -> list[XdsError]:
+        try:
+            errors = self.link.register(request, commit_before, forward, principal)
+        except XdsException as exc:
+            self._record(request, principal, 12 if isinstance(exc, (RegistryUnanswered, RegistryUnreachable)) else 8,
+                         " ".join(sorted({e.code for e in exc.errors if e.is_error}))[:200] or None)
+            raise
+        except Exception:
+            self._record(request, principal, 12, "internal error")
+            raise
+        self._record(request, principal, 0, None)
+        return errors
+
+    def _record(self, request, principal, outcome: int, description: str | None) -> None:
+        from xds.audit.facts import of_request
+        from xds.security.principal import Principal
+
+        facts = of_request("ITI-42", request)
+        self.auditor.hop("ITI-42", principal=principal or Principal(mode="tls"), destination=self.destination,
+                         outcome=outcome, description=description, patient_id=facts.patient_id,
+                         submission_set_uid=facts.submission_set_uid,
+                         registry_side=self.in_process, request=request if principal is not None else None)
+
+    def registered(self, repository_id: str, unique_ids: Sequence[str] = (), after: str | None = None,
+                   limit: int | None = None) -> Registered:
+        return self.link.registered(repository_id, unique_ids, after, limit)

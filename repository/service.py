@@ -11,7 +11,7 @@ from xds.ebrim import registry_response
 from xds.security.callers import CallerRules, caller_of
 from .guard import RepositoryGuard
 from .blobs import BlobStore, FileSystemBlobStore
-from .forward import InProcessRegistry, RegistryLink, RemoteRegistry
+from .forward import AuditedRegistry, InProcessRegistry, RegistryLink, RemoteRegistry
 from .provide import Provide
 from .settle import Ledger, SettlementJob
 from .retrieve import retrieve, retrieve_response
@@ -76,8 +76,9 @@ class RepositoryActor:
             self._job = None
 
     @classmethod
-    def from_settings(cls, settings, registry_actor=None) -> "RepositoryActor":
-        """Build from xds Settings; registry_actor is the registry of the same process, if any."""
+    def from_settings(cls, settings, registry_actor=None, auditor=None) -> "RepositoryActor":
+        """Build from xds Settings; registry_actor is the registry of the same process, if any; auditor
+        records each ITI-42 this repository sends (xds/audit)."""
         if settings.registry_url:
             link: RegistryLink = RemoteRegistry(settings.registry_url, settings.registry_timeout,
                                                 settings.client_ssl_context())
@@ -86,6 +87,8 @@ class RepositoryActor:
         else:
             raise ValueError("a repository without a registry in the same process needs --registry-url "
                              "(the registry's ITI-42 endpoint, e.g. http://registry:8080/xds/registry)")
+        if auditor is not None:
+            link = AuditedRegistry(link, auditor, settings.registry_url or "in-process registry")
         db_url = settings.repository_db or settings.db_url
         shared = registry_actor is not None and db_url == settings.db_url
         # One engine per database keeps the connection pool, and SQLite's single writer, in one place.
@@ -99,7 +102,8 @@ class RepositoryActor:
             settings.profile))
 
     def endpoint(self, path: str = "/xds/repository") -> Endpoint:
-        return Endpoint(path, self.operations(), wsdl="repository.wsdl", policy_for=self.guard_for)
+        return Endpoint(path, self.operations(), wsdl="repository.wsdl", policy_for=self.guard_for,
+                        actor="Document Repository")
 
     def guard_for(self, req: SoapRequest) -> RepositoryGuard:
         caller = caller_of(req.principal, self.config.callers)

@@ -13,6 +13,7 @@ from registry.delete import delete_document_set
 from registry.query import stored_query
 from xds import builder
 from xds import constants as C
+from xds.builder import remove_objects_request as remove_request
 from xds import errors as E
 from xds.client import SoapClient
 from xds.errors import XdsException
@@ -29,16 +30,6 @@ def register(store, request) -> dict[str, str]:
     elements = {el.get("id"): el for el in request.iter(*_TAGS)}
     submit(store, request)
     return {sym: el.get("id") for sym, el in elements.items()}
-
-
-def remove_request(*ids: str, home: str | None = None) -> etree._Element:
-    req = etree.Element(C.q(C.NS_LCM, "RemoveObjectsRequest"), nsmap={"lcm": C.NS_LCM, "rim": RIM})
-    lst = etree.SubElement(req, C.q(RIM, "ObjectRefList"))
-    for i in ids:
-        ref = etree.SubElement(lst, C.q(RIM, "ObjectRef"), id=i)
-        if home:
-            ref.set("home", home)
-    return req
 
 
 def refused(store, request) -> list[tuple[str, str]]:

@@ -3,12 +3,12 @@ a removed document is gone from the database and the disk and can no longer be r
 from __future__ import annotations
 
 import pytest
-from lxml import etree
 
 from repository.remove import remove_documents
 from repository.store import DocumentRow, RepositoryStore
 from xds import builder
 from xds import constants as C
+from xds.builder import remove_documents_request as remove_request
 from xds import errors as E
 from tests.helpers import unique_ids
 from tests.test_repository_http import NS, REPO, client, leftovers, patient, provide, retrieve, start, status_codes
@@ -19,16 +19,6 @@ def server(db_url, tmp_path):
     services = start(tmp_path, db=db_url)
     yield services
     services.stop()
-
-
-def remove_request(*items: tuple[str, str]) -> etree._Element:
-    """items: (repositoryUniqueId, documentUniqueId)."""
-    req = etree.Element(C.q(C.NS_RMD, "RemoveDocumentsRequest"), nsmap={"rmd": C.NS_RMD, "xdsb": C.NS_XDSB})
-    for repo, uid in items:
-        dr = etree.SubElement(req, C.q(C.NS_XDSB, "DocumentRequest"))
-        etree.SubElement(dr, C.q(C.NS_XDSB, "RepositoryUniqueId")).text = repo
-        etree.SubElement(dr, C.q(C.NS_XDSB, "DocumentUniqueId")).text = uid
-    return req
 
 
 def remove(server, *items, use_mtom=False):

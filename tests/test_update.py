@@ -13,6 +13,7 @@ from registry.query import stored_query
 from registry.update import update_document_set
 from xds import builder
 from xds import constants as C
+from xds.builder import status_change
 from xds import errors as E
 from xds.client import SoapClient
 from xds.ebrim import new_uuid
@@ -59,13 +60,6 @@ def new_folder_version(pid: str, lid: str, uid: str, *, title: str = "Folder v2"
     fd = builder.folder(pid, id="FolV2", unique_id=uid, title=title)
     fd.set("lid", lid)
     return [fd, builder.folder_marker("FolV2"), version_link("FolV2", **link)]
-
-
-def status_change(target: str, original: str, new: str, id: str = "uas") -> etree._Element:
-    a = builder.association(SS, target, C.ASSOC_UPDATE_AVAILABILITY_STATUS, id=id)
-    builder.slot(a, "OriginalStatus", [original])
-    builder.slot(a, "NewStatus", [new])
-    return a
 
 
 def submitted(source: str, target: str, type_: str) -> list[etree._Element]:

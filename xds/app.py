@@ -33,7 +33,7 @@ log = logging.getLogger("xds.app")
 # The request body: an object with read(n), and readinto(memoryview) when the server can fill a buffer.
 INPUT_KEY = "xds.input"
 # The subject of the client certificate verified during the TLS handshake; absent without one.
-from .http_auth import PEER_KEY  # noqa: E402 (the verified client certificate subject, set by the HTTP adapter)
+from .http_auth import PEER_KEY, REFUSAL_KEY  # noqa: E402 (the verified client certificate subject, set by the HTTP adapter)
 
 
 class MalformedBody(ValueError):
@@ -71,6 +71,7 @@ class SoapRequest:
     policy: object = None
     # The endpoint's maker of request-scoped policy objects (its actor's access policy), if it has one.
     policy_for: "Callable | None" = None
+    actor: str | None = None   # the endpoint's actor, as audit records name it ("Document Registry", ...)
 
     @property
     def body(self) -> etree._Element:
@@ -122,6 +123,7 @@ class Endpoint:
     wsdl: str | None = None  # file name in the wsdl package
     # request -> the request-scoped policy object its handlers ask (xds/pipeline.py, Authorise).
     policy_for: Callable | None = None
+    actor: str | None = None   # "Document Registry" | "Document Repository": who audits what is served here
 
 
 @dataclass
@@ -135,7 +137,7 @@ class AppConfig:
     # The pipeline's layers (xds/pipeline.py): who is calling, what they may do, who is told.
     authenticator: object = field(default_factory=NoSecurity)
     policy_for: Callable | None = None
-    audit_sink: Callable | None = None
+    auditor: object = None                          # xds.audit.Auditor; None: nothing is recorded
 
 
 def _answer_status(payload: etree._Element) -> etree._Element | None:
@@ -168,15 +170,17 @@ def _fault_response(version: str, fault: SoapFault, relates_to: str | None):
 
 class XdsApp:
     def __init__(self, endpoints: list[Endpoint], config: AppConfig | None = None,
-                 health: Callable[[], dict] | None = None, routes: dict[str, Callable] | None = None):
+                 health: Callable[[], dict] | None = None, routes: dict[str, Callable] | None = None,
+                 on_auth_refusal: Callable[[dict, str | None], None] | None = None):
         """routes: path prefix -> WSGI application for the endpoints that are not SOAP (the administration
         interface); each authenticates through xds/http_auth.py with this application's authenticator."""
         self.endpoints = {e.path.rstrip("/"): e for e in endpoints}
         self.routes = dict(routes or {})
+        self.on_auth_refusal = on_auth_refusal  # told of each refused authentication at those routes
         self.config = config or AppConfig()
         self.health = health
         c = self.config
-        self._pipeline = pipeline.compose(pipeline.default_layers(c.authenticator, c.policy_for, c.audit_sink),
+        self._pipeline = pipeline.compose(pipeline.default_layers(c.authenticator, c.policy_for, c.auditor),
                                           lambda req: req.operation.handler(req))
         # wsse:Security is understood only where an authentication layer processes it.
         self._understood = {soap.WSSE_SECURITY} if c.authenticator.mode != "none" else set()
@@ -193,6 +197,8 @@ class XdsApp:
                 return self._json(start_response, 200, {"status": "ok", **(self.health() if self.health else {})})
             for prefix, route in self.routes.items():
                 if path == prefix or path.startswith(prefix + "/"):
+                    if self.on_auth_refusal is not None:
+                        environ[REFUSAL_KEY] = self.on_auth_refusal
                     return route(environ, start_response)
             endpoint = self.endpoints.get(path)
             if endpoint is None:
@@ -247,7 +253,8 @@ class XdsApp:
                 raise SoapFault("the envelope holds an xop:Include but the request is not MTOM "
                                 "(multipart/related; type=\"application/xop+xml\")")
             req = SoapRequest(envelope=env, environ=environ, request_id=request_id, mtom=message, xop=xop,
-                              action=action, operation=op, policy_for=endpoint.policy_for)
+                              action=action, operation=op, policy_for=endpoint.policy_for,
+                              actor=endpoint.actor)
             resp = self._pipeline(req)
             _log_outcome(action, env.message_id, resp.payload)
             use_mtom = resp.mtom if resp.mtom is not None else (

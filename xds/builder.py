@@ -257,3 +257,33 @@ def find_documents_request(patient_id: str, statuses: Sequence[str] = (C.STATUS_
     quoted = ",".join(f"'{s}'" for s in statuses)
     return adhoc_query_request(C.SQ_FIND_DOCUMENTS, [("$XDSDocumentEntryPatientId", f"'{patient_id}'"),
                                                      ("$XDSDocumentEntryStatus", f"({quoted})")], return_type)
+
+
+def status_change(target: str, original: str, new: str, id: str = "uas",
+                  submission_set: str = "SubmissionSet01") -> etree._Element:
+    """ITI-57: an UpdateAvailabilityStatus association from the submission set to a registered object."""
+    a = association(submission_set, target, C.ASSOC_UPDATE_AVAILABILITY_STATUS, id=id)
+    slot(a, "OriginalStatus", [original])
+    slot(a, "NewStatus", [new])
+    return a
+
+
+def remove_objects_request(*ids: str, home: str | None = None) -> etree._Element:
+    """ITI-62: a RemoveObjectsRequest naming registry objects by entryUUID."""
+    req = etree.Element(C.q(C.NS_LCM, "RemoveObjectsRequest"), nsmap={"lcm": C.NS_LCM, "rim": C.NS_RIM})
+    refs = etree.SubElement(req, rim("ObjectRefList"))
+    for i in ids:
+        ref = etree.SubElement(refs, rim("ObjectRef"), id=i)
+        if home:
+            ref.set("home", home)
+    return req
+
+
+def remove_documents_request(*items: tuple[str, str]) -> etree._Element:
+    """ITI-86: a RemoveDocumentsRequest; items are (repositoryUniqueId, documentUniqueId)."""
+    req = etree.Element(C.q(C.NS_RMD, "RemoveDocumentsRequest"), nsmap={"rmd": C.NS_RMD, "xdsb": C.NS_XDSB})
+    for repo, uid in items:
+        dr = etree.SubElement(req, C.q(C.NS_XDSB, "DocumentRequest"))
+        etree.SubElement(dr, C.q(C.NS_XDSB, "RepositoryUniqueId")).text = repo
+        etree.SubElement(dr, C.q(C.NS_XDSB, "DocumentUniqueId")).text = uid
+    return req

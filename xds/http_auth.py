@@ -20,6 +20,7 @@ from .xmlsafe import parse as safe_parse
 
 WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
 PEER_KEY = "xds.peer_subject"
+REFUSAL_KEY = "xds.auth_refusal"   # environ: (environ, reason) -> None, the audit layer's record of a refusal
 MAX_TOKEN = 64 * 1024
 
 
@@ -31,6 +32,16 @@ class HttpAuthError(Exception):
 
 
 def authenticate(environ: dict, authenticator) -> Principal:
+    try:
+        return _authenticate(environ, authenticator)
+    except HttpAuthError as exc:
+        told = environ.get(REFUSAL_KEY)
+        if told is not None:
+            told(environ, exc.message)
+        raise
+
+
+def _authenticate(environ: dict, authenticator) -> Principal:
     peer = environ.get(PEER_KEY)
     header = (environ.get("HTTP_AUTHORIZATION") or "").strip()
     headers: list[etree._Element] = []

@@ -51,6 +51,15 @@ TREES = {
     "security": Tree(
         "security", "xds.security:migrations", "alembic_version_security", "security_0001",
         frozenset({"sec_replay"})),
+    # The audit layer (xds/audit/store.py): the outbox of ATNA records, the patients' access log and the
+    # notifications, in whichever database the process has.
+    "audit": Tree(
+        "audit", "xds.audit:migrations", "alembic_version_audit", "audit_0001",
+        frozenset({"audit_record"})),
+    # The patients' sign-in sessions (xds/portal/sessions.py), in the registry's database.
+    "portal": Tree(
+        "portal", "xds.portal:migrations", "alembic_version_portal", "portal_0001",
+        frozenset({"portal_session"})),
 }
 
 

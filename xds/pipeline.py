@@ -9,7 +9,7 @@
 - authorise gives the handler a request-scoped policy object to ask for filters and decisions: the
   endpoint's actor makes it from the Principal (registry/guard.py, repository/guard.py, deciding with
   xds/security/policy.py); an endpoint without one gets the application's, else AllowAll;
-- audit is told of every outcome, refusals included (the audit layer; until then, nobody).
+- audit records every outcome, refusals included, before the answer leaves (xds/audit/auditor.py).
 
 Each layer is a callable (request, call_next) -> response, so a layer can act before and after the
 ones inside it, and the composition is the one place that fixes their order.
@@ -87,29 +87,43 @@ class Authorise:
 
 
 class Audit:
-    """Tells the sink of each request's outcome: the response, or the exception that ended it."""
+    """Records each request's outcome (xds/audit/auditor.py): the response, or the exception that ended
+    it, before the answer leaves. A read (ITI-18, ITI-43) whose record cannot be written is not
+    answered: nothing is disclosed without its trace. A change already made keeps its answer (the
+    caller would otherwise make it again) and the failure is logged."""
 
-    def __init__(self, sink: Callable | None = None):
-        self.sink = sink
+    def __init__(self, auditor=None):
+        self.auditor = auditor
 
     def __call__(self, req, call_next: Handler):
-        if self.sink is None:
+        if self.auditor is None:
             return call_next(req)
+        try:
+            self.auditor.before(req)
+        except Exception:
+            log.exception("request %s: the audit layer could not read what the request touches", req.request_id)
         try:
             resp = call_next(req)
         except BaseException as exc:
-            self._tell(req, None, exc)
+            self._record(req, None, exc)
             raise
-        self._tell(req, resp, None)
-        return resp
+        return self._record(req, resp, None) or resp
 
-    def _tell(self, req, resp, exc) -> None:
+    def _record(self, req, resp, exc):
+        from .app import SoapResponse
+
         try:
-            self.sink(req, resp, exc)
+            self.auditor.soap(req, resp, exc)
         except Exception:
-            # Until the audit layer makes recording a condition of answering, a failing sink is logged.
-            log.exception("request %s: the audit sink failed", req.request_id)
+            log.exception("request %s: its audit record could not be written", req.request_id)
+            if exc is None and self.auditor.must_record(req):
+                if resp.cleanup is not None:
+                    resp.cleanup()
+                return SoapResponse(req.operation.error_payload([XdsError(
+                    REGISTRY_ERROR, f"the access could not be recorded, so it is not answered (request id "
+                    f"{req.request_id}); try again later")]))
+        return None
 
 
-def default_layers(authenticator, policy_for=None, audit_sink=None) -> list[Layer]:
-    return [Audit(audit_sink), Authenticate(authenticator), AnswerErrors(), Authorise(policy_for)]
+def default_layers(authenticator, policy_for=None, auditor=None) -> list[Layer]:
+    return [Audit(auditor), Authenticate(authenticator), AnswerErrors(), Authorise(policy_for)]

@@ -74,6 +74,14 @@ class Settings:
     patient_roles: list = field(default_factory=lambda: ["116154003"])  # role codes of a patient acting for themselves (SNOMED CT "patient")
     registry_subjects: list = field(default_factory=list)  # repository host: its registry's TLS subjects (ITI-86, routed ITI-43)
     habilitation_matrix: str | None = None  # TOML file: which document types each profession consults (dmp)
+    # Every access recorded (README, "Audit"): ATNA records, the patients' access log, notifications.
+    audit: bool = True                   # record; off only to measure what recording costs (bench/)
+    audit_repository: str | None = None  # tls://host[:6514] (RFC 5425) or udp://host[:514] (RFC 5426)
+    audit_tls_ca: str | None = None      # CA of the audit repository's certificate (default: tls_ca)
+    audit_source_id: str | None = None   # AuditSourceID of this node (default: xds@<host name>)
+    audit_enterprise_site: str | None = None  # AuditEnterpriseSiteID
+    audit_interval: float = 1.0          # seconds between delivery rounds when nothing new was recorded
+    notification_webhook: str | None = None  # URL that break-the-glass / centre 15 notifications are POSTed to
     log_level: str = "INFO"
     log_format: str = "json"             # json (one object a line, with the request id) or text
     base_url: str | None = None
@@ -123,6 +131,7 @@ class Settings:
             raise ValueError(f"port {self.port} is out of range")
         self._validate_feed()
         self._validate_policy()
+        self._validate_audit()
         if self.role == "repository" and not self.registry_url:
             raise ValueError("role repository needs registry_url (--registry-url http://host:port/xds/registry): "
                              "the repository registers every document it stores there")
@@ -135,6 +144,31 @@ class Settings:
         if self.profile == "dmp" and self.role != "repository" and not self.habilitation_matrix:
             raise ValueError("profile dmp needs habilitation_matrix (--habilitation-matrix FILE): which document "
                              "types each profession may consult")
+
+    def _validate_audit(self) -> None:
+        if self.audit_repository:
+            from .audit.syslog import parse_destination
+
+            destination = parse_destination(self.audit_repository)
+            if not self.audit:
+                raise ValueError("audit_repository is set but audit is off: nothing would be sent")
+            if destination.transport == "tls" and not (self.audit_tls_ca or self.tls_ca):
+                raise ValueError("audit_repository over TLS needs audit_tls_ca (or tls_ca): the CA of the audit "
+                                 "repository's certificate")
+        if self.notification_webhook and not self.notification_webhook.startswith(("https://", "http://")):
+            raise ValueError(f"notification_webhook must be an http(s) URL, not {self.notification_webhook!r}")
+        if self.audit_interval <= 0:
+            raise ValueError("audit_interval must be a positive number of seconds")
+
+    def audit_ssl_context(self):
+        """The context for the audit repository: our certificate as client identity, its CA as trust."""
+        from .tls import TlsFiles, client_context
+
+        ca = self.audit_tls_ca or self.tls_ca
+        if not ca:
+            return None
+        files = TlsFiles(self.tls_cert, self.tls_key, ca) if self.tls_cert else None
+        return client_context(files, ca=ca)
 
     def _validate_feed(self) -> None:
         if self.mllp_port is None or self.role == "repository":

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -93,6 +94,7 @@ CONSUMER = "Document Consumer"
 _EVENTS = {
     ("ITI-41", REPOSITORY): (EV_IMPORT, "C"),
     ("ITI-42", REGISTRY): (EV_IMPORT, "C"),
+    ("ITI-42", REPOSITORY): (EV_EXPORT, "R"),   # the repository's own side of the hop it makes
     ("ITI-43", REPOSITORY): (EV_EXPORT, "R"),
     ("ITI-43", CONSUMER): (EV_IMPORT, "C"),
     ("ITI-18", REGISTRY): (EV_QUERY, "E"),
@@ -436,6 +438,141 @@ def to_xml(event: AuditEvent, audit_source_id: str, enterprise_site_id: str | No
             name="audit record",
             details=((DETAIL_RECORD_ID, event.record_id), (DETAIL_SEQUENCE, str(event.sequence))))
     return root
+
+
+# --- events that are not transactions: node start and stop, authentication failures -------------
+EV_APPLICATION_ACTIVITY = ("110100", DCM, "Application Activity")
+EV_USER_AUTHENTICATION = ("110114", DCM, "User Authentication")
+SYSTEM_KINDS = {
+    "application-start": (EV_APPLICATION_ACTIVITY, ("110120", DCM, "Application Start")),
+    "application-stop": (EV_APPLICATION_ACTIVITY, ("110121", DCM, "Application Stop")),
+    "authentication-failure": (EV_USER_AUTHENTICATION, ("110122", DCM, "Login")),
+}
+ROLE_APPLICATION = ("110150", DCM, "Application")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SystemEvent:
+    """Node start and stop (DICOM A.5.3.1 Application Activity) and a refused authentication (A.5.3.19
+    User Authentication, Login, a failure outcome).  ``node`` is this side; ``peer`` the remote party of
+    a refused authentication, with ``tls_subject`` and ``claimed_user`` (the NameID of a refused
+    assertion: not verified, which the outcome says)."""
+
+    kind: str
+    node: Node
+    sequence: int
+    outcome: int = 0
+    outcome_description: str | None = None
+    event_time: datetime = field(default_factory=_utcnow)
+    peer: Node | None = None
+    tls_subject: str | None = None
+    claimed_user: str | None = None
+    transaction: str | None = None   # the transaction the refused request was for
+    record_id: str = field(default_factory=_new_record_id)
+
+    def __post_init__(self):
+        if self.kind not in SYSTEM_KINDS:
+            raise ValueError(f"system audit event {self.kind!r} is not one of {sorted(SYSTEM_KINDS)}")
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"outcome {self.outcome!r} is not one of {OUTCOMES}")
+        if self.event_time.tzinfo is None:
+            raise ValueError("event_time must be timezone-aware (UTC)")
+        object.__setattr__(self, "record_id", str(uuid.UUID(str(self.record_id))))
+
+
+def system_to_xml(event: SystemEvent, audit_source_id: str, enterprise_site_id: str | None = None):
+    event_id, type_code = SYSTEM_KINDS[event.kind]
+    root = etree.Element("AuditMessage")
+    ident = etree.SubElement(root, "EventIdentification", {
+        "EventActionCode": "E", "EventDateTime": _event_time(event.event_time),
+        "EventOutcomeIndicator": str(event.outcome)})
+    _coded(ident, "EventID", event_id)
+    _coded(ident, "EventTypeCode", type_code)
+    if event.outcome_description:
+        etree.SubElement(ident, "EventOutcomeDescription").text = event.outcome_description
+    if event.kind == "authentication-failure":
+        peer = event.peer or Node(user_id="unknown")
+        user = event.claimed_user or event.tls_subject or peer.user_id
+        attrs = {"UserID": user, "UserIsRequestor": "true"}
+        if event.tls_subject and event.tls_subject != user:
+            attrs["AlternativeUserID"] = event.tls_subject
+        if peer.address:
+            attrs["NetworkAccessPointID"] = peer.address
+            attrs["NetworkAccessPointTypeCode"] = _access_point(peer.address)
+        etree.SubElement(root, "ActiveParticipant", attrs)
+        _participant(root, event.node, requestor=False, role=ROLE_DESTINATION,
+                     alternative=event.node.alternative_user_id)
+    else:
+        _participant(root, event.node, requestor=False, role=ROLE_APPLICATION,
+                     alternative=event.node.alternative_user_id)
+    source = etree.SubElement(root, "AuditSourceIdentification", {"AuditSourceID": audit_source_id})
+    if enterprise_site_id:
+        source.set("AuditEnterpriseSiteID", enterprise_site_id)
+    _coded(source, "AuditSourceTypeCode", AUDIT_SOURCE_TYPE)
+    if event.transaction in TRANSACTION_NAMES:
+        _object(root, object_id=event.transaction, type_code=_SYSTEM, role=None,
+                id_type=(event.transaction, IHE_TRANSACTIONS, TRANSACTION_NAMES[event.transaction]),
+                name=TRANSACTION_NAMES[event.transaction])
+    _object(root, object_id=event.record_id, type_code=_OTHER, role=None, id_type=ID_RECORD,
+            name="audit record",
+            details=((DETAIL_RECORD_ID, event.record_id), (DETAIL_SEQUENCE, str(event.sequence))))
+    return root
+
+
+def render(event: "AuditEvent | SystemEvent", audit_source_id: str, enterprise_site_id: str | None = None) -> bytes:
+    """The record as the one-line UTF-8 bytes a syslog message carries."""
+    build = system_to_xml if isinstance(event, SystemEvent) else to_xml
+    return etree.tostring(build(event, audit_source_id, enterprise_site_id), encoding="utf-8")
+
+
+# --- the stored form: events wait in the outbox as JSON, rendered when they are sent -------------
+def _plain(value):
+    if isinstance(value, datetime):
+        return {"$t": value.astimezone(timezone.utc).isoformat()}
+    if isinstance(value, bytes):
+        return {"$b": _b64(value)}
+    if isinstance(value, etree._Element):
+        return {"$b": _b64(etree.tostring(value, encoding="utf-8"))}
+    if isinstance(value, Code):
+        return {"$c": [value.code, value.system, value.display]}
+    if isinstance(value, (Node, HumanRequestor, DocumentRef)):
+        return {"$" + type(value).__name__: {k: _plain(v) for k, v in vars(value).items()}}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+_TYPES = {"Node": Node, "HumanRequestor": HumanRequestor, "DocumentRef": DocumentRef}
+
+
+def _typed(value):
+    if isinstance(value, list):
+        return tuple(_typed(v) for v in value)
+    if isinstance(value, dict):
+        (key, inner), = value.items()
+        if key == "$t":
+            return datetime.fromisoformat(inner)
+        if key == "$b":
+            return base64.b64decode(inner)
+        if key == "$c":
+            return Code(*inner)
+        return _TYPES[key[1:]](**{k: _typed(v) for k, v in inner.items()})
+    return value
+
+
+def to_stored(event: "AuditEvent | SystemEvent") -> str:
+    kind = "system" if isinstance(event, SystemEvent) else "transaction"
+    return json.dumps({"$event": kind, **{k: _plain(v) for k, v in vars(event).items()}},
+                      separators=(",", ":"), ensure_ascii=False)
+
+
+def from_stored(text: str, sequence: int | None = None) -> "AuditEvent | SystemEvent":
+    data = json.loads(text)
+    cls = SystemEvent if data.pop("$event") == "system" else AuditEvent
+    values = {k: _typed(v) for k, v in data.items()}
+    if sequence is not None:
+        values["sequence"] = sequence
+    return cls(**values)
 
 
 def record_key(message: etree._Element | bytes) -> tuple[str, int]:

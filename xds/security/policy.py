@@ -213,6 +213,12 @@ def same_patient(a: str | None, b: str | None) -> bool:
     return _patient_key(a) == _patient_key(b)
 
 
+def patient_key(cx: str) -> str:
+    """The canonical CX of a patient's identity (CX.1 and CX.4's universal id), for lookups by patient."""
+    ident, authority = _patient_key(cx)
+    return f"{ident}^^^&{authority}&ISO"
+
+
 def _patient_key(cx: str) -> tuple[str, str]:
     comps = cx.strip().split("^")
     aa = comps[3].split("&") if len(comps) > 3 else []
