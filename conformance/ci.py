@@ -30,6 +30,7 @@ from .xua import StsConfig
 
 COLLECTIONS = ("reg", "rep", "reg_mu", "reg_rm", "rep_rd")  # required ones and the options built
 XUA_COLLECTIONS = ("reg_xua", "rep_xua")
+_ATNA = None  # (schema, AtnaCheck) when --atna-schema is given
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--informative", action="store_true",
                         help="exit 0 even when tests fail (for collections the server does not serve yet)")
     parser.add_argument("--report-dir", default="conformance-report")
+    parser.add_argument("--atna-schema", metavar="XSD",
+                        help="check every audit record the run left against this DICOM audit schema")
     args = parser.parse_args(argv)
+    global _ATNA
+    if args.atna_schema:
+        from lxml import etree
+
+        from .atna import AtnaCheck
+
+        _ATNA = (etree.XMLSchema(etree.parse(args.atna_schema)), AtnaCheck())
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     kit = TestKit(args.testkit)
@@ -65,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         for what, (_, part) in zip(parts, runs):
             print(part.summary_line(f"  {what}"))
     print(run.summary_line(), flush=True)
+    if _ATNA is not None:
+        print(_ATNA[1].line(os.path.basename(args.atna_schema)), flush=True)
+        for problem in _ATNA[1].invalid[:20]:
+            print(f"  {problem}", file=sys.stderr)
+        if _ATNA[1].invalid:
+            return 1
     broken = run.internal_errors
     if broken:
         print(f"conformance harness errors in: {', '.join(t.id for t in broken)}", file=sys.stderr)
@@ -97,6 +113,10 @@ def _run(kit: TestKit, tags: list[str], settings, sts: StsConfig | None = None) 
         return Runner(kit, config, lambda line: print(line, flush=True)).run(tests)
     finally:
         services.stop()
+        if _ATNA is not None:
+            from .atna import check_outbox
+
+            _ATNA[1].add(check_outbox(services.auditor.store, services.auditor.source, _ATNA[0]))
 
 
 def _run_xua(kit: TestKit, tags: list[str], data: str) -> RunResult:

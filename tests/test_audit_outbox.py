@@ -195,3 +195,23 @@ def test_kill_9_loses_no_record_of_an_answered_request(tmp_path):
             named.add((e.transaction, e.submission_set_uid if e.transaction == "ITI-42" else e.patient_id))
     missing = [k for k in answered if k not in named]
     assert not missing, f"{len(missing)} answered requests have no record, e.g. {missing[:3]}"
+
+
+def test_the_audit_tree_migrates_to_its_model(db_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from xds import migrate
+    from xds.audit.store import metadata
+
+    engine = make_engine(db_url)
+    try:
+        migrate.upgrade(engine, "audit")
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"include_name": migrate.own_tables(metadata),
+                                                         "compare_type": True})
+            assert compare_metadata(ctx, metadata) == []
+        migrate.upgrade(engine, "audit")  # a second run changes nothing
+        assert migrate.current(engine, "audit") == "audit_0001"
+    finally:
+        engine.dispose()
