@@ -109,7 +109,7 @@ class Services:
                                      ssl_context=settings.audit_ssl_context() if settings.audit_repository else None,
                                      webhook=settings.notification_webhook,
                                      webhook_ssl_context=settings.client_ssl_context(),
-                                     interval=settings.audit_interval)
+                                     interval=settings.audit_interval, keep_days=settings.audit_keep_days)
             self.auditor.wake = self.delivery.kick
 
     def _routed_hop(self, req, url: str, repo: str, wanted, errors, answered: int) -> None:

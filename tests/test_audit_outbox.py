@@ -215,3 +215,19 @@ def test_the_audit_tree_migrates_to_its_model(db_url):
         assert migrate.current(engine, "audit") == "audit_0001"
     finally:
         engine.dispose()
+
+
+def test_pruning_forgets_only_records_the_repository_has(tmp_path):
+    import datetime as dt
+
+    store = AuditStore(make_engine(f"sqlite:///{tmp_path}/p.db"))
+    store.migrate()
+    events_ = [R.SystemEvent(kind="application-start", node=R.Node(user_id="x"), sequence=0) for _ in range(3)]
+    store.append([(e.record_id, R.to_stored(e)) for e in events_])
+    (s1, _), (s2, _), _ = store.lease_records(10, 60)
+    store.records_done([s1], confirmed=True)
+    store.records_done([s2], confirmed=False)
+    assert store.prune(dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)) == 0   # too young
+    assert store.prune(dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)) == 2
+    left = store.records(0, 10)
+    assert len(left) == 1 and not left[0][2] and not left[0][3]   # the pending one stays

@@ -81,6 +81,7 @@ class Settings:
     audit_source_id: str | None = None   # AuditSourceID of this node (default: xds@<host name>)
     audit_enterprise_site: str | None = None  # AuditEnterpriseSiteID
     audit_interval: float = 1.0          # seconds between delivery rounds when nothing new was recorded
+    audit_keep_days: float = 90          # sent records are kept this long in the outbox (0: for ever)
     notification_webhook: str | None = None  # URL that break-the-glass / centre 15 notifications are POSTed to
     log_level: str = "INFO"
     log_format: str = "json"             # json (one object a line, with the request id) or text

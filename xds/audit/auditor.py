@@ -118,6 +118,9 @@ class Auditor:
         else:
             outcome, description = F.outcome(payload)
         facts = F.of_request(tx, req.body)
+        if tx == "ITI-18" and facts.patient_id is None and exc is None:
+            answered = F.answered_patients(payload)   # a query by ids: the patient is the answer's, if one
+            facts.patient_id = next(iter(answered)) if len(answered) == 1 else None
         principal = req.principal
         event = R.AuditEvent(
             transaction=tx, actor=actor, sequence=0, outcome=outcome, outcome_description=description,

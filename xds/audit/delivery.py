@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from . import records as R
 from . import syslog
@@ -25,12 +25,14 @@ from .store import AuditStore
 log = logging.getLogger("xds.audit")
 
 LEASE_SECONDS = 60.0   # a process that died while sending gives its rows back after this
+PRUNE_EVERY = 3600.0   # seconds between prunings of sent records
 
 
 class Delivery:
     def __init__(self, store: AuditStore, source, *, destination: str | None = None, ssl_context=None,
                  webhook: str | None = None, webhook_ssl_context=None, interval: float = 1.0, batch: int = 200,
-                 max_backoff: float = 10.0, timeout: float = 10.0, app_name: str = "xds"):
+                 max_backoff: float = 10.0, timeout: float = 10.0, app_name: str = "xds",
+                 keep_days: float | None = None):
         self.store = store
         self.source = source
         self.destination = syslog.parse_destination(destination) if destination else None
@@ -47,6 +49,8 @@ class Delivery:
         self._thread: threading.Thread | None = None
         self._failures = 0
         self._notify_failures = 0
+        self.keep_days = keep_days
+        self._pruned_at = 0.0
 
     # --- the thread ----------------------------------------------------------------------------
     def start(self) -> "Delivery":
@@ -97,11 +101,21 @@ class Delivery:
     def run_once(self) -> bool:
         """Send one batch of records and notifications; True when there may be more to send now."""
         more = False
+        self._prune()
         if self.sender is not None:
             more |= self._records()
         if self.webhook:
             more |= self._notifications()
         return more
+
+    def _prune(self) -> None:
+        """Once an hour, the sent records older than keep_days go (the audit repository has them)."""
+        if not self.keep_days or time.monotonic() - self._pruned_at < PRUNE_EVERY:
+            return
+        self._pruned_at = time.monotonic()
+        gone = self.store.prune(datetime.now(timezone.utc) - timedelta(days=self.keep_days))
+        if gone:
+            log.info("pruned %d audit records sent more than %s days ago", gone, self.keep_days)
 
     def _records(self) -> bool:
         rows = self.store.lease_records(self.batch, LEASE_SECONDS)

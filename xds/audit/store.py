@@ -206,6 +206,14 @@ class AuditStore:
             conn.execute(update(audit_notification).where(audit_notification.c.id == ident).values(
                 lease_until=_now() + _dt.timedelta(seconds=retry_in), last_error=error[:300]))
 
+    def prune(self, before: _dt.datetime) -> int:
+        """Forget the records the repository confirmed (or that went over UDP) before a time; pending
+        records stay whatever their age. The patients' access log is never pruned here."""
+        r = audit_record
+        with self.engine.begin() as conn:
+            return conn.execute(r.delete().where(
+                r.c.created < before, or_(r.c.delivered.is_not(None), r.c.sent.is_not(None)))).rowcount
+
     # --- reading ----------------------------------------------------------------------------------
     def status(self) -> dict:
         r = audit_record

@@ -182,6 +182,8 @@ class TlsSender:
             return
         try:
             sock = socket.create_connection((self.destination.host, self.destination.port), timeout=self.timeout)
+        except TimeoutError:
+            raise DeliveryError(f"audit repository {self.destination}: cannot connect within {self.timeout:g} s") from None
         except OSError as exc:
             raise DeliveryError(f"audit repository {self.destination}: cannot connect ({_reason(exc)})") from None
         try:
@@ -215,7 +217,10 @@ class _Session:
         for message in messages:
             # RFC 5425 4.3 octet counting: the length prefix lets the receiver take any byte in the
             # XML, newlines included, without a delimiter.
-            self.tls.write(str(len(message)).encode("ascii") + b" " + message)
+            frame = memoryview(str(len(message)).encode("ascii") + b" " + message)
+            while frame:
+                # A memory BIO takes everything at once; the loop only guards against a short write.
+                frame = frame[self.tls.write(frame):]
             if self.outgoing.pending >= _FLUSH_AT:
                 self._flush()
         self._close()
@@ -269,6 +274,8 @@ class _Session:
 
 def _reason(exc: BaseException) -> str:
     # Only the exception's class and OS/TLS reason: a record's content never reaches these messages.
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return exc.reason.lower().replace("_", " ")
     if isinstance(exc, OSError) and exc.strerror:
