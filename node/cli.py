@@ -171,7 +171,17 @@ def main(argv: list[str] | None = None) -> int:
 
     sts_arguments(p)
 
+    p = sub.add_parser("dev-idp", help="a development OpenID Provider for the patients' sign-in (not for real "
+                                       "patients): users from a TOML file")
+    from .dev_idp import add_arguments as dev_idp_arguments
+
+    dev_idp_arguments(p)
+
     args = parser.parse_args(argv)
+    if args.command == "dev-idp":
+        from .dev_idp import command as dev_idp_command
+
+        return dev_idp_command(args)
     if args.command == "conformance":
         from conformance.cli import run_command
 

@@ -23,6 +23,7 @@ from xds.security import modes
 from xds.security.callers import CallerRules
 from xds.security.matrix import load_matrix
 from xds.security.policy import Matrix, Rules
+from xds.portal.signin import PREFIX as SIGNIN_PREFIX
 from xds.settings import Settings
 
 from .feed import feed_listener, feed_sources
@@ -73,13 +74,17 @@ class Services:
             # The administration interface of the patients' access states (registry/admin.py).
             routes[ADMIN_PREFIX] = AccessAdmin(AccessStore(self.registry.store), authenticator,
                                                CallerRules.from_settings(settings))
+        self.signin = None
+        if self.registry is not None and settings.portal_issuer:
+            self.signin = _signin(settings, self.registry.store.engine)
+            routes[SIGNIN_PREFIX] = self.signin
         if self.auditor is not None:
             routes[AUDIT_PREFIX] = AuditAdmin(self.auditor.store, authenticator, CallerRules.from_settings(settings),
                                               self.auditor.source, settings.audit_repository)
             if self.registry is not None:
                 routes[PATIENT_LOG_PREFIX] = PatientLog(self.auditor.store, authenticator,
                                                         CallerRules.from_settings(settings),
-                                                        AccessStore(self.registry.store).state)
+                                                        AccessStore(self.registry.store).state, self.signin)
         self.app = XdsApp(endpoints, AppConfig(spool_dir=spool, max_request_bytes=settings.max_request_bytes,
                                                max_document_bytes=settings.max_document_bytes,
                                                base_url=settings.base_url, mime_bare_lf=settings.mime_bare_lf,
@@ -189,6 +194,21 @@ class Services:
                 log.exception("the application-stop audit record could not be written")
         if self.delivery is not None:
             self.delivery.stop()  # one last round; what it cannot send waits in the outbox
+
+
+def _signin(settings: Settings, engine):
+    """The patients' OpenID Connect sign-in (xds/portal), on the registry's database."""
+    from xds.portal.oidc import OidcConfig
+    from xds.portal.signin import SignIn
+
+    config = OidcConfig(issuer=settings.portal_issuer, client_id=settings.portal_client_id,
+                        client_secret=settings.portal_client_secret, scopes=settings.portal_scopes,
+                        patient_claim=settings.portal_patient_claim,
+                        patient_id_format=settings.portal_patient_id_format, ca_file=settings.portal_ca,
+                        session_ttl=settings.portal_session_ttl)
+    signin = SignIn(config, engine, settings.base_url, secure_cookies=settings.portal_secure_cookies)
+    signin.migrate()
+    return signin
 
 
 def policy_rules(settings: Settings) -> Rules:

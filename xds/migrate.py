@@ -59,7 +59,7 @@ TREES = {
     # The patients' sign-in sessions (xds/portal/sessions.py), in the registry's database.
     "portal": Tree(
         "portal", "xds.portal:migrations", "alembic_version_portal", "portal_0001",
-        frozenset({"portal_session"})),
+        frozenset({"portal_session", "portal_login"})),
 }
 
 

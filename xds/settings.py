@@ -83,6 +83,16 @@ class Settings:
     audit_interval: float = 1.0          # seconds between delivery rounds when nothing new was recorded
     audit_keep_days: float = 90          # sent records are kept this long in the outbox (0: for ever)
     notification_webhook: str | None = None  # URL that break-the-glass / centre 15 notifications are POSTed to
+    # The patients' sign-in (README, "The patient's access log"): OpenID Connect against this provider.
+    portal_issuer: str | None = None     # the provider (https, or http on loopback); None: no sign-in
+    portal_client_id: str | None = None
+    portal_client_secret: str | None = None  # better from XDS_PORTAL_CLIENT_SECRET than from a file
+    portal_scopes: str = "openid"
+    portal_patient_claim: str = "patient_id"   # the id_token claim carrying the patient's identifier
+    portal_patient_id_format: str | None = None  # e.g. "{}^^^&1.2.250.1.213.1.4.10&ISO" (default: a CX already)
+    portal_ca: str | None = None         # CA of the provider's TLS certificate
+    portal_session_ttl: int = 1800       # seconds a sign-in lasts
+    portal_secure_cookies: bool = True   # off only for plain http on loopback (development)
     log_level: str = "INFO"
     log_format: str = "json"             # json (one object a line, with the request id) or text
     base_url: str | None = None
@@ -158,6 +168,15 @@ class Settings:
                                  "repository's certificate")
         if self.notification_webhook and not self.notification_webhook.startswith(("https://", "http://")):
             raise ValueError(f"notification_webhook must be an http(s) URL, not {self.notification_webhook!r}")
+        if self.portal_issuer:
+            if self.role == "repository":
+                raise ValueError("portal_issuer: the patients sign in to the registry, not to a repository host")
+            if not (self.portal_client_id and self.portal_client_secret):
+                raise ValueError("portal_issuer needs portal_client_id and portal_client_secret "
+                                 "(XDS_PORTAL_CLIENT_SECRET): the server's registration at the provider")
+            if not self.base_url:
+                raise ValueError("portal_issuer needs base_url: the provider sends the patient back to "
+                                 "<base_url>/portal/callback")
         if self.audit_interval <= 0:
             raise ValueError("audit_interval must be a positive number of seconds")
 
