@@ -21,7 +21,7 @@ from sqlalchemy import Table, delete, insert, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from xds import constants as C
-from xds.db import make_engine
+from xds.db import make_engine, writer_lock
 from xds.ebrim import to_xml
 from xds.model import Association, DocumentEntry, Folder, RegistryObject, SubmissionSet
 from xds.xmlsafe import parse as safe_parse
@@ -37,11 +37,8 @@ def chunks(seq: Sequence, n: int = _CHUNK) -> Iterator[Sequence]:
 
 
 def _sqlite_writer_lock(engine: Engine) -> threading.RLock:
-    # One lock per engine, shared by every store built on it (the repository shares the registry's).
-    lock = engine.__dict__.get("_xds_writer_lock")
-    if lock is None:
-        lock = engine.__dict__.setdefault("_xds_writer_lock", threading.RLock())
-    return lock
+    # One lock per engine, shared by every store built on it (the repository and the audit outbox too).
+    return writer_lock(engine)
 
 
 @dataclass

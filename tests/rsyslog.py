@@ -61,6 +61,10 @@ def _free_port(kind: int) -> int:
         return s.getsockname()[1]
 
 
+class _PortTaken(Exception):
+    pass
+
+
 def _quote(value: str) -> str:
     # RainerScript string: backslash and double quote are the only specials.
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -81,19 +85,21 @@ class Rsyslog:
         self.conf = os.path.join(self.folder, "rsyslog.conf")
         self.pidfile = os.path.join(self.folder, "rsyslogd.pid")
         self.received = os.path.join(self.folder, "received.jsonl")
-        self.probes = os.path.join(self.folder, "probes.log")
         self.internal = os.path.join(self.folder, "internal.log")
         self.stderr_path = os.path.join(self.folder, "rsyslogd.stderr")
         self.workdir = os.path.join(self.folder, "work")
         os.makedirs(self.workdir, exist_ok=True)
         self.process: subprocess.Popen | None = None
         self._paused = False
-        self._probe_size = 0   # probes.log size when the current run started: only newer probes count
+        self._started_once = False
+        self._runs = 0         # which start() this is: each run's readiness probe names it
         self._write_config()
 
     # --- the configuration ----------------------------------------------------------------------
     def _write_config(self) -> None:
         q = _quote
+        # processInternalMessages: rsyslogd's own messages stay in this instance (internal.log) instead
+        # of going to the machine's system log socket.
         # maxMessageSize must be set before any input is defined, or inputs keep the 8k default and
         # cut (or, over TCP, split) a large AuditMessage.  Control characters are kept as received:
         # by default rsyslog would turn a tab into "#011" and the XML would no longer be the XML sent.
@@ -129,11 +135,8 @@ template(name="xds_received" type="list") {{
   constant(value="}}\\n")
 }}
 
+# The readiness probes go to the same action as everything else, on purpose: see _wait_ready.
 ruleset(name="xds_audit") {{
-  if $msgid == "{_PROBE_MSGID}" then {{
-    action(type="omfile" file={q(self.probes)})
-    stop
-  }}
   action(type="omfile" file={q(self.received)} template="xds_received")
 }}
 
@@ -150,6 +153,22 @@ input(type="imudp" address="127.0.0.1" port="{self.udp_port}" ruleset="xds_audit
     def start(self, timeout: float = 10.0) -> "Rsyslog":
         if self.process is not None:
             raise RuntimeError("rsyslogd is already running")
+        for attempt in range(5):
+            try:
+                self._start_once(timeout)
+                self._started_once = True
+                return self
+            except _PortTaken as exc:
+                # Free ports are only free until someone takes them; the first start may pick others,
+                # a restart must come back on the same ones.
+                if self._started_once or attempt == 4:
+                    raise RuntimeError(f"rsyslogd cannot listen: {exc}") from None
+                self.tls_port = _free_port(socket.SOCK_STREAM)
+                self.udp_port = _free_port(socket.SOCK_DGRAM)
+                self._write_config()
+        return self
+
+    def _start_once(self, timeout: float) -> None:
         with open(self.stderr_path, "ab") as err:
             self.process = subprocess.Popen(
                 [_rsyslogd(), "-n", "-f", self.conf, "-i", self.pidfile, "-M", _module_dir()],
@@ -159,46 +178,79 @@ input(type="imudp" address="127.0.0.1" port="{self.udp_port}" ruleset="xds_audit
         except BaseException:
             self.stop()
             raise
-        return self
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        probe = 0
+        self._runs += 1
+        token = f"run {self._runs}"
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"rsyslogd exited with {self.process.returncode}: {self.diagnostics()}")
-                # A datagram that came through the rules into the probe file proves the UDP input and
-                # the outputs are live; TLS listeners are bound before any input runs, and the
-                # connect check below confirms it.
-                probe += 1
-                udp.sendto(f"<85>1 - - xds-test - {_PROBE_MSGID} - probe {probe}".encode(),
+                owners = {"tls": self._owner("tcp", self.tls_port), "udp": self._owner("udp", self.udp_port)}
+                taken = [f"{kind} port {port} is held by another process"
+                         for kind, port in (("tls", self.tls_port), ("udp", self.udp_port)) if owners[kind] == "other"]
+                if taken:
+                    raise _PortTaken("; ".join(taken))
+                # A datagram that came through the rules into received.jsonl proves the UDP input and
+                # the output are live; the socket table shows the TLS port is rsyslogd's own.
+                #
+                # It also makes omfile open received.jsonl now, before any TLS session exists.
+                # rsyslog 8.2302's ossl driver closes each session's socket twice (SSL_free, then
+                # the TCP layer; fixed upstream in rsyslog PR 6375): a file omfile opened lazily
+                # between the two closes lost its descriptor, the next accepted connection got the
+                # same number, and omfile wrote received records into that client's TLS stream.
+                udp.sendto(f"<85>1 - - xds-test - {_PROBE_MSGID} - {token}".encode(),
                            ("127.0.0.1", self.udp_port))
                 time.sleep(0.05)
-                if self._probed() and self._tcp_listening():
+                if self._probed(token) and owners["tls"] == "ours":
                     return
         raise RuntimeError(f"rsyslogd did not become ready within {timeout:g} s: {self.diagnostics()}")
 
-    def _probed(self) -> bool:
-        try:
-            return os.path.getsize(self.probes) > self._probe_size
-        except OSError:
-            return False
+    def _probed(self, token: str) -> bool:
+        return any(r["msg"] == token.encode() for r in self.records(probes=True) if r["msgid"] == _PROBE_MSGID)
 
-    def _tcp_listening(self) -> bool:
-        # Read from the kernel's socket table rather than by connecting: a connection that never
-        # completes its TLS handshake keeps rsyslogd busy and delays its next shutdown by a second.
+    def _owner(self, proto: str, port: int) -> str:
+        """Who has 127.0.0.1:port bound (TCP: listening): "ours" (this rsyslogd), "other" or "none".
+
+        Read from the kernel's socket tables rather than by connecting: a connection that never
+        completes its TLS handshake keeps rsyslogd busy and delays its next shutdown by a second.
+        """
         try:
-            with open("/proc/net/tcp") as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
+            with open(f"/proc/net/{proto}") as f:
+                rows = [row.split() for row in f.read().splitlines()[1:]]
+        except OSError:   # no /proc: fall back to "something answers"
+            if proto == "udp":
+                return "ours"
             try:
-                with socket.create_connection(("127.0.0.1", self.tls_port), timeout=1):
-                    return True
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return "ours"
             except OSError:
-                return False
-        local = f"0100007F:{self.tls_port:04X}"
-        return any(row.split()[1] == local and row.split()[3] == "0A" for row in rows)   # 0A: LISTEN
+                return "none"
+        local = f"0100007F:{port:04X}"
+        inodes = {row[9] for row in rows
+                  if row[1] == local and (proto == "udp" or row[3] == "0A")}   # 0A: LISTEN
+        if not inodes:
+            return "none"
+        return "ours" if inodes & self._socket_inodes() else "other"
+
+    def _socket_inodes(self) -> set[str]:
+        found = set()
+        if self.process is None:
+            return found
+        folder = f"/proc/{self.process.pid}/fd"
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            return found
+        for name in names:
+            try:
+                target = os.readlink(os.path.join(folder, name))
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                found.add(target[8:-1])
+        return found
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM and wait: rsyslogd writes out what it has queued, then its ports are free."""
@@ -213,14 +265,9 @@ input(type="imudp" address="127.0.0.1" port="{self.udp_port}" ruleset="xds_audit
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        # Reaped, so the kernel has closed its sockets: the ports are free (SO_REUSEADDR lets a
+        # restart bind them again despite connections in TIME_WAIT).
         self.process = None
-        try:
-            self._probe_size = os.path.getsize(self.probes)
-        except OSError:
-            self._probe_size = 0
-        deadline = time.monotonic() + timeout
-        while self._tcp_listening() and time.monotonic() < deadline:
-            time.sleep(0.02)
 
     def restart(self) -> None:
         """Stop and start again on the same ports; what was received before stays in messages()."""
@@ -250,8 +297,10 @@ input(type="imudp" address="127.0.0.1" port="{self.udp_port}" ruleset="xds_audit
         self.close()
 
     # --- what was received ----------------------------------------------------------------------
-    def records(self) -> list[dict]:
-        """Every message received so far, in order, as rsyslog parsed it; ``msg`` and ``raw`` are bytes."""
+    def records(self, probes: bool = False) -> list[dict]:
+        """Every message received so far, in order, as rsyslog parsed it; ``msg`` and ``raw`` are bytes.
+
+        The fixture's own readiness probes are left out unless ``probes``."""
         try:
             with open(self.received, "rb") as f:
                 data = f.read()
@@ -262,7 +311,8 @@ input(type="imudp" address="127.0.0.1" port="{self.udp_port}" ruleset="xds_audit
             record = json.loads(line.decode("utf-8"))
             record["msg"] = record["msg"].encode("utf-8")
             record["raw"] = record["raw"].encode("utf-8")
-            out.append(record)
+            if probes or record["msgid"] != _PROBE_MSGID:
+                out.append(record)
         return out
 
     def messages(self) -> list[bytes]:

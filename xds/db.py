@@ -7,6 +7,8 @@ work whose connection dies under it is run once more (`retry_read`). Writes are 
 """
 from __future__ import annotations
 
+import threading
+
 import logging
 import select
 from typing import Callable, TypeVar
@@ -17,6 +19,17 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def writer_lock(engine: Engine) -> "threading.RLock | None":
+    """SQLite's one writer, as a lock shared by every store on the engine (registry, repository, audit):
+    writers queue on it instead of colliding in BEGIN IMMEDIATE and polling. None on PostgreSQL."""
+    if engine.dialect.name != "sqlite":
+        return None
+    lock = engine.__dict__.get("_xds_writer_lock")
+    if lock is None:
+        lock = engine.__dict__.setdefault("_xds_writer_lock", threading.RLock())
+    return lock
 
 
 def make_engine(url: str, **kwargs) -> Engine:

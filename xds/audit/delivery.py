@@ -25,6 +25,7 @@ from .store import AuditStore
 log = logging.getLogger("xds.audit")
 
 LEASE_SECONDS = 60.0   # a process that died while sending gives its rows back after this
+COALESCE = 0.2        # seconds a wake-up waits for more records before sending
 PRUNE_EVERY = 3600.0   # seconds between prunings of sent records
 
 
@@ -36,7 +37,7 @@ class Delivery:
         self.store = store
         self.source = source
         self.destination = syslog.parse_destination(destination) if destination else None
-        self.sender = syslog.sender_for(self.destination, ssl_context) if self.destination else None
+        self.sender = syslog.sender_for(self.destination, ssl_context, timeout) if self.destination else None
         self.webhook = webhook
         self.webhook_ssl_context = webhook_ssl_context
         self.interval = interval
@@ -87,8 +88,10 @@ class Delivery:
                 deadline = time.monotonic() + self._pause()
                 while not self._stop.is_set() and time.monotonic() < deadline:
                     self._stop.wait(min(0.5, max(0.0, deadline - time.monotonic())))
-            else:
-                self._wake.wait(self.interval)
+            elif self._wake.wait(self.interval) and not self._stop.is_set():
+                # Woken by a request: let the requests of the next moment join the batch, so that one
+                # connection carries many records instead of one each.
+                self._stop.wait(COALESCE)
             self._wake.clear()
 
     def _pause(self) -> float:

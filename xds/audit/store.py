@@ -15,6 +15,7 @@ ran out (a process died while sending) makes the rows pending again: at least on
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Index, Integer, M
 from sqlalchemy.engine import Engine
 
 from xds import migrate
+from xds.db import writer_lock
 
 metadata = MetaData()
 _ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite's rowid alias must be INTEGER
@@ -120,6 +122,9 @@ class Notification:
     document_title: str | None = None
 
 
+_ACCESS_LENGTHS = {c.name: c.type.length for c in audit_access.columns if isinstance(c.type, String)}
+
+
 def _cut(value, n):
     return value[:n] if isinstance(value, str) else value
 
@@ -127,6 +132,7 @@ def _cut(value, n):
 class AuditStore:
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._writers = writer_lock(engine)
 
     def migrate(self) -> None:
         migrate.upgrade(self.engine, "audit")
@@ -136,21 +142,24 @@ class AuditStore:
                notifications: list[Notification] = ()) -> None:
         """records: (record_id, stored event) pairs."""
         now = _now()
-        with self.engine.begin() as conn:
-            if records:
-                conn.execute(insert(audit_record), [
-                    {"record_id": rid, "created": now, "event": text, "attempts": 0} for rid, text in records])
-            if accesses:
-                rid = records[0][0] if records else ""
-                conn.execute(insert(audit_access), [
-                    {"record_id": rid, **{k: _cut(v, audit_access.c[k].type.length
-                                                   if isinstance(audit_access.c[k].type, String) else None)
-                                          for k, v in vars(a).items()}} for a in accesses])
+        rows = [{"record_id": rid, "created": now, "event": text, "attempts": 0} for rid, text in records]
+        rid = records[0][0] if records else ""
+        access_rows = [{"record_id": rid, **{k: _cut(v, _ACCESS_LENGTHS.get(k)) for k, v in vars(a).items()}}
+                       for a in accesses]
+        with self._writing(), self.engine.begin() as conn:
+            # One row is sent as one row: a list takes SQLAlchemy's executemany path, slower for one.
+            if rows:
+                conn.execute(insert(audit_record), rows[0] if len(rows) == 1 else rows)
+            if access_rows:
+                conn.execute(insert(audit_access), access_rows[0] if len(access_rows) == 1 else access_rows)
             if notifications:
                 conn.execute(insert(audit_notification), [
                     {"created": now, "attempts": 0,
                      **{k: _cut(v, 256) if k not in ("patient_key",) else v for k, v in vars(n).items()}}
                     for n in notifications])
+
+    def _writing(self):
+        return self._writers if self._writers is not None else contextlib.nullcontext()
 
     # --- the sender's side -------------------------------------------------------------------
     def lease_records(self, limit: int, lease_seconds: float) -> list[tuple[int, str]]:
@@ -161,7 +170,7 @@ class AuditStore:
 
     def _lease(self, table, key, pending, columns, limit, lease_seconds):
         now = _now()
-        with self.engine.begin() as conn:
+        with self._writing(), self.engine.begin() as conn:
             rows = conn.execute(select(*columns).where(
                 pending, or_(table.c.lease_until.is_(None), table.c.lease_until < now))
                 .order_by(key).limit(limit)).all()
@@ -178,12 +187,12 @@ class AuditStore:
 
     def records_done(self, seqs: list[int], *, confirmed: bool) -> None:
         column = "delivered" if confirmed else "sent"
-        with self.engine.begin() as conn:
+        with self._writing(), self.engine.begin() as conn:
             conn.execute(update(audit_record).where(audit_record.c.seq.in_(seqs))
                          .values({column: _now(), "lease_until": None, "last_error": None}))
 
     def records_failed(self, seqs: list[int], error: str, retry_in: float) -> None:
-        with self.engine.begin() as conn:
+        with self._writing(), self.engine.begin() as conn:
             conn.execute(update(audit_record).where(audit_record.c.seq.in_(seqs)).values(
                 lease_until=_now() + _dt.timedelta(seconds=retry_in), last_error=error[:300]))
 
@@ -197,12 +206,12 @@ class AuditStore:
         return [dict(zip(names, r)) for r in rows]
 
     def notification_done(self, ident: int) -> None:
-        with self.engine.begin() as conn:
+        with self._writing(), self.engine.begin() as conn:
             conn.execute(update(audit_notification).where(audit_notification.c.id == ident)
                          .values(delivered=_now(), lease_until=None, last_error=None))
 
     def notification_failed(self, ident: int, error: str, retry_in: float) -> None:
-        with self.engine.begin() as conn:
+        with self._writing(), self.engine.begin() as conn:
             conn.execute(update(audit_notification).where(audit_notification.c.id == ident).values(
                 lease_until=_now() + _dt.timedelta(seconds=retry_in), last_error=error[:300]))
 
@@ -210,7 +219,7 @@ class AuditStore:
         """Forget the records the repository confirmed (or that went over UDP) before a time; pending
         records stay whatever their age. The patients' access log is never pruned here."""
         r = audit_record
-        with self.engine.begin() as conn:
+        with self._writing(), self.engine.begin() as conn:
             return conn.execute(r.delete().where(
                 r.c.created < before, or_(r.c.delivered.is_not(None), r.c.sent.is_not(None)))).rowcount
 

@@ -30,6 +30,14 @@ SSL_shutdown; both would turn a rejected batch into a "delivered" one.  Driving
 :class:`ssl.SSLObject` ourselves, we send the ``close_notify`` and then read until OpenSSL reports
 the peer's own ``close_notify`` (``SSLZeroReturnError``), with every other outcome an error.
 
+A known receiver bug, not ours to fix: rsyslog 8.2302's ossl driver closes each session's socket
+twice (fixed upstream in rsyslog PR 6375).  A file rsyslog opens between the two closes loses its
+descriptor, which the next accepted connection reuses, and rsyslog then writes its *output* into that
+client's TLS stream.  This sender sees non-TLS bytes and raises DeliveryError, so nothing is wrongly
+confirmed on that connection; but the records written there never reached rsyslog's log.  A
+repository on that version should have its outputs open before the first client connects
+(tests/rsyslog.py does), or use the gtls driver or a fixed rsyslog.
+
 What "read" means: rsyslog has parsed the messages into its queue; whether they survive a crash of
 rsyslog after that is the repository's configuration (a disk-assisted queue), not something a
 syslog sender can observe.  Retries after a failed deliver() may duplicate records the repository
