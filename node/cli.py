@@ -10,7 +10,7 @@ from xds import settings as settings_mod
 def _settings(args) -> settings_mod.Settings:
     overrides = {k: getattr(args, k, None) for k in ("role", "host", "port", "db", "data", "mllp_port",
                                                       "repository_id", "registry_url", "profile", "tls_cert", "tls_key", "tls_ca", "registry_timeout",
-                                                      "require_known_repositories", "mime_bare_lf",
+                                                      "require_known_repositories", "mime_bare_lf", "lenient", "implied_references",
                                                       "security", "allow_anonymous", "xua_trust", "xua_audiences",
                                                       "feed_sources", "allow_plain_mllp", "habilitation_matrix",
                                                       "admin_subjects", "registry_subjects", "audit_repository",
@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-patient-check", action="store_true",
                    help="accept submissions for patients the feed has not announced")
     p.add_argument("--profile", help="metadata validation profile: ihe (default) or dmp (French DMP)")
+    p.add_argument("--lenient", action="store_true", default=None,
+                   help="profile dmp: report metadata that contradicts the CDA header as warnings (test platforms "
+                        "replaying the official examples, which contradict themselves)")
     p.add_argument("--repository-id", help="this repository's repositoryUniqueId (OID)")
     p.add_argument("--registry-url", help="remote registry endpoint for --role repository")
     p.add_argument("--registry-timeout", type=int, help="seconds a repository waits for the registry (default 30)")
@@ -63,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="a name of this service that an AudienceRestriction may carry (repeatable)")
     p.add_argument("--mime-bare-lf", action="store_true", default=None,
                    help="accept MTOM bodies whose MIME boundary lines and part headers end in bare LF, not CRLF")
+    p.add_argument("--implied-references", action="store_true", default=None,
+                   help="accept a nested Classification or ExternalIdentifier without classifiedObject / "
+                        "registryObject as its enclosing object's (with a warning), as the DMP's examples send them")
     p.add_argument("--habilitation-matrix", metavar="FILE",
                    help="TOML file: the document types each profession may consult (needed by --profile dmp)")
     p.add_argument("--admin-subject", dest="admin_subjects", action="append", metavar="DN",
@@ -80,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("patient", help="manage the patient ids the registry accepts")
     _add_common(p)
+    p.add_argument("--profile", help="the ids' form: ihe (default, id^^^&OID&ISO) or dmp (an INS, which may add "
+                                     "^NH and a CX.7 date)")
     psub = p.add_subparsers(dest="patient_command", required=True)
     pa = psub.add_parser("add", help="accept a patient id (CX: id^^^&OID&ISO)")
     pa.add_argument("patient_id", nargs="+")
@@ -245,17 +253,14 @@ def _registry_store(s):
 
 
 def _patient(args, s) -> int:
-    from xds import hl7
-
     if getattr(args, "mllp", None):
         return _patient_feed(args, s)
+    named = args.patient_id if args.patient_command == "add" else \
+        [args.subsumed, args.surviving] if args.patient_command == "merge" else []
+    if _bad_patient_ids(named, s):
+        return 2
     store = _registry_store(s)
     if args.patient_command == "add":
-        for pid in args.patient_id:
-            problems = hl7.check_cx(pid, strict=False)
-            if problems:
-                print(f"xds: {pid} is not an XDS patient id: {'; '.join(problems)}", file=sys.stderr)
-                return 2
         for pid in args.patient_id:
             store.add_patient(pid)
             print(f"added {pid}")
@@ -268,10 +273,24 @@ def _patient(args, s) -> int:
     return 0
 
 
+def _bad_patient_ids(ids, s) -> bool:
+    """Whether any id fails the profile's rule for naming a patient (the DMP's INS may carry CX.5 NH and
+    a CX.7 date); the registry keys patients on CX.1 + CX.4 whatever follows."""
+    from xds.validation.profiles import get_profile
+
+    check = get_profile(s.profile).checker("queryPatientId")
+    bad = False
+    for pid in ids:
+        problems = check(pid)
+        if problems:
+            print(f"xds: {pid} is not an XDS patient id (profile {s.profile}): {'; '.join(problems)}", file=sys.stderr)
+            bad = True
+    return bad
+
+
 def _patient_feed(args, s) -> int:
     """`xds patient add|merge --mllp`: the change as the registry's feed takes it, ACK by ACK."""
     from registry.feed import adt_message
-    from xds import hl7
     from .feed import send_patients
 
     if args.patient_command == "add":
@@ -281,11 +300,8 @@ def _patient_feed(args, s) -> int:
         ids = [args.subsumed, args.surviving]
         messages = [adt_message("A40", args.surviving, subsumed_id=args.subsumed, application=args.application,
                                 facility=args.facility)]
-    for pid in ids:
-        problems = hl7.check_cx(pid)
-        if problems:
-            print(f"xds: {pid} is not an XDS patient id: {'; '.join(problems)}", file=sys.stderr)
-            return 2
+    if _bad_patient_ids(ids, s):
+        return 2
     try:
         replies = send_patients(s, args.mllp, messages)
     except (OSError, ValueError) as exc:

@@ -56,6 +56,7 @@ class Services:
             self.registry = RegistryActor(store, RegistryConfig(
                 check_patients=settings.check_patients, max_query_results=settings.max_query_results,
                 keep_extra_metadata=settings.keep_extra_metadata, profile=settings.profile,
+                implied_references=settings.implied_references,
                 require_known_repositories=settings.require_known_repositories,
                 route_retrieve=settings.route_retrieve, forward_timeout=settings.forward_timeout,
                 policy=policy_rules(settings), callers=CallerRules.from_settings(settings)),

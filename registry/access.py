@@ -12,6 +12,7 @@ from typing import Iterable
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import Connection
 
+from xds.hl7 import patient_key
 from xds.security.policy import AccessState, Grant
 from . import schema as S
 from .store import RegistryStore, chunks
@@ -57,9 +58,12 @@ def _state(patient: str, exists: bool, row, persons: list) -> AccessState:
 
 
 def states(conn: Connection, patients: Iterable[str]) -> dict[str, AccessState]:
-    ids = sorted(set(p for p in patients if p))
+    """Keyed by the ids as asked; looked up by their identity (CX.1 + CX.4)."""
+    asked = {p: patient_key(p) for p in patients if p}
+    ids = sorted(set(asked.values()))
     if len(ids) == 1:
-        return {ids[0]: _one(conn, ids[0])}
+        one = _one(conn, ids[0])
+        return {p: one for p in asked}
     known: dict[str, bool] = {}
     rows: dict[str, object] = {}
     people: dict[str, list] = {p: [] for p in ids}
@@ -71,7 +75,8 @@ def states(conn: Connection, patients: Iterable[str]) -> dict[str, AccessState]:
             rows[r.patient_id] = r
         for r in conn.execute(select(PP).where(PP.c.patient_id.in_(part))):
             people[r.patient_id].append(r)
-    return {p: _state(p, known.get(p, False), rows.get(p), people[p]) for p in ids}
+    found = {p: _state(p, known.get(p, False), rows.get(p), people[p]) for p in ids}
+    return {p: found[k] for p, k in asked.items()}
 
 
 class AccessStore:
@@ -79,6 +84,7 @@ class AccessStore:
         self.store = store
 
     def state(self, patient: str) -> AccessState:
+        patient = patient_key(patient)
         with self.store.reading() as conn:
             return states(conn, [patient])[patient]
 
@@ -88,12 +94,14 @@ class AccessStore:
                                            object_centre_15=False, updated=now))
 
     def set_flag(self, patient: str, flag: str, value: bool) -> None:
+        patient = patient_key(patient)
         now = int(time.time())
         with self.store.transaction() as conn:
             self._row(conn, patient, now)
             conn.execute(update(P).where(P.c.patient_id == patient).values({FLAGS[flag]: value, "updated": now}))
 
     def set_treating_doctor(self, patient: str, person: str | None) -> None:
+        patient = patient_key(patient)
         now = int(time.time())
         with self.store.transaction() as conn:
             self._row(conn, patient, now)
@@ -102,6 +110,7 @@ class AccessStore:
     def add_person(self, patient: str, relation: str, person: str, since: int | None = None,
                    until: int | None = None) -> None:
         """Authorise, block or name a representative; blocking withdraws an authorisation and the reverse."""
+        patient = patient_key(patient)
         now = int(time.time())
         with self.store.transaction() as conn:
             self._row(conn, patient, now)
@@ -113,6 +122,7 @@ class AccessStore:
                                             until=until, updated=now))
 
     def remove_person(self, patient: str, relation: str, person: str) -> bool:
+        patient = patient_key(patient)
         with self.store.transaction() as conn:
             gone = conn.execute(delete(PP).where(PP.c.patient_id == patient, PP.c.person == person,
                                                  PP.c.relation == relation)).rowcount

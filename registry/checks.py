@@ -12,6 +12,7 @@ import datetime as _dt
 
 from xds import constants as C
 from xds import errors as E
+from xds import hl7
 from xds.ebrim import new_uuid
 from xds.errors import ErrorList
 from xds.model import Association, DocumentEntry, RegistryObject, Slot, Submission, SubmissionSet
@@ -102,7 +103,10 @@ class SubmissionChecks:
         outside = {r for a in self.sub.associations for r in (a.source, a.target) if r and r not in self.local}
         found: dict[str, Reference] = {}
         if outside:
-            found.update(self.store.objects(self.conn, outside, share_lock=True))
+            hidden = self.config.rules.hidden_statuses
+            # An object in a hidden status (the DMP's Deleted) is answered as one the registry never held.
+            found.update((k, row) for k, row in self.store.objects(self.conn, outside, share_lock=True).items()
+                         if row.status not in hidden)
             found.update(self.store.associations(self.conn, outside - set(found), share_lock=True))
         for a in self.sub.associations:
             for end, ref in (("sourceObject", a.source), ("targetObject", a.target)):
@@ -130,6 +134,6 @@ class SubmissionChecks:
             if isinstance(target, AssociationRow):
                 return
         p1, p2 = self.patient_of(a.source, refs), self.patient_of(a.target, refs)
-        if p1 and p2 and p1 != p2:
+        if p1 and p2 and not hl7.same_patient(p1, p2):
             self.errors.add(f"Association {a.id} links {a.source} (patient {p1}) and {a.target} (patient {p2})",
                             a.id, E.PATIENT_ID_DOES_NOT_MATCH)

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from xds.security.callers import CallerRules
 from xds.security.policy import Rules
+from xds.validation import Profile, get_profile
 
 
 @dataclass
@@ -17,6 +18,9 @@ class RegistryConfig:
     keep_extra_metadata: bool = True
     # Validation profile: "ihe" (the IHE rules alone) or a national one such as "dmp".
     profile: str = "ihe"
+    # A nested Classification / ExternalIdentifier without its parent reference belongs to its parent
+    # (with a warning); off, ebRIM's required attribute is required.
+    implied_references: bool = False
     # Accept ITI-42 only from repositories in the directory, identified by their TLS client
     # certificate subject, and only for their own repositoryUniqueIds.
     require_known_repositories: bool = False
@@ -27,3 +31,8 @@ class RegistryConfig:
     # The access policy (xds/security/policy.py): the rule set, and who counts as administrator or patient.
     policy: Rules = field(default_factory=Rules)
     callers: CallerRules = field(default_factory=CallerRules)
+
+    @property
+    def rules(self) -> Profile:
+        """The validation profile's rules beyond metadata checks: statuses, ITI-57 limits, patient id forms."""
+        return get_profile(self.profile)

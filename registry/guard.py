@@ -34,8 +34,11 @@ def refuse(decision: P.Decision, location: str = "") -> XdsException:
 
 
 class RegistryGuard:
-    def __init__(self, caller: Caller, rules: Rules, store: RegistryStore | None = None, now: float | None = None):
+    def __init__(self, caller: Caller, rules: Rules, store: RegistryStore | None = None, now: float | None = None,
+                 hidden_statuses: tuple[str, ...] = ()):
+        """hidden_statuses: the profile's statuses whose documents nobody retrieves (the DMP's Deleted)."""
         self.caller = caller
+        self.hidden_statuses = hidden_statuses
         self.store = store
         self.rules = rules
         self.now = time.time() if now is None else now
@@ -89,6 +92,9 @@ class RegistryGuard:
     def retrievable(self, conn, unique_ids: Iterable[str]) -> set[str]:
         """Of these document uniqueIds, those the caller may retrieve; the others are answered as unknown."""
         uids = sorted(set(unique_ids))
+        if self.hidden_statuses and uids:
+            gone = self.store.documents_in_status(conn, uids, self.hidden_statuses)
+            uids = [u for u in uids if u not in gone]
         if self.admin or not self.rules.dmp:
             return set(uids)
         latest = self.store.newest_documents(conn, uids)  # the newest version's metadata decides

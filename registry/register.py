@@ -67,7 +67,8 @@ def read_submission(request: etree._Element, config: RegistryConfig, mode: Mode)
         raise XdsException(E.REGISTRY_ERROR, f"expected lcm:SubmitObjectsRequest, got {request.tag}", "Body")
     sub = parse_submission(request)
     found = ErrorList(E.REGISTRY_METADATA_ERROR)
-    found.items += validate_submission(sub, mode, config.profile).items
+    found.items += validate_submission(sub, mode, config.profile,
+                                       implied_references=config.implied_references).items
     return sub, found
 
 
@@ -166,6 +167,13 @@ class _Registration:
                     self.errors.add(f"Association {a.id} ({last_segment(a.type)}) targets DocumentEntry "
                                     f"{a.target} (uniqueId {target.unique_id}), which is Deprecated", a.id,
                                     E.REGISTRY_DEPRECATED_DOCUMENT)
+                elif target.status != C.STATUS_APPROVED:
+                    # A profile's own statuses (the DMP's Archived): only an Approved entry is replaced,
+                    # appended to or transformed (PROFILE.md B-33).
+                    self.errors.add(f"Association {a.id} ({last_segment(a.type)}) targets DocumentEntry "
+                                    f"{a.target} (uniqueId {target.unique_id}), whose status is "
+                                    f"{last_segment(target.status)}; only an Approved entry may be its target",
+                                    a.id, E.REGISTRY_ERROR)
                 if a.type == C.ASSOC_IS_SNAPSHOT_OF:
                     self._snapshot_target(a, target)
             elif isinstance(target, ObjectRow) and target.status == C.STATUS_DEPRECATED:

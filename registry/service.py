@@ -54,7 +54,8 @@ class RegistryActor:
         return self.guard_of(req.principal)
 
     def guard_of(self, principal) -> RegistryGuard:
-        return RegistryGuard(caller_of(principal, self.config.callers), self.config.policy, self.store)
+        return RegistryGuard(caller_of(principal, self.config.callers), self.config.policy, self.store,
+                             hidden_statuses=self.config.rules.hidden_statuses)
 
     def _guard(self, req: SoapRequest) -> RegistryGuard:
         return req.policy if isinstance(req.policy, RegistryGuard) else self.guard_for(req)

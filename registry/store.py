@@ -23,12 +23,17 @@ from sqlalchemy.engine import Connection, Engine
 from xds import constants as C
 from xds.db import make_engine, writer_lock
 from xds.ebrim import to_xml
+from xds.hl7 import patient_key
 from xds.model import Association, DocumentEntry, Folder, RegistryObject, SubmissionSet
 from xds.xmlsafe import parse as safe_parse
 from . import schema as S
 
 RIM = C.NS_RIM
 _CHUNK = 500  # bound IN-lists so large submissions stay within driver limits
+
+
+def _key(patient_id: str | None) -> str | None:
+    return patient_key(patient_id) if patient_id else patient_id
 
 
 def chunks(seq: Sequence, n: int = _CHUNK) -> Iterator[Sequence]:
@@ -120,6 +125,7 @@ class RegistryStore:
 
     # --- patients ------------------------------------------------------------------------
     def add_patient(self, patient_id: str, conn: Connection | None = None) -> None:
+        patient_id = patient_key(patient_id)
         with self._conn(conn) as c:
             row = c.execute(select(S.patient).where(S.patient.c.patient_id == patient_id)).first()
             if row is None:
@@ -128,7 +134,10 @@ class RegistryStore:
                 c.execute(update(S.patient).where(S.patient.c.patient_id == patient_id).values(active=True))
 
     def merge_patient(self, subsumed: str, surviving: str, conn: Connection | None = None) -> None:
-        """ITI-8 A40: the subsumed id stops being accepted; its records move to the survivor."""
+        """ITI-8 A40: the subsumed id stops being accepted; its records move to the survivor.
+
+        The stored metadata takes the survivor's CX as the feed sent it; the index, its key."""
+        shown, subsumed, surviving = surviving, patient_key(subsumed), patient_key(surviving)
         with self._conn(conn) as c:
             self.add_patient(surviving, c)
             row = c.execute(select(S.patient).where(S.patient.c.patient_id == subsumed)).first()
@@ -144,16 +153,17 @@ class RegistryStore:
                 el = safe_parse(r.xml.encode(), "stored object")
                 for ei in el.findall(f"{{{RIM}}}ExternalIdentifier"):
                     if ei.get("identificationScheme") in (C.DE_PATIENT_ID, C.SS_PATIENT_ID, C.FOLDER_PATIENT_ID):
-                        ei.set("value", surviving)
+                        ei.set("value", shown)
                 c.execute(update(S.registry_object).where(S.registry_object.c.id == r.id)
                           .values(patient_id=surviving, xml=etree.tostring(el, encoding="unicode")))
 
     def patient_known(self, conn: Connection, patient_id: str) -> bool:
-        row = conn.execute(select(S.patient.c.active).where(S.patient.c.patient_id == patient_id)).first()
+        row = conn.execute(select(S.patient.c.active).where(S.patient.c.patient_id == patient_key(patient_id))).first()
         return bool(row and row.active)
 
     def merged_into(self, conn: Connection, patient_id: str) -> str | None:
-        return conn.execute(select(S.patient.c.merged_into).where(S.patient.c.patient_id == patient_id)).scalar()
+        return conn.execute(select(S.patient.c.merged_into)
+                            .where(S.patient.c.patient_id == patient_key(patient_id))).scalar()
 
     def list_patients(self) -> list[tuple[str, bool, str | None]]:
         with self.reading() as c:
@@ -354,14 +364,21 @@ class RegistryStore:
 
     def newest_documents(self, conn: Connection, unique_ids: Iterable[str]) -> dict[str, str]:
         """uniqueId -> the id of its newest DocumentEntry version."""
+        return {u: i for u, (i, _) in self._newest(conn, unique_ids).items()}
+
+    def documents_in_status(self, conn: Connection, unique_ids: Iterable[str], statuses: Sequence[str]) -> set[str]:
+        """The uniqueIds whose newest DocumentEntry version has one of these statuses."""
+        return {u for u, (_, status) in self._newest(conn, unique_ids).items() if status in statuses}
+
+    def _newest(self, conn: Connection, unique_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
         t = S.registry_object
-        out: dict[str, tuple[int, str]] = {}
+        out: dict[str, tuple[int, str, str]] = {}
         for part in chunks(sorted(set(unique_ids))):
-            for r in conn.execute(select(t.c.id, t.c.unique_id, t.c.version).where(
+            for r in conn.execute(select(t.c.id, t.c.unique_id, t.c.version, t.c.status).where(
                     t.c.unique_id.in_(part), t.c.kind == S.KIND_DOCUMENT_ENTRY)):
                 if r.unique_id not in out or out[r.unique_id][0] < r.version:
-                    out[r.unique_id] = (r.version, r.id)
-        return {u: i for u, (_, i) in out.items()}
+                    out[r.unique_id] = (r.version, r.id, r.status)
+        return {u: (i, status) for u, (_, i, status) in out.items()}
 
     def patients_of(self, conn: Connection, refs: Iterable[str]) -> set[str]:
         """The patients of the objects whose id, uniqueId or logical id is among refs."""
@@ -421,7 +438,7 @@ class RegistryStore:
             kind = {DocumentEntry: S.KIND_DOCUMENT_ENTRY, SubmissionSet: S.KIND_SUBMISSION_SET,
                     Folder: S.KIND_FOLDER}[type(o)]
             obj_rows.append(dict(id=o.id, lid=o.lid or o.id, version=versions.get(o.id, 1), kind=kind,
-                                 status=C.STATUS_APPROVED, patient_id=o.patient_id, unique_id=o.unique_id,
+                                 status=C.STATUS_APPROVED, patient_id=_key(o.patient_id), unique_id=o.unique_id,
                                  xml=stored_xml(o), **origins[o.id]))
             if seq0 is not None:
                 obj_rows[-1]["seq"] = seq0 + i

@@ -12,13 +12,15 @@ from lxml import etree
 
 from xds import constants as C
 from xds import errors as E
+from xds import hl7
 from xds.constants import last_segment
-from xds.ebrim import named_as_sent
+from xds.ebrim import named_as_sent, read_object
 from xds.errors import XdsError, XdsException
 from xds.model import Association, DocumentEntry, Submission
 from xds.security import policy as P
 from xds.validation import Mode
 from . import schema as S
+from .changes import changed_attributes
 from .checks import Reference, SubmissionChecks, new_association, now_dtm
 from .config import RegistryConfig
 from .guard import RegistryGuard, admin_guard, named_ids
@@ -36,7 +38,7 @@ def update_document_set(store: RegistryStore, request: etree._Element, config: R
     guard = guard or admin_guard()
     sub, found = read_submission(request, config, Mode.UPDATE)
     found.raise_if_errors()
-    ops = read_operations(sub)
+    ops = read_operations(sub, config.rules.statuses)
     warnings, submitted_uuids = prepare_for_storage(sub, config)
     try:
         with store.transaction() as conn:
@@ -68,6 +70,7 @@ class _Update:
         self.object_status: dict[str, str] = {}
         self.association_status: dict[str, str] = {}
         self.touched: set[str] = set()
+        self.rules = config.rules
 
     def run(self) -> None:
         self._lock()
@@ -114,6 +117,8 @@ class _Update:
     def _new_version(self, v: NewVersion, latest) -> None:
         obj, what = v.obj, f"{v.obj.kind} {v.obj.id}"
         found = latest.get(obj.lid)
+        if found is not None and found[0].status in self.rules.hidden_statuses:
+            found = None  # answered as a logical id the registry never held
         if found is None:
             self.errors.add(f"{what} is a new version of logical id {obj.lid}, which the registry does not hold",
                             obj.id, E.METADATA_VERSION_ERROR)
@@ -136,6 +141,8 @@ class _Update:
         if kind == S.KIND_DOCUMENT_ENTRY and (obj.object_type or C.OBJECT_TYPE_STABLE) != entry_type:
             self.errors.add(f"{what} has objectType {obj.object_type}, but logical id {obj.lid} has objectType "
                             f"{entry_type}; an update keeps the objectType", obj.id, E.METADATA_UPDATE_ERROR)
+        if self.rules.updatable is not None:
+            self._only_updatable(v, row)
         self.new_versions[obj.id] = row.version + 1
         self._changes(row.id, P.UPDATE, obj.id)
         self.renamed[row.id] = obj.id
@@ -163,7 +170,7 @@ class _Update:
         links = self._links(list(by_old))
         for old_id, v in by_old.items():
             mine = [a for a in links if old_id in (a.source, a.target)]
-            if mine and v.obj.patient_id != latest[v.obj.lid][0].patient_id:
+            if mine and not hl7.same_patient(v.obj.patient_id, latest[v.obj.lid][0].patient_id):
                 # A new patient would leave the linked objects with the old one.
                 self.errors.add(f"{v.obj.kind} {v.obj.id} changes patientId from {latest[v.obj.lid][0].patient_id} to "
                                 f"{v.obj.patient_id}, but version {old_id} is linked to other objects (e.g. "
@@ -179,6 +186,17 @@ class _Update:
             self.new_associations.append(new_association(source, target, type_, None))
             if type_ == C.ASSOC_HAS_MEMBER:
                 self.touched.add(source)
+
+    def _only_updatable(self, v: NewVersion, row: ObjectRow) -> None:
+        """The profile lets a new version change some attributes only (the DMP: confidentialityCode)."""
+        stored = self.store.load_objects(self.conn, [row.id])
+        if not stored:
+            return
+        changed = [a for a in changed_attributes(read_object(stored[0]), v.obj) if a not in self.rules.updatable]
+        if changed:
+            self.errors.add(f"{v.obj.kind} {v.obj.id} changes {', '.join(changed)} of {row.id}; under profile "
+                            f"{self.rules.name} a new version may change only {', '.join(self.rules.updatable)}",
+                            v.obj.id, E.METADATA_UPDATE_ERROR)
 
     # --- UpdateAvailabilityStatus ------------------------------------------------------------
     def _status_change(self, s: StatusChange, refs: dict[str, Reference], latest) -> None:
@@ -211,6 +229,11 @@ class _Update:
         if target.status != s.original:
             self.errors.add(f"{what} gives OriginalStatus {last_segment(s.original)}, but {target.id} is "
                             f"{last_segment(target.status)}", where, E.METADATA_UPDATE_ERROR)
+        elif (isinstance(target, ObjectRow) and self.rules.transitions is not None
+              and (s.original, s.new) not in self.rules.transitions):
+            allowed = ", ".join(f"{last_segment(a)} to {last_segment(b)}" for a, b in self.rules.transitions)
+            self.errors.add(f"{what} changes {target.id} from {last_segment(s.original)} to {last_segment(s.new)}; "
+                            f"profile {self.rules.name} allows {allowed}", where, E.METADATA_UPDATE_ERROR)
         changes[target.id] = s.new
 
     def _association_status_allowed(self, s: StatusChange, target: AssociationRow) -> None:

@@ -58,17 +58,19 @@ class Operations:
     added: list[AddedAssociation] = field(default_factory=list)
 
 
-def read_operations(sub: Submission) -> Operations:
-    """The message's operations; raises XdsException (XDSMetadataUpdateError) when any is malformed."""
-    reader = _Reader(sub)
+def read_operations(sub: Submission, statuses: tuple[str, ...] = ()) -> Operations:
+    """The message's operations; raises XdsException (XDSMetadataUpdateError) when any is malformed.
+    statuses: the profile's availability statuses beyond IHE's (the DMP's Archived and Deleted)."""
+    reader = _Reader(sub, _SETTABLE_STATUSES + tuple(statuses))
     reader.run()
     reader.errors.raise_if_errors()
     return reader.ops
 
 
 class _Reader:
-    def __init__(self, sub: Submission):
+    def __init__(self, sub: Submission, settable: tuple[str, ...] = _SETTABLE_STATUSES):
         self.sub = sub
+        self.settable = settable
         self.ss = sub.submission_sets[0]
         self.errors = ErrorList(E.METADATA_UPDATE_ERROR)
         self.ops = Operations()
@@ -151,9 +153,9 @@ class _Reader:
         values = {}
         for name in (ORIGINAL_STATUS, NEW_STATUS):
             given = a.slot(name) or []
-            if len(given) != 1 or given[0] not in _SETTABLE_STATUSES:
+            if len(given) != 1 or given[0] not in self.settable:
                 self.errors.add(f"UpdateAvailabilityStatus {a.id} slot {name} must be one of "
-                                f"{', '.join(_SETTABLE_STATUSES)}, got {given!r}", a.id)
+                                f"{', '.join(self.settable)}, got {given!r}", a.id)
             else:
                 values[name] = given[0]
         if a.target in self.local:

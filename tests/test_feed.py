@@ -95,6 +95,14 @@ def test_add_triggers_add_the_iso_identifier(trigger):
     assert patients.calls == [("add", f"103^^^&{OID}&ISO")]
 
 
+def test_add_takes_a_dmp_ins_by_its_identifier_and_authority():
+    """The DMP writes an INS with CX.5 NH and its CX.7 date; the patient is CX.1 + CX.4."""
+    patients = RecordingPatients()
+    reply = handle_adt(adt("A01", "207058575627097^^^&1.2.250.1.213.1.4.10&ISO^NH^^20100907"), patients)
+    assert msa(reply)[1] == "AA"
+    assert patients.calls == [("add", "207058575627097^^^&1.2.250.1.213.1.4.10&ISO")]
+
+
 def test_add_drops_namespace_and_keeps_every_iso_repetition():
     patients = RecordingPatients()
     pid3 = f"103^^^IHEBLUE&{OID}&ISO~55^^^LOCAL~77^^^&{OTHER_OID}&iso^PI~103^^^&{OID}&ISO"

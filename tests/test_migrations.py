@@ -17,6 +17,7 @@ from repository.store import DocumentRow, RepositoryStore
 from tests import pgserver
 from tests.helpers import new_pid
 from xds import builder, migrate
+from xds import constants as C
 from xds.db import make_engine
 
 TREES = {"registry": RS.metadata, "repository": PS.metadata}
@@ -115,7 +116,7 @@ def test_upgrade_is_idempotent(engine):
         for table in VERSION_TABLES:
             assert len(conn.execute(sa.text(f"SELECT version_num FROM {table}")).all()) == 1
     assert snapshot(engine) == before
-    assert [migrate.current(engine, t) for t in TREES] == ["registry_0003", "repository_0003"]
+    assert [migrate.current(engine, t) for t in TREES] == ["registry_0004", "repository_0003"]
 
 
 def test_create_all_database_is_stamped_then_upgraded(engine, caplog):
@@ -206,3 +207,42 @@ def test_0002_widens_a_database_made_by_0001(engine):
     assert widths["code"] == 514
     widths = {c["name"]: getattr(c["type"], "length", None) for c in sa.inspect(engine).get_columns("repo_document")}
     assert widths["mime_type"] == 256
+
+
+def test_0004_indexes_patients_by_their_key(engine):
+    """Spellings of one patient that differ only after CX.4 (the DMP's ``^NH`` and CX.7 date) become one
+    patient, one access state and one authorisation, indexed by CX.1 + CX.4."""
+    migrate.upgrade(engine, "registry", "registry_0003")
+    bare, nh, dated = "1234^^^&1.2.250.1.213.1.4.10&ISO", "1234^^^&1.2.250.1.213.1.4.10&ISO^NH", \
+        "1234^^^&1.2.250.1.213.1.4.10&ISO^NH^^20100907"
+    other = "99^^^&1.2.3&ISO"
+    with engine.begin() as c:
+        c.execute(sa.insert(RS.patient), [dict(patient_id=bare, active=False, merged_into=None),
+                                           dict(patient_id=nh, active=True, merged_into=None),
+                                           dict(patient_id="77^^^&1.2.3&ISO", active=False, merged_into=dated),
+                                           dict(patient_id=other, active=True, merged_into=None)])
+        for n, pid in enumerate((dated, nh, other)):
+            c.execute(sa.insert(RS.registry_object).values(
+                id=f"urn:uuid:0000000{n}-0000-4000-8000-000000000000", lid=f"urn:uuid:0000000{n}-0000-4000-8000-000000000000",
+                version=1, kind="DE", status=C.STATUS_APPROVED, patient_id=pid, seq=n + 1, xml="<x/>"))
+        c.execute(sa.insert(RS.access_state), [
+            dict(patient_id=nh, closed=False, minor=False, object_break_glass=False, object_centre_15=False, updated=1),
+            dict(patient_id=dated, closed=True, minor=False, object_break_glass=False, object_centre_15=False,
+                 updated=2)])
+        c.execute(sa.insert(RS.access_person), [
+            dict(patient_id=bare, person="p1", relation="blocked", updated=5),
+            dict(patient_id=dated, person="p1", relation="blocked", updated=3),
+            dict(patient_id=dated, person="p2", relation="authorised", updated=4)])
+
+    upgrade_both(engine)
+
+    assert differences(engine, "registry") == []
+    with engine.connect() as c:
+        patients = {r.patient_id: (r.active, r.merged_into) for r in c.execute(sa.select(RS.patient))}
+        assert patients == {bare: (True, None), "77^^^&1.2.3&ISO": (False, bare), other: (True, None)}
+        assert sorted(c.execute(sa.select(RS.registry_object.c.patient_id)).scalars()) == sorted([bare, bare, other])
+        states = c.execute(sa.select(RS.access_state.c.patient_id, RS.access_state.c.closed)).all()
+        assert [tuple(s) for s in states] == [(bare, True)]
+        people = {(r.person, r.relation): r.updated for r in c.execute(sa.select(RS.access_person))
+                  if r.patient_id == bare}
+        assert people == {("p1", "blocked"): 5, ("p2", "authorised"): 4}

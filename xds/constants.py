@@ -106,6 +106,9 @@ STATUS_APPROVED = STATUS_PREFIX + "Approved"
 STATUS_DEPRECATED = STATUS_PREFIX + "Deprecated"
 STATUS_SUBMITTED = STATUS_PREFIX + "Submitted"
 STATUSES = (STATUS_APPROVED, STATUS_DEPRECATED, STATUS_SUBMITTED)
+# The French DMP's own statuses (CI-SIS JDV_J52, TRE_R270): set by ITI-57 only, under profile dmp.
+STATUS_ARCHIVED = "urn:asip:ci-sis:2010:StatusType:Archived"
+STATUS_DELETED = "urn:asip:ci-sis:2010:StatusType:Deleted"
 
 RESPONSE_SUCCESS = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Success"
 RESPONSE_FAILURE = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Failure"

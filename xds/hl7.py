@@ -153,6 +153,26 @@ def parse_cx(s: str) -> CX:
     )
 
 
+def patient_key(s: str) -> str:
+    """The identity a patient id names: CX.1 and CX.4, as ``id^^^&OID&ISO``.
+
+    National profiles put more in a patient CX (the DMP's INS carries CX.5 ``NH`` and a CX.7 date),
+    and a feed, a query and a submission need not agree on those: the registry indexes, looks up and
+    compares patients by this key, and keeps the CX as sent in the stored metadata. An authority
+    known by its universal id drops the namespace, which is only its local alias.
+    """
+    cx = parse_cx(s.strip())
+    if cx.aa_universal_id:
+        authority = f"{SUBCOMPONENT_SEP}{cx.aa_universal_id}{SUBCOMPONENT_SEP}{cx.aa_universal_id_type or ISO}"
+    else:
+        authority = cx.aa_namespace
+    return f"{cx.id}{COMPONENT_SEP * 3}{authority}" if authority else cx.id
+
+
+def same_patient(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and patient_key(a) == patient_key(b)
+
+
 def check_cx(s: object, require_aa: bool = True, strict: bool = True) -> list[str]:
     """XDS patient id rule ``id^^^&OID&ISO``.
 

@@ -28,6 +28,7 @@ class Settings:
     max_query_results: int = 1000
     keep_extra_metadata: bool = True
     profile: str = "ihe"                 # metadata validation profile: ihe, dmp
+    lenient: bool = False                # profile dmp: metadata-versus-CDA mismatches are warnings, not refusals
     repository_id: str = "1.2.250.1.999.3.1"
     registry_url: str | None = None      # remote registry for a repository-only process
     registry_timeout: int = 30           # seconds the repository waits for the registry's ITI-42 answer (its CommitDeadline)
@@ -43,6 +44,7 @@ class Settings:
     forward_timeout: int = 30            # registry: seconds to wait for a repository host
     max_request_bytes: int = 64 * 1024 * 1024
     max_document_bytes: int = 4 * 1024 ** 3
+    implied_references: bool = False     # nested Classification/ExternalIdentifier may omit classifiedObject/registryObject
     mime_bare_lf: bool = False           # accept MTOM framing (boundary lines, part headers) in bare LF, not CRLF
     threads: int = 16                    # HTTP workers; a connection takes one only from its complete request head to its answer
     max_header_bytes: int = 64 * 1024    # bound on the request line and on the header block (414 / 413 beyond)

@@ -32,7 +32,7 @@ def stored_query(store: RegistryStore, request: etree._Element, config: Registry
     warnings: list[XdsError] = []
     try:
         req = read_request(request)
-        params = parse_params(req.query_id, req.slots)
+        params = parse_params(req.query_id, req.slots, config.rules)
         warnings = params.warnings
         leaf = req.return_type == RETURN_LEAF_CLASS
 
@@ -42,7 +42,8 @@ def stored_query(store: RegistryStore, request: etree._Element, config: Registry
                 if guard is not None:
                     named = params.get(PATIENT_PARAMS[req.query_id]) if req.query_id in PATIENT_PARAMS else None
                     scope = guard.query_scope(conn, named, lambda: patients_named(store, conn, params), leaf)
-                ctx = Ctx(conn, store.is_postgres, params, leaf, config.max_query_results, scope)
+                ctx = Ctx(conn, store.is_postgres, params, leaf, config.max_query_results, scope,
+                          config.rules.hidden_statuses)
                 found = QUERY_FUNCTIONS[req.query_id](ctx)
                 if leaf:
                     _check_leaf_class(found, config)

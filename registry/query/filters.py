@@ -41,10 +41,14 @@ class Ctx:
     max_results: int | None = None
     # What the access policy lets the caller see (registry/query/scope.py); None: everything.
     scope: "Scope | None" = None
+    # Statuses the profile keeps out of every answer (the DMP's Deleted), whoever asks.
+    hidden_statuses: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.scope is None:
             self.scope = Scope(None, 0)
+        if self.hidden_statuses:
+            self.scope.hidden_statuses = self.hidden_statuses
 
     @property
     def level(self) -> int:

@@ -16,6 +16,7 @@ from xds import constants as C
 from xds import errors as E
 from xds import hl7
 from xds.errors import ErrorList, XdsError, XdsException
+from xds.validation import Profile, get_profile
 
 RIM = C.NS_RIM
 
@@ -320,7 +321,7 @@ def parse_slot_values(values: list[str]) -> SlotValue:
 
 # --- per-kind value checks ---------------------------------------------------------------------
 
-def _convert(spec: Spec, item: Item) -> tuple[Any, str | None]:
+def _convert(spec: Spec, item: Item, profile: Profile) -> tuple[Any, str | None]:
     """(value, problem) for one item of a parameter."""
     text = item.text
     if spec.kind in (INT, DTM):
@@ -340,8 +341,9 @@ def _convert(spec: Spec, item: Item) -> tuple[Any, str | None]:
             return None, f"coded value '{text}' must have the form code^^codingScheme"
         return f"{parts[0]}^^{parts[2]}", None
     if spec.kind == STATUS:
-        if text not in C.STATUSES:
-            return None, f"'{text}' is not a status value (expected one of {', '.join(C.STATUSES)})"
+        known = C.STATUSES + profile.statuses
+        if text not in known:
+            return None, f"'{text}' is not a status value (expected one of {', '.join(known)})"
         return text, None
     if spec.kind == ENTRY_TYPE:
         if text not in C.DOCUMENT_ENTRY_TYPES:
@@ -353,8 +355,10 @@ def _convert(spec: Spec, item: Item) -> tuple[Any, str | None]:
             return None, f"'{text}' is not an association type"
         return text, None
     if spec.kind == CX:
-        problems = hl7.check_cx(text, strict=False)
-        return (text, None) if not problems else (None, f"patient id '{text}' is not a valid CX: {problems[0]}")
+        problems = profile.checker("queryPatientId")(text)
+        # The registry indexes patients by identity (hl7.patient_key), so the query asks by it too.
+        return ((hl7.patient_key(text), None) if not problems
+                else (None, f"patient id '{text}' is not a valid CX: {problems[0]}"))
     return text, None
 
 
@@ -377,8 +381,11 @@ class Params:
         return self.values.get(METADATA_LEVEL, 1)
 
 
-def parse_params(query_id: str, slots: list[RawSlot]) -> Params:
-    """Check the slots against the query's parameter table; raise XdsException listing every problem."""
+def parse_params(query_id: str, slots: list[RawSlot], profile: Profile | None = None) -> Params:
+    """Check the slots against the query's parameter table; raise XdsException listing every problem.
+
+    profile: the validation profile in force (its patient id form, its extra statuses); None is IHE's."""
+    profile = profile or get_profile("ihe")
     qdef = QUERIES.get(query_id)
     if qdef is None:
         raise XdsException(E.UNKNOWN_STORED_QUERY, f"unknown stored query id '{query_id}'", query_id or "AdhocQuery")
@@ -404,7 +411,7 @@ def parse_params(query_id: str, slots: list[RawSlot]) -> Params:
             continue
         parsed_groups = []
         for slot in group:
-            value = _parse_one(qdef, spec, slot, found)
+            value = _parse_one(qdef, spec, slot, found, profile)
             if value is not None:
                 parsed_groups.append(value)
         if len(parsed_groups) == len(group):
@@ -434,7 +441,7 @@ def parse_params(query_id: str, slots: list[RawSlot]) -> Params:
     return params
 
 
-def _parse_one(qdef: QueryDef, spec: Spec, slot: RawSlot, found: ErrorList) -> Any:
+def _parse_one(qdef: QueryDef, spec: Spec, slot: RawSlot, found: ErrorList, profile: Profile) -> Any:
     name = spec.name
     try:
         sv = parse_slot_values(slot.values)
@@ -451,7 +458,7 @@ def _parse_one(qdef: QueryDef, spec: Spec, slot: RawSlot, found: ErrorList) -> A
     out = []
     ok = True
     for item in sv.items:
-        value, problem = _convert(spec, item)
+        value, problem = _convert(spec, item, profile)
         if problem:
             found.add(f"{qdef.name}: parameter {name}: {problem}", name)
             ok = False
@@ -459,6 +466,9 @@ def _parse_one(qdef: QueryDef, spec: Spec, slot: RawSlot, found: ErrorList) -> A
             out.append(value)
     if not ok:
         return None
+    if spec.kind == STATUS and profile.hidden_statuses:
+        # Asked for or not, these are never answered: the list may end up empty, which finds nothing.
+        out = [v for v in out if v not in profile.hidden_statuses]
     if spec.multi:
         return list(dict.fromkeys(out))
     return out[0]

@@ -118,6 +118,11 @@ class Scope:
     def __init__(self, by_patient: Mapping[str, Visibility] | None, now: int):
         self.by_patient = by_patient
         self.now = now
+        # Objects in these statuses answer as absent to everyone, the administrator included (Ctx sets it).
+        self.hidden_statuses: tuple[str, ...] = ()
+
+    def _not_hidden(self, o) -> list[ColumnElement]:
+        return [o.c.status.notin_(self.hidden_statuses)] if self.hidden_statuses else []
 
     @property
     def everything(self) -> bool:
@@ -139,14 +144,15 @@ class Scope:
 
     def de(self, o=O, d=D) -> list[ColumnElement]:
         if self.everything:
-            return []
-        return [or_(false(), *[and_(o.c.patient_id.in_(ps), de_condition(vis, self.now, o, d))
-                               for ps, vis in self._groups()])]
+            return self._not_hidden(o)
+        return self._not_hidden(o) + [or_(false(), *[and_(o.c.patient_id.in_(ps), de_condition(vis, self.now, o, d))
+                                                     for ps, vis in self._groups()])]
 
     def objects(self, o=O) -> list[ColumnElement]:
         if self.everything:
-            return []
-        return [or_(false(), *[and_(o.c.patient_id.in_(ps), object_condition(vis, o)) for ps, vis in self._groups()])]
+            return self._not_hidden(o)
+        return self._not_hidden(o) + [or_(false(), *[and_(o.c.patient_id.in_(ps), object_condition(vis, o))
+                                                     for ps, vis in self._groups()])]
 
     def visible(self, x, xd) -> ColumnElement:
         """Any registry object x (with its doc_entry row xd outer-joined)."""
@@ -160,10 +166,16 @@ class Scope:
     def associations(self, a=A) -> list[ColumnElement]:
         """An association is seen only when neither end is hidden: a registry object the caller may not see,
         or an association with such an end (a SubmissionSet's HasMember of a Folder filing)."""
+        out = []
+        if self.hidden_statuses:
+            # A link to a hidden object (a SubmissionSet's HasMember, a replacement) would tell it exists.
+            x = O.alias("scope_hidden")
+            out.append(~exists(select(x.c.id).where(x.c.id.in_([a.c.source, a.c.target]),
+                                                     x.c.status.in_(self.hidden_statuses))))
         if self.everything:
-            return []
+            return out
         inner = A.alias("scope_inner")
-        return [~self._hidden_object_end(a), ~exists(select(inner.c.id).where(
+        return out + [~self._hidden_object_end(a), ~exists(select(inner.c.id).where(
             inner.c.id.in_([a.c.source, a.c.target]), self._hidden_object_end(inner)))]
 
     def _hidden_object_end(self, a) -> ColumnElement:

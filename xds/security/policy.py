@@ -18,6 +18,8 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from xds import hl7
+
 # --- callers -------------------------------------------------------------------------------------
 ADMIN = "admin"                # an administrator role, or security = none on loopback
 SYSTEM = "system"              # a host or software known by its TLS certificate, no assertion
@@ -207,22 +209,13 @@ def one_month_after(t: float) -> float:
 # --- the decisions ----------------------------------------------------------------------------------
 
 def same_patient(a: str | None, b: str | None) -> bool:
-    """Patients compare on CX.1 and CX.4's universal id (the INS and its OID)."""
-    if a is None or b is None:
-        return False
-    return _patient_key(a) == _patient_key(b)
+    """Patients compare on CX.1 and CX.4 (the INS and its OID): xds.hl7.patient_key."""
+    return hl7.same_patient(a, b)
 
 
 def patient_key(cx: str) -> str:
-    """The canonical CX of a patient's identity (CX.1 and CX.4's universal id), for lookups by patient."""
-    ident, authority = _patient_key(cx)
-    return f"{ident}^^^&{authority}&ISO"
-
-
-def _patient_key(cx: str) -> tuple[str, str]:
-    comps = cx.strip().split("^")
-    aa = comps[3].split("&") if len(comps) > 3 else []
-    return comps[0], (aa[1] if len(aa) > 1 else "").strip()
+    """The canonical CX of a patient's identity, for lookups by patient."""
+    return hl7.patient_key(cx)
 
 
 def is_patient_self(caller: Caller, state: AccessState) -> bool:

@@ -18,11 +18,14 @@ from .structure import check_structure
 __all__ = ["validate_submission", "Mode", "MODES", "Profile", "get_profile", "profile_names", "register_profile"]
 
 
-def validate_submission(sub: Submission, mode: Mode, profile: str | None = None) -> ErrorList:
+def validate_submission(sub: Submission, mode: Mode, profile: str | None = None, *,
+                        implied_references: bool = False) -> ErrorList:
     """All metadata problems of ``sub`` for ``mode`` (Mode.REGISTER, PROVIDE or UPDATE; their
     string values are accepted too).
 
-    ``profile`` names extra rules (see profiles.py); None means plain IHE.
+    ``profile`` names extra rules (see profiles.py); None means plain IHE. ``implied_references``: a nested
+    Classification or ExternalIdentifier without classifiedObject / registryObject belongs to its enclosing
+    object, with a warning (the DMP's official examples and C# kit leave them out).
     """
     if mode not in MODES:
         raise ValueError(f"unknown validation mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -30,6 +33,7 @@ def validate_submission(sub: Submission, mode: Mode, profile: str | None = None)
     chosen = get_profile(profile or "ihe")
     errors = ErrorList(E.REGISTRY_METADATA_ERROR)
     ctx = Context.build(sub, mode, chosen, errors)
+    ctx.implied_references = implied_references
     check_every_object(ctx)
     check_objects(ctx)
     check_associations(ctx)

@@ -124,10 +124,18 @@ def _check_localized(report: Report, names: list[LocalizedString], descriptions:
                 _check_length(report, f"{where}{tag}", ls.value, FREE_FORM_TEXT)
 
 
+def _implied(ctx: Context, obj: RegistryObject, attribute: str) -> None:
+    ctx.errors.warn(f"{ctx.label(obj)} {attribute}: is missing; taken as the enclosing object's id '{obj.id}' "
+                    "(implied_references setting)", obj.id)
+
+
 def _nested_classification(ctx: Context, obj: RegistryObject, c: Classification, owners: dict[str, str]) -> None:
     report = _reporter(ctx, obj)
     what = describe_classification(c)
     _claim_id(report, c.id, f"{what} id", f"{what} of {ctx.label(obj)}", owners)
+    if c.classified_object is None and ctx.implied_references:
+        _implied(ctx, obj, f"{what} classifiedObject")
+        c.classified_object = obj.id
     if c.classified_object != obj.id:
         found = f"'{c.classified_object}'" if c.classified_object else "missing"
         report(f"{what} classifiedObject", f"is {found}, expected the enclosing object's id '{obj.id}'")
@@ -144,6 +152,9 @@ def _nested_external_id(ctx: Context, obj: RegistryObject, e: ExternalIdentifier
     report = _reporter(ctx, obj)
     what = f"ExternalIdentifier '{e.id}'" if e.id else f"ExternalIdentifier (no id, scheme {e.scheme})"
     _claim_id(report, e.id, f"{what} id", f"{what} of {ctx.label(obj)}", owners)
+    if e.registry_object is None and ctx.implied_references:
+        _implied(ctx, obj, f"{what} registryObject")
+        e.registry_object = obj.id
     if e.registry_object != obj.id:
         found = f"'{e.registry_object}'" if e.registry_object else "missing"
         report(f"{what} registryObject", f"is {found}, expected the enclosing object's id '{obj.id}'")

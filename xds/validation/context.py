@@ -38,9 +38,15 @@ def ihe_source_patient_id(value: str) -> list[str]:
     return hl7.check_cx(value, require_aa=True, strict=False)
 
 
-# The attributes whose datatype check a profile may replace.
+def ihe_query_patient_id(value: str) -> list[str]:
+    return hl7.check_cx(value, require_aa=True, strict=False)
+
+
+# The attributes whose datatype check a profile may replace (queryPatientId: the patient parameters of
+# ITI-18, which name a patient rather than describe one).
 IHE_DATATYPES: dict[str, Checker] = {
     "patientId": ihe_patient_id,
+    "queryPatientId": ihe_query_patient_id,
     "sourcePatientId": ihe_source_patient_id,
     "authorInstitution": hl7.check_xon,
 }
@@ -55,6 +61,14 @@ class Profile:
     rules: tuple["Rule", ...] = ()
     datatypes: Mapping[str, Checker] = field(default_factory=dict)
     signs_may_target_submission_set: bool = False
+    # Availability statuses beyond IHE's that ITI-57 may set and ITI-18 may ask for.
+    statuses: tuple[str, ...] = ()
+    # Statuses whose objects the registry keeps but answers as absent to every query and retrieve.
+    hidden_statuses: tuple[str, ...] = ()
+    # What an ITI-57 new version may change (model attribute names, registry/changes.py); None: anything.
+    updatable: tuple[str, ...] | None = None
+    # Status changes ITI-57 allows, as (from, to); None: IHE's (Approved <-> Deprecated).
+    transitions: tuple[tuple[str, str], ...] | None = None
 
     def checker(self, attribute: str) -> Checker:
         return self.datatypes.get(attribute) or IHE_DATATYPES[attribute]
@@ -66,6 +80,7 @@ class Context:
     mode: Mode
     profile: Profile
     errors: ErrorList
+    implied_references: bool = False
     # First top-level object holding each id; a repeated id is an error reported elsewhere.
     by_id: dict[str, RegistryObject] = field(default_factory=dict)
     ss_ids: set[str] = field(default_factory=set)

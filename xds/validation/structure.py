@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .. import constants as C
 from .. import errors as E
+from .. import hl7
 from ..hl7 import is_uuid_urn
 from ..model import Association, DocumentEntry, Folder, RegistryObject, SubmissionSet
 from .context import Context, Mode, is_symbolic
@@ -161,7 +162,8 @@ def _single_patient(ctx: Context) -> None:
     if reference is None:
         return
     for o in subjects:
-        if o.patient_id and o.patient_id != reference.patient_id:
+        # One identity (CX.1 + CX.4): a profile's CX.5/CX.7 may be written on some objects only.
+        if o.patient_id and not hl7.same_patient(o.patient_id, reference.patient_id):
             ctx.report(o, "patientId", f"'{o.patient_id}' differs from patientId '{reference.patient_id}' of "
                                        f"{ctx.label(reference)}; a submission is about one patient",
                        E.PATIENT_ID_DOES_NOT_MATCH)
