@@ -19,7 +19,7 @@ from xds import faults, mtom
 from xds.ebrim import parse_submission, to_element
 from xds.errors import ErrorList, XdsError, XdsException
 from xds.model import DocumentEntry
-from xds.validation import Mode, validate_submission
+from xds.validation import Mode, cda, validate_submission
 from .blobs import BlobStore, Staged
 from .forward import RegistryLink, RegistryUnanswered
 from .settle import Ledger, Outcome
@@ -53,13 +53,16 @@ class _Content:
 
 class Provide:
     def __init__(self, blobs: BlobStore, store: RepositoryStore, registry: RegistryLink, repository_id: str,
-                 max_document_bytes: int, ledger: Ledger | None = None, profile: str | None = None):
+                 max_document_bytes: int, ledger: Ledger | None = None, profile: str | None = None,
+                 lenient: bool = False, implied_references: bool = False):
         self.blobs = blobs
         self.store = store
         self.registry = registry
         self.repository_id = repository_id
         self.max_document_bytes = max_document_bytes
         self.profile = profile  # the metadata validation profile (xds/validation), the registry's too
+        self.lenient = lenient  # the profile's checks against document content only warn
+        self.implied_references = implied_references
         self.ledger = ledger or Ledger(store, blobs, registry, repository_id, registry_timeout=30.0)
 
     def __call__(self, body: etree._Element, message: mtom.MtomMessage | None,
@@ -88,11 +91,16 @@ class Provide:
         sub = parse_submission(body)
         errors = ErrorList(E.REPOSITORY_METADATA_ERROR)
         # The validator's codes stay as they are: a Document Source reads them like a registry's.
-        errors.items += validate_submission(sub, Mode.PROVIDE, self.profile).items
+        errors.items += validate_submission(sub, Mode.PROVIDE, self.profile,
+                                           implied_references=self.implied_references).items
         pairs = self._match(sub.document_entries, contents, errors)
         self._check_unique_ids(pairs, errors)
         for de, content in pairs:
             self._check_content(de, content, errors)
+        if self.profile == "dmp":
+            # PROFILE.md B-24, B-30, B-31: each CDA against its metadata, before anything is stored.
+            for de, content in pairs:
+                self._check_cda(de, content, body, errors)
         errors.raise_if_errors()
 
         stored = self.store.get_many(de.unique_id for de, _ in pairs if de.unique_id)
@@ -252,6 +260,30 @@ class Provide:
             errors.warn(f"{label} has repositoryUniqueId {given_repo.strip()}; this repository is "
                         f"{self.repository_id} and registered the document under its own id", de.id,
                         E.REPOSITORY_METADATA_ERROR)
+
+    def _check_cda(self, de: DocumentEntry, content: _Content, body, errors: ErrorList) -> None:
+        """The CDA header coherence checks of the dmp profile: errors, or warnings when lenient."""
+        if not cda.wants_check(de, self._document_bytes(content, body, cda.HEAD_BYTES)):
+            return
+        if content.size > cda.MAX_BYTES:
+            problems = cda.too_large(content.size)
+        else:
+            problems = cda.check(de, self._document_bytes(content, body, cda.MAX_BYTES))
+        cda.report(errors, de, problems, lenient=self.lenient)
+
+    def _document_bytes(self, content: _Content, body, limit: int) -> bytes:
+        """Up to limit bytes of a document: its MTOM part, or its inline base64 decoded again."""
+        if content.attachment is not None:
+            with content.attachment.open() as f:
+                return f.read(limit)
+        text = next((el.text or "" for el in body.iterchildren(DOCUMENT_TAG)
+                     if (el.get("id") or "").strip() == content.id), "")
+        out = bytearray()
+        for block in _decode_base64(text, content.id, self.max_document_bytes):
+            out += block
+            if len(out) >= limit:
+                break
+        return bytes(out[:limit])
 
     @staticmethod
     def _check_stored(pairs, stored: dict[str, DocumentRow], errors: ErrorList) -> None:

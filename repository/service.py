@@ -33,6 +33,8 @@ class RepositoryConfig:
     dmp_rules: bool = False
     callers: CallerRules = field(default_factory=CallerRules)
     profile: str | None = None       # the metadata validation profile of ITI-41 (None: ihe)
+    lenient: bool = False            # profile checks against the document content warn instead of refusing
+    implied_references: bool = False  # nested Classifications / ExternalIdentifiers may omit their parent's id
 
 
 class RepositoryActor:
@@ -43,7 +45,8 @@ class RepositoryActor:
         self.config = config
         self.ledger = Ledger(store, blobs, registry, config.repository_id, config.registry_timeout)
         self._provide = Provide(blobs, store, registry, config.repository_id, config.max_document_bytes,
-                                self.ledger, config.profile)
+                                self.ledger, config.profile, config.lenient,
+                                config.implied_references)
         self._job: SettlementJob | None = None
 
     def start(self) -> None:
@@ -99,7 +102,7 @@ class RepositoryActor:
             settings.repository_id, settings.max_document_bytes, settings.registry_timeout, settings.settle_interval,
             settings.check_interval, tuple(settings.registry_subjects),
             settings.profile == "dmp" and settings.security == "vihf", CallerRules.from_settings(settings),
-            settings.profile))
+            settings.profile, settings.lenient, settings.implied_references))
 
     def endpoint(self, path: str = "/xds/repository") -> Endpoint:
         return Endpoint(path, self.operations(), wsdl="repository.wsdl", policy_for=self.guard_for,
@@ -108,8 +111,10 @@ class RepositoryActor:
     def guard_for(self, req: SoapRequest) -> RepositoryGuard:
         caller = caller_of(req.principal, self.config.callers)
         decides = None
-        if isinstance(self.registry, InProcessRegistry):
-            actor = self.registry.actor
+        # Audit wraps the link (AuditedRegistry); the registry in this process decides all the same.
+        link = getattr(self.registry, "link", self.registry)
+        if isinstance(link, InProcessRegistry):
+            actor = link.actor
             decides = lambda uids: actor.retrievable(req.principal, uids)  # noqa: E731
         return RepositoryGuard(caller, self.config.registry_subjects, self.config.dmp_rules, decides)
 

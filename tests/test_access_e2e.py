@@ -28,18 +28,19 @@ import sqlalchemy as sa
 from cryptography import x509
 from lxml import etree
 
-from node.transfer import provide_and_register
 from registry import schema as RS
 from registry.store import RegistryStore
 from xds import builder
 from xds import constants as C
 from xds import errors as E
+from xds import hl7
 from xds.client import SoapClient
 from xds.ebrim import read_response_errors
 from xds.mtom import href_to_cid
 from xds.security import issue
 from xds.security.issue import Issuer
 from xds.tls import TlsFiles, client_context
+from tests import dmp_messages as M
 from tests.certs import Authority
 from tests.test_delete import remove_request
 from tests.test_split_deployment import Proc
@@ -237,25 +238,30 @@ def xon(structure: str) -> str:
     return f"STRUCTURE {structure}^^^^^&1.2.250.1.71.4.2.2&ISO^IDNST^^^{structure}"
 
 
+# The signature document (PROFILE.md B-32) that came with each document provide() submitted, by uniqueId.
+SIGNATURES: dict[str, str] = {}
+
+
 def provide(w, host: str, patient: str, structure: str, ps: str = DR_A, codes=NORMAL) -> tuple[str, bytes]:
     """ITI-41 to a host by a structure's software, with the structure's INDIRECTE token for ps, in a
-    submission the dmp profile accepts; returns (uniqueId, bytes)."""
-    kw = {"legal_authenticator": xcn(ps), "service_start": "20240101", "author_person": xcn(ps),
-          "author_institution": xon(structure),
-          "codes": {"class": ("10", "1.2.250.1.213.1.1.4.1", "Compte rendu"),
-                    "hcft": ("SA01", "1.2.250.1.71.4.2.4", "Etablissement public de sante"),
-                    "confidentiality": list(codes), "type": ("34133-9", LOINC, "Summary of episode note")}}
-    sub = builder.simple_submission(patient, 1, register=False, doc_kwargs=kw,
-                                    ss_kwargs={"author_person": xcn(ps)})
-    uid = next(ei.get("value") for ei in sub.iter(f"{{{C.NS_RIM}}}ExternalIdentifier")
-               if ei.get("identificationScheme") == C.DE_UNIQUE_ID)
-    content = f"compte rendu {uid} from {host}\r\n".encode()
-    pnr, att = provide_and_register(sub, {"Document01": content})
-    reply = call(w, host, LPS[structure], C.ACTION_PROVIDE, pnr, structure_token(w, structure, patient, ps),
-                 attachments=att)
+    submission the dmp profile accepts (a CDA whose header agrees with its metadata, and the signature
+    document); returns the CDA's (uniqueId, bytes)."""
+    doc = M.Document(patient=patient, type_code=("34133-9", LOINC, "Summary of episode note"),
+                     confidentiality=tuple(codes), author=xcn(ps), institution=xon(structure),
+                     legal_authenticator=xcn(ps))
+    sub = M.submission(patient, doc, ss_author=xcn(ps))
+    reply = call(w, host, LPS[structure], C.ACTION_PROVIDE, sub.request, structure_token(w, structure, patient, ps),
+                 attachments=sub.attachments)
     status, errors = read_response_errors(reply.body)
     assert status == C.RESPONSE_SUCCESS and not errors, [(e.code, e.message) for e in errors] or reply.raw[:1500]
-    return uid, content
+    SIGNATURES[doc.unique_id] = sub.documents["Signature01"].unique_id
+    return doc.unique_id, doc.content
+
+
+def signed(*uids: str) -> set[str]:
+    """Documents provide() submitted and their signature documents, which the policy treats as any entry:
+    masked to professionals (MASQUE_PS), so seen by the author's structure and the treating doctor only."""
+    return set(uids) | {SIGNATURES[u] for u in uids}
 
 
 def find(w, caller: tuple[str, object], patient: str, return_type: str = "LeafClass"):
@@ -312,7 +318,7 @@ def retrieve(w, where: str, caller: tuple[str, object], *wanted: tuple[str, str]
 
 def update_request(patient: str, entry_id: str, original: str, new: str, ps: str) -> etree._Element:
     """ITI-57 UpdateAvailabilityStatus of one registered DocumentEntry."""
-    ss = builder.submission_set(patient, author_person=xcn(ps))
+    ss = builder.submission_set(patient, author_person=xcn(ps), content_type=M.CONTENT_DAY_HOSPITAL)
     change = builder.association("SubmissionSet01", entry_id, C.ASSOC_UPDATE_AVAILABILITY_STATUS, id="uas")
     builder.slot(change, "OriginalStatus", [original])
     builder.slot(change, "NewStatus", [new])
@@ -338,10 +344,20 @@ def registry_objects(w, patient: str) -> dict:
     """Every object and association of a patient in the registry: {id: status}."""
     o, a = RS.registry_object, RS.association
     with w["db"].connect() as c:
-        objs = {r.id: r.status for r in c.execute(sa.select(o.c.id, o.c.status).where(o.c.patient_id == patient))}
+        # The registry may keep the patient as written or by CX.1 + CX.4 alone (hl7.patient_key).
+        spellings = [patient, hl7.patient_key(patient)]
+        objs = {r.id: r.status for r in c.execute(sa.select(o.c.id, o.c.status).where(o.c.patient_id.in_(spellings)))}
         assocs = {r.id: r.status for r in c.execute(sa.select(a.c.id, a.c.status).where(
             a.c.source.in_(list(objs)) | a.c.target.in_(list(objs))))} if objs else {}
     return {**objs, **assocs}
+
+
+def linked(w, obj_id: str) -> set[str]:
+    """An object's id and the ids of the associations from or to it."""
+    a = RS.association
+    with w["db"].connect() as c:
+        found = c.execute(sa.select(a.c.id).where((a.c.source == obj_id) | (a.c.target == obj_id)))
+        return {obj_id} | {r.id for r in found}
 
 
 def files_on(w, host: str) -> set[bytes]:
@@ -397,12 +413,13 @@ def test_masque_ps_is_hidden_except_from_the_author_s_structure_and_the_treating
         allow(w, p, "grant", person=ps)
     # An authorised physician of another structure: the plain document only.
     assert listed(find(w, as_card(w, DR_B, p), p)) == {plain}
-    # A physician of the author's structure (not the author in person), authorised: both.
-    assert listed(find(w, as_card(w, DR_A2, p), p)) == {masked, plain}
-    # The treating doctor, of a third structure, with no authorisation: both.
+    # A physician of the author's structure (not the author in person), authorised: both, and their
+    # signature documents (masked too).
+    assert listed(find(w, as_card(w, DR_A2, p), p)) == signed(masked, plain)
+    # The treating doctor, of a third structure, with no authorisation: nothing; as treating doctor: both.
     assert listed(find(w, as_card(w, DR_MT, p), p)) == set()
     allow(w, p, "treating-doctor", person=DR_MT)
-    assert listed(find(w, as_card(w, DR_MT, p), p)) == {masked, plain}
+    assert listed(find(w, as_card(w, DR_MT, p), p)) == signed(masked, plain)
 
 
 # --- 3. ITI-43 through the registry ---------------------------------------------------------------
@@ -487,11 +504,18 @@ def test_another_structure_cannot_deprecate_a_document_and_the_author_s_structur
 
 def test_another_host_cannot_delete_a_submission_and_the_administrator_can(world):
     w, p = world, PATIENTS["delete"]
-    provide(w, "host-a", p, STRUCT_A)
+    uid, _ = provide(w, "host-a", p, STRUCT_A)
     allow(w, p, "grant", person=DR_B)
     before = registry_objects(w, p)
-    assert len(before) == 3  # the SubmissionSet, the DocumentEntry and their association
+    # The SubmissionSet, the DocumentEntry, the signature DocumentEntry, their two HasMember associations
+    # and the signature's signs association.
+    assert len(before) == 6
     ids = list(before)
+    # The signature DocumentEntry is masked (MASQUE_PS): another structure's physician sees neither it nor
+    # its associations.
+    signature = linked(w, entry(w, SIGNATURES[uid])[0])
+    seen_by_b = [i for i in ids if i not in signature]
+    assert len(signature) == 3
     nowhere = [f"urn:uuid:00000000-0000-4000-8000-00000000006{i}" for i in range(len(ids))]
 
     def delete(caller, targets):
@@ -505,8 +529,13 @@ def test_another_host_cannot_delete_a_submission_and_the_administrator_can(world
     for caller in (("host-b", None), as_structure(w, STRUCT_B, p, DR_B)):
         assert answer(delete(caller, ids), *ids) == unknown
         assert registry_objects(w, p) == before
-    # A physician of host-b's structure, authorised, sees the document but may not delete it.
-    assert outcome(delete(as_card(w, DR_B, p), ids)) == (C.RESPONSE_FAILURE, [E.REGISTRY_ERROR])
+    # A physician of host-b's structure, authorised, sees the document but may not delete it; what is
+    # masked to them is answered as objects the registry does not hold.
+    assert outcome(delete(as_card(w, DR_B, p), seen_by_b)) == (C.RESPONSE_FAILURE, [E.REGISTRY_ERROR])
+    assert registry_objects(w, p) == before
+    status, errors = read_response_errors(delete(as_card(w, DR_B, p), ids).body)
+    assert status == C.RESPONSE_FAILURE and {e.code for e in errors} == {E.UNRESOLVED_REFERENCE}
+    assert {e.location for e in errors} == signature
     assert registry_objects(w, p) == before
     # The administrator: gone.
     assert outcome(delete(("admin", None), ids)) == (C.RESPONSE_SUCCESS, [])
@@ -554,8 +583,8 @@ def test_an_indirecte_caller_finds_references_to_its_own_submissions_only(world)
     for structure, uid in ((STRUCT_A, uid_a), (STRUCT_B, uid_b)):
         reply = find(w, as_structure(w, structure, p), p, return_type="ObjectRef")
         assert outcome(reply) == (C.RESPONSE_SUCCESS, [])
-        assert [o.tag for o in objects_in(reply)] == [f"{{{C.NS_RIM}}}ObjectRef"]
-        assert {o.get("id") for o in objects_in(reply)} == {entry(w, uid)[0]}
+        assert [o.tag for o in objects_in(reply)] == [f"{{{C.NS_RIM}}}ObjectRef"] * 2  # the CDA, its signature
+        assert {o.get("id") for o in objects_in(reply)} == {entry(w, u)[0] for u in signed(uid)}
     # Nor may it retrieve through the registry.
     status, errors, got, parts = retrieve(w, "registry", as_structure(w, STRUCT_A, p), (REPO_A, uid_a))
     assert (status, [e.code for e in errors], got, parts) == (C.RESPONSE_FAILURE, [E.REGISTRY_ERROR], {}, 0)

@@ -589,6 +589,29 @@ def test_external_identifier_once(obj, scheme, attribute):
     assert "exactly one" in expect(run(req), META, obj, attribute)[0].message
 
 
+@pytest.mark.parametrize("obj,scheme", [(DE, C.DE_CLASS_CODE), (SS, C.SS_CONTENT_TYPE_CODE), (FD, C.FOLDER_CODE_LIST)])
+def test_implied_references_take_the_enclosing_object(obj, scheme):
+    """The implied_references setting: a missing classifiedObject / registryObject of a nested element is
+    its parent's, with a warning; a wrong one is still an error."""
+    req = make()
+    c = classifications(el(req, obj), scheme)[0]
+    del c.attrib["classifiedObject"]
+    identifier = el(req, obj).find(rim("ExternalIdentifier"))
+    del identifier.attrib["registryObject"]
+    sub = parse_submission(req)
+    items = validate_submission(sub, Mode.REGISTER, implied_references=True).items
+    assert all(not i.is_error for i in items), items
+    assert sorted(i.message.split(": ")[0].rsplit(" ", 1)[1] for i in items) == ["classifiedObject", "registryObject"]
+    assert all(i.location == obj for i in items)
+    placed = next(o for o in sub.objects if o.id == obj)
+    assert all(x.classified_object == obj for x in placed.classifications)
+    assert all(x.registry_object == obj for x in placed.external_ids)
+
+    c.set("classifiedObject", "Elsewhere")
+    expect(validate_submission(parse_submission(req), Mode.REGISTER, implied_references=True).items,
+           META, obj, "classifiedObject")
+
+
 @pytest.mark.parametrize("obj,scheme,attribute", IDENTIFIERS)
 def test_external_identifier_structure(obj, scheme, attribute):
     req = make()
@@ -1117,15 +1140,44 @@ def test_submit_association_links_registered_objects_in_update_only(type_):
 INS = "207058575627097^^^&1.2.250.1.213.1.4.10&ISO^NH"
 PS = "899900063480^MAX^LIBRE^^^^^^&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS"
 STRUCTURE = "CABINET DR LIBRE^^^^^&1.2.250.1.71.4.2.2&ISO^IDNST^^^499900063480001"
+SIG = "Signature01"
+HL7_CONF, DMP_CONF = "2.16.840.1.113883.5.25", "1.2.250.1.213.1.1.4.13"
+# JDV_J47 (authorRole), JDV_J59 (contentTypeCode), JDV_J60 (formatCode), the value sets of the dmp profile.
+DMP_ROLE = "ATTPHYS^Medecin responsable^2.16.840.1.113883.5.88"
+DMP_CONTENT_TYPE = ("04", "1.2.250.1.213.2.2", "Hospitalisation de jour")
+DMP_FORMAT = ("urn:ihe:iti:xds-sd:pdf:2008", "1.3.6.1.4.1.19376.1.2.3", "PDF")
+DMP_PLACE = {"hcft": ("SA01", "1.2.250.1.71.4.2.4", "Etablissement public de sante"),
+             "practice": ("ETABLISSEMENT", "1.2.250.1.213.1.1.4.9", "Etablissement de sante")}
+# PROFILE.md B-32: the signature document every DMP submission carries, signing the SubmissionSet.
+DMP_SIGNATURE_CODES = {
+    "class": ("urn:oid:1.3.6.1.4.1.19376.1.2.1.1.1", "URN", "Digital Signature"),
+    "type": ("E1762", "ASTM", "Full Document"),
+    "format": ("http://www.w3.org/2000/09/xmldsig#", "URN", "Default Signature Style"),
+    "event": [("1.2.840.10065.1.12.1.14", "1.2.840.10065.1.12", "Source")],
+    "confidentiality": [("N", HL7_CONF, "Normal"), ("MASQUE_PS", DMP_CONF, "m"), ("INVISIBLE_PATIENT", DMP_CONF, "i")],
+    **DMP_PLACE,
+}
 
 
-def make_dmp(pid=INS, codes=None, **doc):
+def make_dmp(pid=INS, codes=None, signature=True, **doc):
+    """A DMP ITI-41's metadata: one document and, unless signature is False, the signature document."""
     kw = {"legal_authenticator": PS, "service_start": "20240101", "author_person": PS,
           "author_institution": STRUCTURE,
-          "codes": {"class": ("10", "1.2.250.1.213.1.1.4.1", "Compte rendu"),
-                    "hcft": ("SA01", "1.2.250.1.71.4.2.4", "Etablissement public de sante"), **(codes or {})},
+          "codes": {"class": ("10", "1.2.250.1.213.1.1.4.1", "Compte rendu"), "format": DMP_FORMAT, **DMP_PLACE,
+                    **(codes or {})},
           **doc}
-    return builder.simple_submission(pid, 1, register=False, doc_kwargs=kw)
+    req = builder.simple_submission(pid, 1, register=False, doc_kwargs=kw,
+                                    ss_kwargs={"author_person": PS, "content_type": DMP_CONTENT_TYPE})
+    if signature:
+        add(req, builder.document_entry(pid, id=SIG, mime_type="text/xml", title="Signature", language="art",
+                                        codes=DMP_SIGNATURE_CODES, author_person=PS, author_institution=STRUCTURE,
+                                        legal_authenticator=PS, service_start="20240101"))
+        add(req, builder.association(SS, SIG, id="sssig"))
+        add(req, builder.association(SIG, SS, C.ASSOC_SIGNS, id="signs"))
+    # The builder writes authorRole as free text; the DMP codes it (JDV_J47).
+    for value in req.xpath("//rim:Slot[@name='authorRole']/rim:ValueList/rim:Value", namespaces={"rim": C.NS_RIM}):
+        value.text = DMP_ROLE
+    return req
 
 
 def test_dmp_submission_is_valid_for_dmp_only():
@@ -1154,7 +1206,7 @@ def test_dmp_ins_forms_rejected(pid):
 def test_dmp_legacy_ins_is_an_unknown_patient():
     errors = run(make_dmp(pid="1164485058822^^^&1.2.250.1.213.1.4.2&ISO^NH"), "provide", "dmp")
     hits = [e for e in errors if e.code == E.UNKNOWN_PATIENT_ID]
-    assert {e.location for e in hits} == {SS, DE} and all("patientId" in e.message for e in hits)
+    assert {e.location for e in hits} == {SS, DE, SIG} and all("patientId" in e.message for e in hits)
 
 
 @pytest.mark.parametrize("codes,attribute", [
@@ -1197,10 +1249,15 @@ def test_dmp_submission_set_has_one_author():
 
 
 def test_dmp_signature_may_sign_the_submission_set():
-    req = make_dmp()
+    req = make_dmp(signature=False)
     add(req, builder.association(DE, SS, C.ASSOC_SIGNS, id="sig"))
-    clean(run(req, "provide", "dmp"))
+    # Under dmp a signs association may target the SubmissionSet (what it is missing is the signature
+    # document's own, B-32); IHE lets no association target it.
+    assert {(e.code, e.location) for e in run(req, "provide", "dmp")} == {("DMPSignatureMissing", SS)}
     expect(run(req, "provide"), META, "sig", "targetObject")
+    req = make_dmp()
+    clean(run(req, "provide", "dmp"))
+    expect(run(req, "provide"), META, "signs", "targetObject")
 
 
 def test_dmp_datatype_checkers():
