@@ -76,11 +76,21 @@ class RunResult:
     target: dict[str, str] = field(default_factory=dict)
 
     def count(self, status: str) -> int:
+        """Tests and setup steps alike: a failed feed fails the run."""
         return sum(1 for t in self.tests if t.status == status)
 
+    def kit_count(self, status: str, setup: bool = False) -> int:
+        return sum(1 for t in self.tests if t.status == status and t.setup == setup)
+
     def summary_line(self, prefix: str = "conformance") -> str:
-        return (f"{prefix}: {self.count(PASSED)} passed, {self.count(FAILED)} failed, "
-                f"{self.count(SKIPPED)} skipped")
+        """The kit's tests, then the setup steps (feeds, data loads) apart: they are not tests of the SUT
+        a lab could claim as passed."""
+        line = (f"{prefix}: {self.kit_count(PASSED)} passed, {self.kit_count(FAILED)} failed, "
+                f"{self.kit_count(SKIPPED)} skipped")
+        if any(t.setup for t in self.tests):
+            parts = [f"{self.kit_count(s, True)} {s}" for s in (PASSED, FAILED, SKIPPED) if self.kit_count(s, True)]
+            line += f" (setup: {', '.join(parts) or 'none run'})"
+        return line
 
     @property
     def internal_errors(self) -> list[TestResult]:

@@ -21,19 +21,25 @@ def _run() -> RunResult:
                      target={"registry": "http://sut/reg"})
 
 
-def test_closing_line_is_prefixed_and_counts_setup_tests():
+def test_closing_line_counts_setup_steps_apart_from_tests():
     run = _run()
-    assert run.summary_line() == "conformance: 2 passed, 1 failed, 1 skipped"
+    assert run.summary_line() == "conformance: 1 passed, 1 failed, 1 skipped (setup: 1 passed)"
+    run.tests[0].status = FAILED
+    assert run.summary_line("x") == "x: 1 passed, 1 failed, 1 skipped (setup: 1 failed)"
+    assert run.count(FAILED) == 2   # a failed feed still fails the run
+    assert RunResult([run.tests[1]]).summary_line() == "conformance: 1 passed, 0 failed, 0 skipped"
     assert run.tests[2].reason == "eval/q: Documents: expected 1, got 0"
 
 
 def test_junit_xml():
     root = report.junit_xml(_run())
-    suite = root.find("testsuite")
-    assert suite.get("tests") == "4" and suite.get("failures") == "1" and suite.get("skipped") == "1"
+    suite, setup = root.findall("testsuite")
+    assert suite.get("tests") == "3" and suite.get("failures") == "1" and suite.get("skipped") == "1"
     cases = suite.findall("testcase")
-    assert [c.get("classname") for c in cases] == ["conformance.setup", "conformance.registry",
-                                                   "conformance.registry", "conformance.registry"]
+    assert [c.get("classname") for c in cases] == ["conformance.registry"] * 3
+    assert setup.get("name") == "xds-conformance-setup" and setup.get("tests") == "1"
+    assert [c.get("classname") for c in setup.findall("testcase")] == ["conformance.setup"]
+    cases = [None] + cases
     failure = cases[2].find("failure")
     assert failure.get("message") == "eval/q: Documents: expected 1, got 0"
     assert "[eval/later] none expected Success: not run" in failure.text
@@ -48,7 +54,7 @@ def test_write_reports(tmp_path):
     assert etree.parse(str(tmp_path / "out" / "junit.xml")).getroot().tag == "testsuites"
     report_html.write_html(run, str(tmp_path / "out" / "report.html"))
     page = (tmp_path / "out" / "report.html").read_text()
-    assert "conformance: 2 passed, 1 failed, 1 skipped" in page
+    assert "conformance: 1 passed, 1 failed, 1 skipped (setup: 1 passed)" in page
     # the failed step shows its request, its response and the expectation it missed, escaped
     assert "&lt;req&gt;&lt;x&gt;1&lt;/x&gt;&lt;/req&gt;" in page
     assert "&lt;resp a=&#x27;&lt;&amp;&gt;&#x27;/&gt;" in page

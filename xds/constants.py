@@ -38,6 +38,7 @@ ACTION_PROVIDE = "urn:ihe:iti:2007:ProvideAndRegisterDocumentSet-b"
 ACTION_QUERY = "urn:ihe:iti:2007:RegistryStoredQuery"
 ACTION_RETRIEVE = "urn:ihe:iti:2007:RetrieveDocumentSet"
 ACTION_UPDATE = "urn:ihe:iti:2010:UpdateDocumentSet"
+ACTION_RESTRICTED_UPDATE = "urn:ihe:iti:2018:RestrictedUpdateDocumentSet"  # ITI-92 (RMU)
 ACTION_DELETE = "urn:ihe:iti:2010:DeleteDocumentSet"
 ACTION_REMOVE_DOCUMENTS = "urn:ihe:iti:2017:RemoveDocuments"
 ACTION_MPQ = "urn:ihe:iti:2009:MultiPatientStoredQuery"
@@ -52,6 +53,7 @@ COMMIT_DEADLINE = "{urn:xds-server:2026}CommitDeadline"  # ITI-42 header: commit
 TRANSACTIONS = {
     ACTION_REGISTER: "ITI-42", ACTION_PROVIDE: "ITI-41", ACTION_QUERY: "ITI-18", ACTION_RETRIEVE: "ITI-43",
     ACTION_UPDATE: "ITI-57", ACTION_DELETE: "ITI-62", ACTION_REMOVE_DOCUMENTS: "ITI-86", ACTION_MPQ: "ITI-51",
+    ACTION_RESTRICTED_UPDATE: "ITI-92",
     ACTION_REGISTERED_DOCUMENTS: "registered-documents",
 }
 

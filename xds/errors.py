@@ -37,6 +37,10 @@ UNMODIFIABLE_METADATA = "UnmodifiableMetadataError"
 MISSING_HOME_COMMUNITY_ID = "XDSMissingHomeCommunityId"
 METADATA_UPDATE_ERROR = "XDSMetadataUpdateError"
 METADATA_VERSION_ERROR = "XDSMetadataVersionError"
+# ITI-92 Restricted Update Document Set (the RMU supplement) names these too.
+METADATA_UPDATE_OPERATION_ERROR = "XDSMetadataUpdateOperationError"
+METADATA_IDENTIFIER_ERROR = "XDSMetadataIdentifierError"
+PATIENT_ID_RECONCILIATION_ERROR = "XDSPatientIDReconciliationError"
 REFERENCES_EXIST = "ReferencesExistException"
 UNREFERENCED_OBJECT = "XDSUnreferencedObjectException"
 
