@@ -18,6 +18,10 @@ from .testkit import TestCase, TestKit
 FEEDS = ("15817", "15817b", "15818", "15819", "15820")
 LOADS = ("12346", "12374", "12361")
 SETUP = FEEDS + LOADS
+# What tests rely on without naming it in their plans: every registry test submits for the "register"
+# patients (params_for), and each data load for the patient its own feed announces.
+REGISTRY_FEEDS = ("15817", "15817b")
+LOAD_FEEDS = {"12346": ("15818",), "12374": ("15817b",), "12361": ("15819", "15820")}
 
 _XUA_SUFFIXES = ("_expired", "_invalidauthnstatement", "_notyetvalid", "_secondauthncontext",
                  "_secondpurposeofuse", "_secondrole", "_unknownaudience", "_unsigned", "_withauthzconsent")
@@ -121,7 +125,10 @@ def order(kit: TestKit, selected: list[str], sts: bool = False) -> tuple[list[st
     todo = list(wanted)
     while todo:
         t = todo.pop()
-        for ref in references(kit.test(t)):
+        implied = LOAD_FEEDS.get(t, ())
+        if t not in SETUP and role_of(kit.test(t)) == "registry":
+            implied += REGISTRY_FEEDS
+        for ref in references(kit.test(t)) | set(implied):
             if ref in SETUP and ref not in needed and kit.has(ref):
                 needed.add(ref)
                 todo.append(ref)

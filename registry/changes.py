@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from xds import constants as C
 from xds import hl7
-from xds.model import RegistryObject
+from xds.model import DocumentEntry, RegistryObject
 
 # The model's names of the classification and identification schemes.
 SCHEME_NAMES = {
@@ -50,6 +50,8 @@ def facts(obj: RegistryObject) -> dict[str, object]:
     }
     for s in obj.slots:
         out[s.name] = tuple(s.values)
+    if isinstance(obj, DocumentEntry):  # absent, documentAvailability is Online (ITI TF-3 4.2.3.2.28)
+        out.setdefault("documentAvailability", (C.AVAILABILITY_ONLINE,))
     out.update(_classifications(obj))
     out.update(_external_ids(obj))
     return out

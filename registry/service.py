@@ -70,6 +70,8 @@ class RegistryActor:
                                                        C.response_action(C.ACTION_REGISTERED_DOCUMENTS))
         ops[C.ACTION_DELETE] = Operation(self.delete, C.response_action(C.ACTION_DELETE))
         ops[C.ACTION_UPDATE] = Operation(self.update, C.response_action(C.ACTION_UPDATE))
+        ops[C.ACTION_RESTRICTED_UPDATE] = Operation(lambda req: self.update(req, restricted=True),
+                                                    C.response_action(C.ACTION_RESTRICTED_UPDATE))
         if self.config.route_retrieve:
             from xds.xdsb import retrieve_response
             from .route import RetrieveRouter
@@ -139,11 +141,12 @@ class RegistryActor:
         delete_document_set(self.store, req.body, self._guard(req))
         return SoapResponse(registry_response())
 
-    def update(self, req: SoapRequest) -> SoapResponse:
+    def update(self, req: SoapRequest, restricted: bool = False) -> SoapResponse:
+        """ITI-57, or with restricted ITI-92 (Restricted Update Document Set): one transaction, two modes."""
         from .update import update_document_set
 
         return SoapResponse(registry_response(update_document_set(self.store, req.body, self.config,
-                                                                  self._guard(req))))
+                                                                  self._guard(req), restricted)))
 
     def register_element(self, request, commit_before=None, principal=None) -> list:
         """In-process ITI-42, for a repository running in the same process: principal is the ITI-41 caller's."""

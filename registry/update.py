@@ -3,6 +3,12 @@
 The message is read and validated as a Register would be, its operations are told apart
 (update_ops), and every rule that needs the registry's state runs inside the one transaction
 that applies all of them, so that one failing operation leaves the registry untouched.
+
+ITI-92 Restricted Update Document Set (IHE RMU supplement, ITI TF-2 3.92) is this transaction with
+restricted=True: the same reading, validation, access policy and writes, limited to new versions of
+DocumentEntries (update_ops refuses every other operation), with the attributes that RMU forbids to
+change refused under its own error codes, and a new version of a Deprecated latest version kept
+Deprecated (the XDS Persistence of Metadata rule, CP 1190).
 """
 from __future__ import annotations
 
@@ -31,19 +37,29 @@ from .update_ops import AddedAssociation, NewVersion, Operations, StatusChange, 
 log = logging.getLogger(__name__)
 
 
+# ITI-92: attributes a new version may not change (RMU 3.92.4.1.3), and the code each refusal carries;
+# uniqueId (XDSMetadataIdentifierError) and objectType are checked with ITI-57's own rules below.
+RESTRICTED_ATTRIBUTES = {
+    "patientId": E.PATIENT_ID_RECONCILIATION_ERROR,
+    "repositoryUniqueId": E.UNMODIFIABLE_METADATA,
+    "sourcePatientId": E.UNMODIFIABLE_METADATA,
+    "documentAvailability": E.UNMODIFIABLE_METADATA,
+}
+
+
 def update_document_set(store: RegistryStore, request: etree._Element, config: RegistryConfig,
-                        guard: RegistryGuard | None = None) -> list[XdsError]:
+                        guard: RegistryGuard | None = None, restricted: bool = False) -> list[XdsError]:
     """Apply every operation of the SubmitObjectsRequest, or none. Returns warnings; raises XdsException.
-    guard: the access policy of the request; None is the administrator."""
+    guard: the access policy of the request; None is the administrator. restricted: ITI-92."""
     guard = guard or admin_guard()
     sub, found = read_submission(request, config, Mode.UPDATE)
     found.raise_if_errors()
-    ops = read_operations(sub, config.rules.statuses)
+    ops = read_operations(sub, config.rules.statuses, restricted)
     warnings, submitted_uuids = prepare_for_storage(sub, config)
     try:
         with store.transaction() as conn:
             view = guard.hiding(store, conn, named_ids(sub))
-            _Update(view, conn, sub, config, submitted_uuids, ops, guard).run()
+            _Update(view, conn, sub, config, submitted_uuids, ops, guard, restricted).run()
     except XdsException as exc:
         raise XdsException.of(named_as_sent(sub, exc.errors)) from None
     return warnings + found.warnings
@@ -55,7 +71,9 @@ class _Update:
     references, one patient per association) are those of registry.checks."""
 
     def __init__(self, store: RegistryStore, conn, sub: Submission, config: RegistryConfig,
-                 submitted_uuids: list[str], ops: Operations, guard: RegistryGuard):
+                 submitted_uuids: list[str], ops: Operations, guard: RegistryGuard, restricted: bool = False):
+        self.restricted = restricted
+        self.kept_status: dict[str, str] = {}   # ITI-92: new version id -> the non-Approved status it keeps
         self.checks = SubmissionChecks(store, conn, sub, config, submitted_uuids)
         self.store, self.conn, self.sub, self.ops, self.guard = store, conn, sub, ops, guard
         self.changes: dict[str, str] = {}   # registered object -> how this message changes it (access policy)
@@ -132,15 +150,21 @@ class _Update:
         if v.previous != row.version:
             self.errors.add(f"{what} gives PreviousVersion {v.previous} but the latest version of {obj.lid} is "
                             f"{row.version} ({row.id})", v.link.id, E.METADATA_VERSION_ERROR)
-        if row.status != C.STATUS_APPROVED:
+        if self.restricted and row.status == C.STATUS_DEPRECATED:
+            self.kept_status[obj.id] = row.status  # the latest version, Deprecated: its successor stays so
+        elif row.status != C.STATUS_APPROVED:
             self.errors.add(f"{what}: the latest version of {obj.lid} ({row.id}) is {last_segment(row.status)}; "
                             f"only an Approved version can be updated", obj.id, E.METADATA_UPDATE_ERROR)
         if obj.unique_id != row.unique_id:
             self.errors.add(f"{what} has uniqueId {obj.unique_id}, but logical id {obj.lid} has uniqueId "
-                            f"{row.unique_id}; an update keeps the uniqueId", obj.id, E.METADATA_UPDATE_ERROR)
+                            f"{row.unique_id}; an update keeps the uniqueId", obj.id,
+                            E.METADATA_IDENTIFIER_ERROR if self.restricted else E.METADATA_UPDATE_ERROR)
         if kind == S.KIND_DOCUMENT_ENTRY and (obj.object_type or C.OBJECT_TYPE_STABLE) != entry_type:
             self.errors.add(f"{what} has objectType {obj.object_type}, but logical id {obj.lid} has objectType "
-                            f"{entry_type}; an update keeps the objectType", obj.id, E.METADATA_UPDATE_ERROR)
+                            f"{entry_type}; an update keeps the objectType", obj.id,
+                            E.UNMODIFIABLE_METADATA if self.restricted else E.METADATA_UPDATE_ERROR)
+        if self.restricted:
+            self._only_modifiable(v, row)
         if self.rules.updatable is not None:
             self._only_updatable(v, row)
         self.new_versions[obj.id] = row.version + 1
@@ -186,6 +210,17 @@ class _Update:
             self.new_associations.append(new_association(source, target, type_, None))
             if type_ == C.ASSOC_HAS_MEMBER:
                 self.touched.add(source)
+
+    def _only_modifiable(self, v: NewVersion, row: ObjectRow) -> None:
+        """ITI-92: the attributes RMU keeps from version to version (patientId, repositoryUniqueId, ...)."""
+        stored = self.store.load_objects(self.conn, [row.id])
+        if not stored:
+            return
+        for name in changed_attributes(read_object(stored[0]), v.obj):
+            code = RESTRICTED_ATTRIBUTES.get(name)
+            if code is not None:
+                self.errors.add(f"{v.obj.kind} {v.obj.id} changes {name} of {row.id}; ITI-92 keeps {name} from "
+                                f"one version to the next", v.obj.id, code)
 
     def _only_updatable(self, v: NewVersion, row: ObjectRow) -> None:
         """The profile lets a new version change some attributes only (the DMP: confidentialityCode)."""
@@ -294,7 +329,7 @@ class _Update:
                                      versions=self.new_versions, origin=self.guard.origin(),
                                      inherits={new: old for old, new in self.renamed.items()})
         if self.deprecate:
-            self.store.set_status(self.conn, self.deprecate, C.STATUS_DEPRECATED)
+            self.store.set_status(self.conn, self.deprecate | set(self.kept_status), C.STATUS_DEPRECATED)
         for status in set(self.object_status.values()):
             self.store.set_status(self.conn, [i for i, s in self.object_status.items() if s == status], status)
         for status in set(self.association_status.values()):

@@ -5,6 +5,10 @@ SubmissionSet points at it (ITI TF-2 3.57.4.1.3.3): a DocumentEntry or Folder wi
 SubmissionSet HasMember carrying PreviousVersion is a new version; an UpdateAvailabilityStatus
 association changes a status; a SubmitAssociation association adds the association it targets.
 Anything else in the message has no meaning in ITI-57 and is refused.
+
+ITI-92 Restricted Update Document Set (the RMU supplement) is the same message restricted to new
+versions of DocumentEntries: read with restricted=True, a status change, a SubmitAssociation, a Folder
+or any other association is an operation ITI-92 does not carry (XDSMetadataUpdateOperationError).
 """
 from __future__ import annotations
 
@@ -58,19 +62,22 @@ class Operations:
     added: list[AddedAssociation] = field(default_factory=list)
 
 
-def read_operations(sub: Submission, statuses: tuple[str, ...] = ()) -> Operations:
+def read_operations(sub: Submission, statuses: tuple[str, ...] = (), restricted: bool = False) -> Operations:
     """The message's operations; raises XdsException (XDSMetadataUpdateError) when any is malformed.
-    statuses: the profile's availability statuses beyond IHE's (the DMP's Archived and Deleted)."""
-    reader = _Reader(sub, _SETTABLE_STATUSES + tuple(statuses))
+    statuses: the profile's availability statuses beyond IHE's (the DMP's Archived and Deleted);
+    restricted: ITI-92, whose only operation is a new version of a DocumentEntry."""
+    reader = _Reader(sub, _SETTABLE_STATUSES + tuple(statuses), restricted)
     reader.run()
     reader.errors.raise_if_errors()
     return reader.ops
 
 
 class _Reader:
-    def __init__(self, sub: Submission, settable: tuple[str, ...] = _SETTABLE_STATUSES):
+    def __init__(self, sub: Submission, settable: tuple[str, ...] = _SETTABLE_STATUSES, restricted: bool = False):
         self.sub = sub
         self.settable = settable
+        self.restricted = restricted
+        self.transaction = "ITI-92" if restricted else "ITI-57"
         self.ss = sub.submission_sets[0]
         self.errors = ErrorList(E.METADATA_UPDATE_ERROR)
         self.ops = Operations()
@@ -80,15 +87,30 @@ class _Reader:
     def run(self) -> None:
         from_set = [a for a in self.sub.associations if a.source == self.ss.id]
         for obj in self.sub.objects:
-            if isinstance(obj, (DocumentEntry, Folder)):
+            if isinstance(obj, Folder) and self.restricted:
+                self.errors.add(f"Folder {obj.id}: ITI-92 updates DocumentEntries only; Folders are created and "
+                                f"updated by ITI-42 and ITI-57", obj.id, E.METADATA_UPDATE_OPERATION_ERROR)
+                self.used.update(a.id for a in from_set if a.target == obj.id and a.type == C.ASSOC_HAS_MEMBER)
+            elif isinstance(obj, (DocumentEntry, Folder)):
                 self._new_version(obj, [a for a in from_set if a.target == obj.id and a.type == C.ASSOC_HAS_MEMBER])
         for a in from_set:
-            if a.type == C.ASSOC_UPDATE_AVAILABILITY_STATUS:
+            if self.restricted and a.type in (C.ASSOC_UPDATE_AVAILABILITY_STATUS, C.ASSOC_SUBMIT_ASSOCIATION):
+                self.used.add(a.id)
+                self.errors.add(f"Association {a.id} is a {last_segment(a.type)} operation, which ITI-92 does not "
+                                f"carry: it registers new versions of DocumentEntries only (status changes and "
+                                f"associations go by ITI-57)", a.id, E.METADATA_UPDATE_OPERATION_ERROR)
+            elif a.type == C.ASSOC_UPDATE_AVAILABILITY_STATUS:
                 self._status_change(a)
             elif a.type == C.ASSOC_SUBMIT_ASSOCIATION:
                 self._added_association(a)
         for a in self.sub.associations:
-            if a.id not in self.used:
+            if a.id in self.used:
+                continue
+            if self.restricted:
+                self.errors.add(f"Association {a.id} ({last_segment(a.type)} from {a.source} to {a.target}) is not "
+                                f"the SubmissionSet HasMember of a new DocumentEntry version, the only association "
+                                f"ITI-92 carries", a.id, E.METADATA_UPDATE_OPERATION_ERROR)
+            else:
                 self.errors.add(f"Association {a.id} ({last_segment(a.type)} from {a.source} to {a.target}) is not "
                                 f"part of any ITI-57 operation (new version, UpdateAvailabilityStatus or "
                                 f"SubmitAssociation)", a.id)
@@ -101,14 +123,14 @@ class _Reader:
         ok = True
         if not obj.lid or obj.lid == obj.id:
             self.errors.add(f"{what} has {'no lid' if not obj.lid else 'lid equal to its id'}, so it is an original; "
-                            f"ITI-57 only registers new versions of registered objects (originals go by ITI-42)",
+                            f"{self.transaction} only registers new versions of registered objects (originals go by ITI-42)",
                             obj.id)
             ok = False
         elif not is_uuid_urn(obj.lid):
             self.errors.add(f"{what} has lid {obj.lid!r}; the lid of a new version is the urn:uuid: logical id of "
                             f"the registered object", obj.id)
             ok = False
-        if not links:  # the validator reports the missing membership; say why ITI-57 needs it
+        if not links:  # the validator reports the missing membership; say why an update needs it
             self.errors.add(f"{what} is a new version only through a SubmissionSet HasMember with a "
                             f"{PREVIOUS_VERSION} slot, and it has none", obj.id)
             return
@@ -130,7 +152,7 @@ class _Reader:
         values = link.slot(PREVIOUS_VERSION)
         if values is None:
             self.errors.add(f"Association {link.id} (SubmissionSet HasMember {what}) has no {PREVIOUS_VERSION} slot; "
-                            f"without it {what} would be an original, which ITI-57 does not register", link.id)
+                            f"without it {what} would be an original, which {self.transaction} does not register", link.id)
             return None
         if len(values) != 1 or not values[0].strip().isdigit() or int(values[0]) < 1:
             self.errors.add(f"Association {link.id} slot {PREVIOUS_VERSION} must hold one version number (1, 2, ...), "

@@ -115,3 +115,27 @@ def test_skip_rules_and_references():
     run, skipped = orchestration.order(kit, ["T102", "T100"])
     assert run == ["T102", "T100"] and set(skipped) == {"T102"}
     assert orchestration.role_of(kit.test("T100")) == "registry"
+
+
+def test_a_collection_run_brings_the_feeds_and_loads_its_tests_rely_on(tmp_path):
+    """Registry tests submit for the fed "register" patients and the data loads for their own feed's
+    patient, without their plans naming those feeds: a collection run alone still feeds them first."""
+    def make(test_id, tags, plan="<TestPlan><TestStep id='s'><NullTransaction/></TestStep></TestPlan>"):
+        folder = tmp_path / "testkit" / "tests" / test_id
+        folder.mkdir(parents=True)
+        (folder / "collections.txt").write_text(tags + "\n")
+        (folder / "readme.txt").write_text(test_id + "\n")
+        (folder / "testplan.xml").write_text(plan)
+
+    for feed in orchestration.FEEDS:
+        make(feed, "setup")
+    make("12346", "setup")
+    make("12374", "setup")
+    make("R1", "reg_isr")
+    make("Q1", "SQ.b", "<TestPlan><TestStep id='s'><UseReport test=\"12346\" section='s' step='s' "
+                       "reportName='x' useAs='y'/><NullTransaction/></TestStep></TestPlan>")
+    make("P1", "rep")
+    kit = TestKit(str(tmp_path))
+    assert orchestration.order(kit, ["R1"])[0] == ["15817", "15817b", "R1"]
+    assert orchestration.order(kit, ["Q1"])[0] == ["15817", "15817b", "15818", "12346", "Q1"]
+    assert orchestration.order(kit, ["P1"])[0] == ["P1"]   # a repository test has its own fed patient

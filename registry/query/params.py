@@ -53,6 +53,10 @@ class QueryDef:
     specs: tuple[Spec, ...]
     # Each group: exactly one of these parameters must be given.
     choices: tuple[tuple[str, ...], ...] = ()
+    # Each group: at least one of these parameters must be given.
+    at_least_one: tuple[tuple[str, ...], ...] = ()
+    # The transaction that serves it: ITI-18 (RegistryStoredQuery) or ITI-51 (MultiPatientStoredQuery).
+    transaction: str = "ITI-18"
 
     def spec(self, name: str) -> Spec | None:
         for s in self.specs:
@@ -177,6 +181,33 @@ QUERIES: dict[str, QueryDef] = {
         *_ASSOC_STATUS,
         choices=(("$XDSDocumentEntryEntryUUID", "$XDSDocumentEntryUniqueId"),)),
 }
+
+# ITI-51 (ITI TF-2 3.51.4.1.2): FindDocuments and FindFolders whose patient parameter is optional and takes a
+# list (no list: every patient). As the NIST kit (test 12364) and its reference registry check them, the
+# documents query needs at least one of classCode, eventCodeList and healthcareFacilityTypeCode, and the
+# folders query its codeList.
+_MPQ_DE_CODES = ("$XDSDocumentEntryClassCode", "$XDSDocumentEntryEventCodeList",
+                 "$XDSDocumentEntryHealthcareFacilityTypeCode")
+MPQ_QUERIES: dict[str, QueryDef] = {
+    C.SQ_FIND_DOCUMENTS_FOR_MULTIPLE_PATIENTS: QueryDef(
+        "FindDocumentsForMultiplePatients",
+        (_s("$XDSDocumentEntryPatientId", CX, multi=True),) + _DE_FILTERS + _COMMON,
+        at_least_one=(_MPQ_DE_CODES,), transaction="ITI-51"),
+    C.SQ_FIND_FOLDERS_FOR_MULTIPLE_PATIENTS: QueryDef(
+        "FindFoldersForMultiplePatients",
+        (_s("$XDSFolderPatientId", CX, multi=True),
+         _s("$XDSFolderLastUpdateTimeFrom", DTM),
+         _s("$XDSFolderLastUpdateTimeTo", DTM),
+         _s("$XDSFolderCodeList", CODE, required=True, and_or=True),
+         _s("$XDSFolderStatus", STATUS, required=True, multi=True)) + _COMMON,
+        transaction="ITI-51"),
+}
+# The parameter naming the patients of each ITI-51 query.
+MPQ_PATIENT_PARAMS = {
+    C.SQ_FIND_DOCUMENTS_FOR_MULTIPLE_PATIENTS: "$XDSDocumentEntryPatientId",
+    C.SQ_FIND_FOLDERS_FOR_MULTIPLE_PATIENTS: "$XDSFolderPatientId",
+}
+_ACTIONS = {"ITI-18": C.ACTION_QUERY, "ITI-51": C.ACTION_MPQ}
 
 RETURN_LEAF_CLASS = "LeafClass"
 RETURN_OBJECT_REF = "ObjectRef"
@@ -381,14 +412,20 @@ class Params:
         return self.values.get(METADATA_LEVEL, 1)
 
 
-def parse_params(query_id: str, slots: list[RawSlot], profile: Profile | None = None) -> Params:
+def parse_params(query_id: str, slots: list[RawSlot], profile: Profile | None = None,
+                 transaction: str = "ITI-18") -> Params:
     """Check the slots against the query's parameter table; raise XdsException listing every problem.
 
-    profile: the validation profile in force (its patient id form, its extra statuses); None is IHE's."""
+    profile: the validation profile in force (its patient id form, its extra statuses); None is IHE's.
+    transaction: ITI-18 or ITI-51; each serves only its own queries (XDSUnknownStoredQuery otherwise)."""
     profile = profile or get_profile("ihe")
-    qdef = QUERIES.get(query_id)
+    qdef = QUERIES.get(query_id) or MPQ_QUERIES.get(query_id)
     if qdef is None:
         raise XdsException(E.UNKNOWN_STORED_QUERY, f"unknown stored query id '{query_id}'", query_id or "AdhocQuery")
+    if qdef.transaction != transaction:
+        raise XdsException(E.UNKNOWN_STORED_QUERY,
+                           f"{qdef.name} ({query_id}) is not a query of {transaction}: it is an {qdef.transaction} "
+                           f"query, sent with the action {_ACTIONS[qdef.transaction]}", query_id)
     found = ErrorList(E.REGISTRY_ERROR)
     params = Params(qdef)
     grouped: dict[str, list[RawSlot]] = {}
@@ -432,6 +469,10 @@ def parse_params(query_id: str, slots: list[RawSlot], profile: Profile | None = 
         elif len(given) > 1:
             found.add(f"{qdef.name}: only one of {', '.join(choice)} may be given, got {', '.join(given)}",
                       given[1], E.STORED_QUERY_PARAM_NUMBER)
+    for group in qdef.at_least_one:
+        if not any(n in grouped for n in group):
+            found.add(f"{qdef.name}: at least one of {', '.join(group)} is required", group[0],
+                      E.STORED_QUERY_MISSING_PARAM)
 
     level = params.values.get(METADATA_LEVEL)
     if level is not None and level not in (1, 2):
