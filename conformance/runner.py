@@ -10,7 +10,7 @@ from typing import Callable
 
 from xds import constants as C
 
-from . import assertions, contents, evaluate, linkage, orchestration, response_checks, retrieve_check, xua
+from . import assertions, contents, corrections, evaluate, linkage, orchestration, response_checks, retrieve_check, xua
 from .context import EngineError, RunConfig, SectionContext
 from .logstore import LogStore, StepLog
 from .plan import PlanError, Step, load_plan
@@ -163,6 +163,7 @@ class Runner:
             raise EngineError(f"{tx.kind}: instruction(s) {', '.join(tx.unknown)} not supported by this harness")
         kind = KINDS[tx.kind]
         prepared = prepare(step, ctx)
+        result.notes.extend(corrections.apply(ctx, step, prepared))
         entry.input = prepared.payload
         entry.assigned.update(prepared.assigned)
         if tx.wait_before_ms:

@@ -180,6 +180,27 @@ class FeedSources:
                            ERR_TABLE_VALUE_NOT_FOUND, "MSH^1^4", SENDER_NOT_ALLOWED)
         return by_facility[0]  # load() refused lists where two entries could both match
 
+    def identify_certificate(self, subject: str | None, address: str = "") -> "FeedSource | Refusal":
+        """The source an HL7 v3 feed (ITI-44 over SOAP) comes from, by the verified TLS client certificate
+        alone: v3 messages carry no MSH-3/MSH-4 to choose between entries of one subject, so the grant is
+        what all that subject's entries allow (what its holder could claim over ITI-8 anyway). An open
+        feed (no list) and plain sources admit nobody here."""
+        if subject is None:
+            return Refusal("the request presented no verified TLS client certificate; HL7 v3 feed sources are "
+                           "known by their certificates", ERR_INTERNAL, "", UNKNOWN_SOURCE)
+        candidates = [s for s in self.sources if s.subject == subject and s.sends_from(address)]
+        if not candidates:
+            return Refusal(f"certificate subject '{subject}' is not a patient identity source of this registry",
+                           ERR_INTERNAL, "", UNKNOWN_SOURCE)
+        if len(candidates) == 1:
+            return candidates[0]
+        first = candidates[0]
+        return FeedSource(name=" + ".join(s.name for s in candidates), subject=subject,
+                          applications=first.applications, facilities=first.facilities,
+                          authorities=frozenset().union(*(s.authorities for s in candidates)),
+                          merge=frozenset().union(*(s.merge for s in candidates)),
+                          max_connections=first.max_connections)
+
     def connection_limit(self, peer: Peer, default: int = DEFAULT_MAX_CONNECTIONS) -> tuple[str, int]:
         """For ``MllpServer(source_limit=...)``: the key a connection counts under, and its cap."""
         if peer.subject is not None:

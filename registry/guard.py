@@ -2,7 +2,7 @@
 
 The pipeline's authorise layer makes one RegistryGuard per request (req.policy); every registry
 transaction asks it, and none decides on its own:
-- ITI-18: query_scope (refusals, then a Scope that the SQL applies);
+- ITI-18: query_scope (refusals, then a Scope that the SQL applies); ITI-51: multi_patient_scope;
 - ITI-42 / ITI-57 / ITI-62: hiding() (targets the caller cannot see are left out of the transaction's
   lookups, so they are answered exactly as unknown ones), check_feed, check_change, and origin() (the
   submitter recorded with what is registered);
@@ -83,6 +83,27 @@ class RegistryGuard:
                 by_patient[p] = self._visibility(state, leaf_class)
             elif decision.refusal == P.DENIED:
                 raise refuse(decision, "AdhocQuery")  # about the caller (C-8, C-15), not the objects
+        return Scope(by_patient, int(self.now))
+
+    # --- ITI-51 -------------------------------------------------------------------------------------
+    def multi_patient_scope(self, conn, patients: list[str] | None, leaf_class: bool) -> Scope:
+        """patients: the list an ITI-51 query names, or None when it names none (every patient). Each named
+        patient gets ITI-18's decision for that patient; without a list only an administrator may ask."""
+        if patients is None:
+            if not self.admin:
+                raise XdsException(E.REGISTRY_ERROR, "access denied: a Multi-Patient Stored Query without a "
+                                   "patient list asks about every patient and is allowed only to an "
+                                   "administrator; name the patients", "AdhocQuery")
+            return Scope(None, int(self.now))
+        if self.admin or not self.rules.dmp:
+            return Scope(None, int(self.now))
+        by_patient: dict[str, Visibility] = {}
+        for p in sorted(set(patients)):
+            state = self.state(conn, p)
+            decision = P.may_query(self.rules, self.caller, state, leaf_class)
+            if not decision:
+                raise refuse(decision, "AdhocQuery")
+            by_patient[p] = self._visibility(state, leaf_class)
         return Scope(by_patient, int(self.now))
 
     def _visibility(self, state: P.AccessState, leaf_class: bool) -> Visibility:

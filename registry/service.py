@@ -70,6 +70,8 @@ class RegistryActor:
                                                        C.response_action(C.ACTION_REGISTERED_DOCUMENTS))
         ops[C.ACTION_DELETE] = Operation(self.delete, C.response_action(C.ACTION_DELETE))
         ops[C.ACTION_UPDATE] = Operation(self.update, C.response_action(C.ACTION_UPDATE))
+        ops[C.ACTION_MPQ] = Operation(lambda req: self.query(req, "ITI-51"), C.response_action(C.ACTION_MPQ),
+                                      error_payload=lambda errors: adhoc_query_response(errors=errors))
         ops[C.ACTION_RESTRICTED_UPDATE] = Operation(lambda req: self.update(req, restricted=True),
                                                     C.response_action(C.ACTION_RESTRICTED_UPDATE))
         if self.config.route_retrieve:
@@ -162,10 +164,11 @@ class RegistryActor:
         """In-process settlement lookup, for a repository running in the same process."""
         return registered_documents(self.store, request, None)
 
-    def query(self, req: SoapRequest) -> SoapResponse:
+    def query(self, req: SoapRequest, transaction: str = "ITI-18") -> SoapResponse:
+        """ITI-18, and ITI-51 (the Multi-Patient Stored Query action: its two queries only)."""
         from .query import stored_query
 
-        return SoapResponse(stored_query(self.store, req.body, self.config, self._guard(req)))
+        return SoapResponse(stored_query(self.store, req.body, self.config, self._guard(req), transaction))
 
     def feed_handler(self):
         from .feed import feed_handler

@@ -160,3 +160,30 @@ def test_clean_params_and_patient_feed_id():
                   "</PatientIdentityFeedTransaction></TestStep>")
     new = prepare(fresh, ctx).patient_id
     assert new.startswith("P") and new.endswith("&1.3.6.1.4.1.21367.13.20.1000&ISO") and new != PID
+
+
+def test_kit_correction_of_50003_names_the_documents_repository():
+    """50003 (wrong documentUniqueId) names a hard-coded repository: corrected to the $repuid$ its plan
+    reads, and the document's error code expected, so the test checks what its readme says."""
+    from types import SimpleNamespace
+
+    from conformance import corrections
+    from conformance.plan import Step
+    from conformance.prepare import Prepared
+    from conformance.transactions import KINDS
+
+    payload = etree.fromstring(
+        f'<rmd:RemoveDocumentsRequest xmlns:rmd="urn:ihe:iti:rmd:2017" xmlns:xds="{C.NS_XDSB}"><xds:DocumentRequest>'
+        '<xds:RepositoryUniqueId>1.2.1.1.1</xds:RepositoryUniqueId><xds:DocumentUniqueId>1.2.3.4456'
+        '</xds:DocumentUniqueId></xds:DocumentRequest></rmd:RemoveDocumentsRequest>')
+    prepared = Prepared(KINDS["RdTransaction"], payload=payload, link_values={"$repuid$": "1.2.250.1.999.3.1"})
+    step = Step("delete", expected=["Failure"])
+    notes = corrections.apply(SimpleNamespace(test_id="50003", section_name="delete"), step, prepared)
+    assert payload.findtext(f".//{{{C.NS_XDSB}}}RepositoryUniqueId") == "1.2.250.1.999.3.1"
+    assert step.error_codes == ["XDSDocumentUniqueIdError"]
+    assert len(notes) == 1 and "1.2.1.1.1 -> 1.2.250.1.999.3.1" in notes[0]
+    # Any other test's step goes out as the kit wrote it.
+    other = Prepared(KINDS["RdTransaction"], payload=etree.fromstring(etree.tostring(payload)),
+                     link_values={"$repuid$": "9.9"})
+    assert corrections.apply(SimpleNamespace(test_id="50002", section_name="delete"), Step("delete"), other) == []
+    assert other.payload.findtext(f".//{{{C.NS_XDSB}}}RepositoryUniqueId") == "1.2.250.1.999.3.1"

@@ -58,6 +58,10 @@ EXPECTED = {
                 f"{{{NS_LCM}}}SubmitObjectsRequest",
                 "urn:ihe:iti:2010:UpdateDocumentSet",
             ),
+            "DocumentRegistry_RestrictedUpdateDocumentSet": (
+                f"{{{NS_LCM}}}SubmitObjectsRequest",
+                "urn:ihe:iti:2018:RestrictedUpdateDocumentSet",
+            ),
             "DocumentRegistry_DeleteDocumentSet": (
                 f"{{{NS_LCM}}}RemoveObjectsRequest",
                 "urn:ihe:iti:2010:DeleteDocumentSet",
@@ -206,6 +210,7 @@ def test_create_submit_objects_request(clients):
     for operation, action in (
         ("DocumentRegistry_RegisterDocumentSet-b", "urn:ihe:iti:2007:RegisterDocumentSet-b"),
         ("DocumentRegistry_UpdateDocumentSet", "urn:ihe:iti:2010:UpdateDocumentSet"),
+        ("DocumentRegistry_RestrictedUpdateDocumentSet", "urn:ihe:iti:2018:RestrictedUpdateDocumentSet"),
     ):
         env = client.create_message(client.service, operation, RegistryObjectList={})
         root = _body_root(env)

@@ -12,6 +12,7 @@ NS_SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
 NS_WSA = "http://www.w3.org/2005/08/addressing"
 NS_XOP = "http://www.w3.org/2004/08/xop/include"
 NS_XSI = "http://www.w3.org/2001/XMLSchema-instance"
+NS_HL7V3 = "urn:hl7-org:v3"  # ITI-44 Patient Identity Feed HL7 v3
 
 NSMAP = {
     "rim": NS_RIM,
@@ -42,6 +43,11 @@ ACTION_RESTRICTED_UPDATE = "urn:ihe:iti:2018:RestrictedUpdateDocumentSet"  # ITI
 ACTION_DELETE = "urn:ihe:iti:2010:DeleteDocumentSet"
 ACTION_REMOVE_DOCUMENTS = "urn:ihe:iti:2017:RemoveDocuments"
 ACTION_MPQ = "urn:ihe:iti:2009:MultiPatientStoredQuery"
+# ITI-44 Patient Identity Feed HL7 v3 (ITI TF-2b 3.44): the interactions, answered MCCI_IN000002UV01.
+ACTION_PIX_ADD = "urn:hl7-org:v3:PRPA_IN201301UV02"
+ACTION_PIX_REVISE = "urn:hl7-org:v3:PRPA_IN201302UV02"
+ACTION_PIX_MERGE = "urn:hl7-org:v3:PRPA_IN201304UV02"
+ACTION_PIX_ACK = "urn:hl7-org:v3:MCCI_IN000002UV01"
 
 # This server's own messages between its repositories and its registry (docs/decisions.md,
 # "ITI-41 as a recoverable protocol"): not IHE transactions, and no other XDS actor sends them.
@@ -54,6 +60,7 @@ TRANSACTIONS = {
     ACTION_REGISTER: "ITI-42", ACTION_PROVIDE: "ITI-41", ACTION_QUERY: "ITI-18", ACTION_RETRIEVE: "ITI-43",
     ACTION_UPDATE: "ITI-57", ACTION_DELETE: "ITI-62", ACTION_REMOVE_DOCUMENTS: "ITI-86", ACTION_MPQ: "ITI-51",
     ACTION_RESTRICTED_UPDATE: "ITI-92",
+    ACTION_PIX_ADD: "ITI-44", ACTION_PIX_REVISE: "ITI-44", ACTION_PIX_MERGE: "ITI-44",
     ACTION_REGISTERED_DOCUMENTS: "registered-documents",
 }
 

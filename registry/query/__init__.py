@@ -1,8 +1,10 @@
-"""ITI-18 Registry Stored Query.
+"""ITI-18 Registry Stored Query and ITI-51 Multi-Patient Stored Query.
 
 `stored_query()` takes the query:AdhocQueryRequest element and returns the
 query:AdhocQueryResponse element: Success with the objects (LeafClass) or their ids
-(ObjectRef), possibly with warnings, or Failure with the RegistryErrorList.
+(ObjectRef), possibly with warnings, or Failure with the RegistryErrorList. ITI-51's two
+queries are FindDocuments and FindFolders over a list of patients (params.MPQ_QUERIES): the
+same parser, the same statements, the same access policy for every patient they name.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from xds.errors import XdsError, XdsException
 from registry.config import RegistryConfig
 from registry.store import RegistryStore, render
 from .filters import Ctx, Found
-from .params import RETURN_LEAF_CLASS, QUERIES, QueryRequest, parse_params, read_request
+from .params import MPQ_PATIENT_PARAMS, RETURN_LEAF_CLASS, QUERIES, QueryRequest, parse_params, read_request
 from .queries import QUERY_FUNCTIONS
 
 __all__ = ["stored_query", "QUERIES"]
@@ -27,26 +29,32 @@ log = logging.getLogger(__name__)
 
 
 def stored_query(store: RegistryStore, request: etree._Element, config: RegistryConfig,
-                 guard=None) -> etree._Element:
-    """guard: the access policy of the request (registry/guard.py); None is the administrator."""
+                 guard=None, transaction: str = "ITI-18") -> etree._Element:
+    """guard: the access policy of the request (registry/guard.py); None is the administrator.
+    transaction: ITI-18, or ITI-51 (the Multi-Patient Stored Query action); each answers only its own queries."""
     warnings: list[XdsError] = []
     try:
         req = read_request(request)
-        params = parse_params(req.query_id, req.slots, config.rules)
+        params = parse_params(req.query_id, req.slots, config.rules, transaction)
         warnings = params.warnings
         leaf = req.return_type == RETURN_LEAF_CLASS
+        multi = req.query_id in MPQ_PATIENT_PARAMS
 
         def run() -> list[etree._Element]:
             with store.reading() as conn:
                 scope = None
-                if guard is not None:
+                if guard is not None and multi:
+                    # None: no patient list, which asks about every patient.
+                    scope = guard.multi_patient_scope(conn, params.get(MPQ_PATIENT_PARAMS[req.query_id]), leaf)
+                elif guard is not None:
                     named = params.get(PATIENT_PARAMS[req.query_id]) if req.query_id in PATIENT_PARAMS else None
                     scope = guard.query_scope(conn, named, lambda: patients_named(store, conn, params), leaf)
                 ctx = Ctx(conn, store.is_postgres, params, leaf, config.max_query_results, scope,
                           config.rules.hidden_statuses)
                 found = QUERY_FUNCTIONS[req.query_id](ctx)
                 if leaf:
-                    _check_leaf_class(found, config)
+                    # An ITI-51 answer holds several patients by design (XDSResultNotSinglePatient is ITI-18's).
+                    _check_leaf_class(found, config, single_patient=not multi)
                     return _leaf_class(store, conn, found, req)
                 return _object_refs(found, req)
 
@@ -87,11 +95,13 @@ def patients_named(store: RegistryStore, conn, params) -> set[str]:
     return store.patients_of(conn, ids)
 
 
-def _check_leaf_class(found: Found, config: RegistryConfig) -> None:
+def _check_leaf_class(found: Found, config: RegistryConfig, single_patient: bool = True) -> None:
     if found.count > config.max_query_results:
         raise XdsException(E.TOO_MANY_RESULTS,
                            f"the query selects more than {config.max_query_results} objects; narrow it or ask "
                            f"for ObjectRef", "AdhocQuery")
+    if not single_patient:
+        return
     patients = {pid for _, pid in found.objects if pid is not None}
     if len(patients) > 1:
         raise XdsException(E.RESULT_NOT_SINGLE_PATIENT,

@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from sqlalchemy import bindparam, exists, or_, select
+from sqlalchemy.sql.elements import ColumnElement
 
 from xds import constants as C
+from xds.security.policy import Visibility
 from registry import schema as S
 from . import scope as SC
 from .filters import (
@@ -62,12 +64,31 @@ _FIND_CACHE: dict[tuple, object] = {}
 _FIND_CACHE_MAX = 1024
 
 
+def _patient_mode(value) -> str:
+    """How a Find* query names its patients: one (ITI-18), a list, or none at all (every patient; ITI-51)."""
+    if value is None:
+        return "all"
+    return "list" if isinstance(value, list) else "one"
+
+
+def patient_condition(column, value) -> list[ColumnElement]:
+    mode = _patient_mode(value)
+    if mode == "all":
+        return []
+    return [column == value] if mode == "one" else [column.in_(value)]
+
+
 def _find_documents_shape(ctx: Ctx, patient_param: str, with_xml: bool) -> tuple[tuple, dict]:
     p = ctx.params
     statuses = p.get("$XDSDocumentEntryStatus")
-    values = {"pid": p.get(patient_param), "statuses": statuses,
-              "entry_types": p.get("$XDSDocumentEntryType") or [C.OBJECT_TYPE_STABLE]}
-    key: list = [ctx.is_postgres]
+    patients = p.get(patient_param)
+    mode = _patient_mode(patients)
+    values = {"statuses": statuses, "entry_types": p.get("$XDSDocumentEntryType") or [C.OBJECT_TYPE_STABLE]}
+    if mode == "one":
+        values["pid"] = patients
+    elif mode == "list":
+        values["pids"] = patients
+    key: list = [ctx.is_postgres, ("patients", mode)]
     for name, col in _DE_IN_LISTS:
         if p.has(name):
             key.append(col)
@@ -88,8 +109,9 @@ def _find_documents_shape(ctx: Ctx, patient_param: str, with_xml: bool) -> tuple
     level1 = ctx.level == 1
     latest = level1 and needs_latest_check(statuses)
     cap = _cap(ctx)
-    # The access policy's conditions, as bind parameters of the cached statement.
-    vis = ctx.scope.single(values["pid"])
+    # The access policy's conditions, as bind parameters of the cached statement. Several patients may each
+    # have their own: find_documents adds the scope's per-patient conditions to the statement instead.
+    vis = ctx.scope.single(patients) if mode == "one" else Visibility(everything=True)
     key.append(SC.shape(vis))
     key += [level1, latest, with_xml, cap is not None]
     if level1:
@@ -101,11 +123,15 @@ def _find_documents_shape(ctx: Ctx, patient_param: str, with_xml: bool) -> tuple
 
 
 def _build_find_documents(key: tuple, vis, now: int):
-    is_postgres = key[0]
+    is_postgres, (_, mode) = key[0], key[1]
     present = set(k for k in key if isinstance(k, str))
     n_ev, n_conf, n_ref, n_au, _scope, level1, latest, with_xml, capped = key[-9:]
-    where = [O.c.patient_id == bindparam("pid"), O.c.status.in_(bindparam("statuses", expanding=True)),
+    where = [O.c.status.in_(bindparam("statuses", expanding=True)),
              D.c.entry_type.in_(bindparam("entry_types", expanding=True))]
+    if mode == "one":
+        where.insert(0, O.c.patient_id == bindparam("pid"))
+    elif mode == "list":
+        where.insert(0, O.c.patient_id.in_(bindparam("pids", expanding=True)))
     for _name, col in _DE_IN_LISTS:
         if col in present:
             where.append(D.c[col].in_(bindparam(col, expanding=True)))
@@ -147,13 +173,15 @@ def find_documents_select(ctx: Ctx, patient_param: str = "$XDSDocumentEntryPatie
         if len(_FIND_CACHE) >= _FIND_CACHE_MAX:
             _FIND_CACHE.clear()
         stmt = _FIND_CACHE[key] = _build_find_documents(key, vis, ctx.scope.now)
+    if key[1][1] != "one" and not ctx.scope.everything:
+        stmt = stmt.where(*ctx.scope.de())  # a new statement; the cached one is left as it is
     return stmt, values
 
 
-def find_documents(ctx: Ctx) -> Found:
+def find_documents(ctx: Ctx, patient_param: str = "$XDSDocumentEntryPatientId") -> Found:
     found = Found()
     # For LeafClass the stored XML comes back with the ids, saving the second round trip.
-    stmt, values = find_documents_select(ctx, with_xml=ctx.leaf_class)
+    stmt, values = find_documents_select(ctx, patient_param, with_xml=ctx.leaf_class)
     rows = ctx.conn.execute(stmt, values).all()
     found.add_objects(rows)
     if ctx.leaf_class:
@@ -185,9 +213,10 @@ def find_submission_sets(ctx: Ctx) -> Found:
 
 
 def find_folders(ctx: Ctx) -> Found:
+    """FindFolders, and ITI-51's FindFoldersForMultiplePatients (a list of patients, or none: every one)."""
     p = ctx.params
     statuses = p.get("$XDSFolderStatus")
-    where = [O.c.patient_id == p.get("$XDSFolderPatientId"), O.c.status.in_(statuses)]
+    where = patient_condition(O.c.patient_id, p.get("$XDSFolderPatientId")) + [O.c.status.in_(statuses)]
     where += time_range(FOL.c.last_update_time, p.get("$XDSFolderLastUpdateTimeFrom"),
                         p.get("$XDSFolderLastUpdateTimeTo"))
     where += code_groups(O.c.id, C.FOLDER_CODE_LIST, p.get("$XDSFolderCodeList"))
@@ -423,4 +452,7 @@ QUERY_FUNCTIONS: dict[str, Callable[[Ctx], Found]] = {
     C.SQ_GET_FOLDER_AND_CONTENTS: get_folder_and_contents,
     C.SQ_GET_FOLDERS_FOR_DOCUMENT: get_folders_for_document,
     C.SQ_GET_RELATED_DOCUMENTS: get_related_documents,
+    # ITI-51: the same statements over a list of patients (or every patient).
+    C.SQ_FIND_DOCUMENTS_FOR_MULTIPLE_PATIENTS: find_documents,
+    C.SQ_FIND_FOLDERS_FOR_MULTIPLE_PATIENTS: find_folders,
 }

@@ -35,7 +35,8 @@ BREAK_THE_GLASS, CENTRE_15, NORMAL = "bris_de_glace", "centre_15", "normal"
 # Purposes of use that are emergency access: the DMP's, and XUA's (HL7 PurposeOfUse EMERGENCY / ETREAT).
 _MODES = {"bris_de_glace": BREAK_THE_GLASS, "centre_15": CENTRE_15, "EMERGENCY": BREAK_THE_GLASS,
           "ETREAT": BREAK_THE_GLASS}
-_ACTIONS = {"ITI-18": "query", "ITI-42": "submit", "ITI-43": "retrieve", "ITI-57": "update", "ITI-62": "delete"}
+_ACTIONS = {"ITI-18": "query", "ITI-42": "submit", "ITI-43": "retrieve", "ITI-57": "update", "ITI-62": "delete",
+            "ITI-92": "update"}
 _READS = ("ITI-18", "ITI-43")
 _SUBJECT_ID = "urn:oasis:names:tc:xspa:1.0:subject:subject-id"
 
@@ -230,7 +231,7 @@ class Auditor:
         if tx == "ITI-18":
             patients = {facts.patient_id} if facts.patient_id else F.answered_patients(payload)
             out = [entry(p) for p in sorted(patients)]
-        elif tx in ("ITI-42", "ITI-57"):
+        elif tx in ("ITI-42", "ITI-57", "ITI-92"):
             docs = [d for d in facts.documents if d.patient_id or facts.patient_id]
             out = [entry(d.patient_id or facts.patient_id, d.unique_id, d.title) for d in docs]
             if not out and facts.patient_id:

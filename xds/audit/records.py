@@ -13,12 +13,13 @@ ITI-43     Document Repository         DCM 110106 Export                R       
 ITI-43     Document Consumer (proxy)   DCM 110107 Import                C       patient?, documents
 ITI-18     Document Registry           DCM 110112 Query                 E       patient?, query
 ITI-57     Document Registry           DCM 110110 Patient Record        U       patient, submission set
+ITI-92     Document Registry           DCM 110110 Patient Record        U       patient, submission set
 ITI-62     Document Registry           DCM 110110 Patient Record        D       patient?, removed objects
 ITI-86     Document Repository         DCM 110110 Patient Record        D       patient?, documents
 ITI-8      Document Registry           DCM 110110 Patient Record        C / U   patient (+ MSH-10)
 =========  ==========================  ===============================  ======  =====================
 
-(TF-2 3.41.5.1, 3.42.5.1, 3.43.6.1, 3.18.5.1, 3.57.6.1, 3.62.6.1, 3.86.6.1, 3.8.5.1.)  The Document
+(TF-2 3.41.5.1, 3.42.5.1, 3.43.6.1, 3.18.5.1, 3.57.6.1, 3.92.5.1, 3.62.6.1, 3.86.6.1, 3.8.5.1.)  The Document
 Consumer row of ITI-43 is for the routing path, where the Registry retrieves from a Repository on the
 consumer's behalf.  ITI-8 is Create for A01/A04/A05 and Update for A08/A40.
 
@@ -82,6 +83,7 @@ TRANSACTION_NAMES = {
     "ITI-42": "Register Document Set-b",
     "ITI-43": "Retrieve Document Set",
     "ITI-57": "Update Document Set",
+    "ITI-92": "Restricted Update Document Set",
     "ITI-62": "Remove Metadata",
     "ITI-86": "Remove Documents",
 }
@@ -99,6 +101,7 @@ _EVENTS = {
     ("ITI-43", CONSUMER): (EV_IMPORT, "C"),
     ("ITI-18", REGISTRY): (EV_QUERY, "E"),
     ("ITI-57", REGISTRY): (EV_PATIENT_RECORD, "U"),
+    ("ITI-92", REGISTRY): (EV_PATIENT_RECORD, "U"),
     ("ITI-62", REGISTRY): (EV_PATIENT_RECORD, "D"),
     ("ITI-86", REPOSITORY): (EV_PATIENT_RECORD, "D"),
     ("ITI-8", REGISTRY): (EV_PATIENT_RECORD, None),
@@ -408,7 +411,7 @@ def to_xml(event: AuditEvent, audit_source_id: str, enterprise_site_id: str | No
     if event.patient_id and not (tx == "ITI-43" and event.actor == REPOSITORY):
         _object(root, object_id=event.patient_id, type_code=_PERSON, role=_ROLE_PATIENT, id_type=ID_PATIENT,
                 details=patient_details)
-    if tx in ("ITI-41", "ITI-42", "ITI-57") and event.submission_set_uid:
+    if tx in ("ITI-41", "ITI-42", "ITI-57", "ITI-92") and event.submission_set_uid:
         _object(root, object_id=event.submission_set_uid, type_code=_SYSTEM, role=_ROLE_JOB,
                 id_type=ID_SUBMISSION_SET)
     if tx in ("ITI-43", "ITI-86"):
