@@ -7,6 +7,10 @@ security = xua and the Connectathon policy the kit's variants assume, which trus
 STS (node/sts.py, in-process, with a key pair made for the run); the harness asks that STS
 for each test's assertion as it would ask the Gazelle STS.
 
+12028 (Submit and Retrieve over TLS) runs against a third one, with mutual TLS and a CA, server and
+client certificate made for the run (conformance/certs.py), and PnrXop, whose wire samples frame MTOM
+with bare LF, against a fourth with mime_bare_lf = true.
+
 The exit code is non-zero when a test fails (every default collection passes against our
 server, so a failure is a regression) or when the harness itself fails; --informative keeps
 failures informative, for collections the server does not serve yet.
@@ -30,6 +34,7 @@ from .xua import StsConfig
 
 COLLECTIONS = ("reg", "rep", "reg_mu", "reg_rm", "rep_rd")  # required ones and the options built
 XUA_COLLECTIONS = ("reg_xua", "rep_xua")
+BARE_LF_TEST = "PnrXop"
 _ATNA = None  # (schema, AtnaCheck) when --atna-schema is given
 
 
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     kit = TestKit(args.testkit)
     tags = args.collection or list(COLLECTIONS + XUA_COLLECTIONS)
-    plain_tags = [t for t in tags if not t.endswith("_xua")]
+    plain_tags = [t for t in tags if not t.endswith("_xua") and t != "Ret.b"]
     xua_tags = [t for t in tags if t.endswith("_xua")]
     runs: list[tuple[str, RunResult]] = []
     parts: list[str] = []
@@ -67,6 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         if xua_tags:
             runs.append(("XUA server", _run_xua(kit, xua_tags, os.path.join(data, "xua"))))
             parts.append(" ".join(xua_tags) + " (XUA server)")
+        if args.collection is None or "Ret.b" in tags:
+            runs.append(("TLS server", _run_tls(kit, os.path.join(data, "tls"))))
+            parts.append("12028 (TLS server)")
+        if args.collection is None and kit.has(BARE_LF_TEST):
+            # The kit's PnrXop wire samples frame MTOM with bare LF, which the server refuses by default
+            # (RFC 2046 wants CRLF); mime_bare_lf is the documented setting that accepts them.
+            print(f"conformance harness: {BARE_LF_TEST} runs against a server with mime_bare_lf = true", flush=True)
+            settings = _settings(os.path.join(data, "bare-lf"))
+            settings.mime_bare_lf = True
+            runs.append(("mime_bare_lf server", _run(kit, ["hidden"], settings, tests=[BARE_LF_TEST])))
+            parts.append(f"{BARE_LF_TEST} (mime_bare_lf server)")
     run = merge(runs)
     write_reports(run, args.report_dir)
     print(report.text_listing(run))
@@ -98,16 +114,18 @@ def _settings(data: str, **security):
                     **security)
 
 
-def _run(kit: TestKit, tags: list[str], settings, sts: StsConfig | None = None) -> RunResult:
+def _run(kit: TestKit, tags: list[str], settings, sts: StsConfig | None = None, *,
+         tests: list[str] | None = None, ssl_context=None) -> RunResult:
     from node.server import Services
 
-    tests = list(dict.fromkeys(t for tag in tags for t in kit.collection(tag)))
+    tests = tests or list(dict.fromkeys(t for tag in tags for t in kit.collection(tag)))
     services = Services(settings).start()
     try:
-        endpoints = Endpoints(f"{services.url}/xds/registry", f"{services.url}/xds/repository",
-                              (settings.host, services.mllp.port), timeout=60.0)
+        mllp = (settings.host, services.mllp.port) if services.mllp is not None else None
+        endpoints = Endpoints(f"{services.url}/xds/registry", f"{services.url}/xds/repository", mllp,
+                              timeout=60.0, ssl_context=ssl_context)
         config = RunConfig(endpoints, settings.repository_id, kit.source_id, sts=sts)
-        how = f" (security = xua, assertions from {sts.url})" if sts else ""
+        how = f" (security = xua, assertions from {sts.url})" if sts else " (https, mutual TLS)" if ssl_context else ""
         print(f"conformance harness: {len(tests)} tests ({', '.join(tags)}) against {services.url}{how}",
               flush=True)
         return Runner(kit, config, lambda line: print(line, flush=True)).run(tests)
@@ -117,6 +135,24 @@ def _run(kit: TestKit, tags: list[str], settings, sts: StsConfig | None = None) 
             from .atna import check_outbox
 
             _ATNA[1].add(check_outbox(services.auditor.store, services.auditor.source, _ATNA[0]))
+
+
+def _run_tls(kit: TestKit, data: str) -> RunResult:
+    """The tests that must run over TLS (12028), against a server with mutual TLS and certificates made
+    for the run. Its feed would be MLLP over TLS too, which the harness does not speak: that server
+    takes submissions without an announced patient instead."""
+    from xds.tls import TlsFiles, client_context
+
+    from . import certs, orchestration
+
+    made = certs.make(os.path.join(data, "certs"))
+    settings = _settings(os.path.join(data, "server"), tls_cert=made.server_cert, tls_key=made.server_key,
+                         tls_ca=made.ca)
+    settings.mllp_port = None
+    settings.check_patients = False
+    context = client_context(TlsFiles(made.client_cert, made.client_key, made.ca))
+    tests = [t for t in orchestration.TLS_TESTS if kit.has(t)]
+    return _run(kit, ["TLS"], settings, tests=tests, ssl_context=context)
 
 
 def _run_xua(kit: TestKit, tags: list[str], data: str) -> RunResult:

@@ -52,6 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sts-all", action="store_true",
                    help="every test sends an assertion (--sts-user's), not only the XUA tests: for a SUT that "
                         "authenticates every request")
+    p.add_argument("--tls-cert", metavar="PEM", help="the harness's client certificate for https endpoints")
+    p.add_argument("--tls-key", metavar="PEM", help="its private key")
+    p.add_argument("--tls-ca", metavar="PEM", help="the CA the SUT's certificates chain to; with https endpoints "
+                                                  "the TLS tests (12028) run")
     p.add_argument("--list", action="store_true", help="list the selected tests and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the closing line")
 
@@ -77,7 +81,7 @@ def execute(args: argparse.Namespace, out=None) -> tuple[RunResult, int]:
                   file=out)
         return RunResult(), 0
     endpoints = Endpoints(args.registry, args.repository,
-                          parse_hostport(args.mllp) if args.mllp else None, args.timeout)
+                          parse_hostport(args.mllp) if args.mllp else None, args.timeout, tls_context(args))
     config = RunConfig(endpoints, args.repository_id, kit.source_id, args.assigning_authority,
                        args.home_community_id, sts=sts_config(args))
     progress = None if args.quiet else (lambda line: print(line, file=out, flush=True))
@@ -89,6 +93,17 @@ def execute(args: argparse.Namespace, out=None) -> tuple[RunResult, int]:
               f"{os.path.join(args.report_dir, 'junit.xml')}", file=out)
     print(run.summary_line(), file=out, flush=True)
     return run, (1 if run.count("failed") else 0)
+
+
+def tls_context(args: argparse.Namespace):
+    if not (args.tls_cert or args.tls_ca):
+        return None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("xds conformance run: --tls-cert and --tls-key go together")
+    from xds.tls import TlsFiles, client_context
+
+    return client_context(TlsFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None,
+                          ca=args.tls_ca)
 
 
 def sts_config(args: argparse.Namespace) -> StsConfig | None:

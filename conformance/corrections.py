@@ -5,13 +5,15 @@ puts that in the test's notes, so a report never hides that the kit's bytes were
 """
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from typing import Callable
 
 from xds import constants as C
 
 from .context import SectionContext
-from .plan import Step
+from .plan import PlanError, Step, load_plan
 from .prepare import Prepared
 
 
@@ -55,3 +57,38 @@ def apply(ctx: SectionContext, step: Step, prepared: Prepared) -> list[str]:
             if done:
                 notes.append(f"test kit correction ({c.why}): {done}")
     return notes
+
+
+_SS_PATIENT = re.compile(r'identificationScheme="urn:uuid:6b5aea1a-874d-4603-a4bc-96a0a7b38446"[^>]*?value="([^"]+)"'
+                         r'|value="([^"]+)"[^>]*?identificationScheme="urn:uuid:6b5aea1a-874d-4603-a4bc-96a0a7b38446"')
+
+
+def wire_sample_patients(ctx: SectionContext) -> list[str]:
+    """The patients named by the wire samples of this test's HttpTransactions (PnrXop, PnrNoXop).
+
+    Those bytes go out as the kit recorded them, hard-coded patient ids included, so a feed step of the
+    same test announces those patients too, as the toolkit's own run against a simulator without patient
+    checks never needed."""
+    found: list[str] = []
+    for section in ctx.test.sections:
+        path = ctx.test.plan_path(section)
+        if not os.path.isfile(path):
+            continue
+        try:
+            plan = load_plan(path)
+        except PlanError:
+            continue
+        for step in plan.steps:
+            tx = step.transaction
+            if tx is None or tx.kind != "HttpTransaction" or not tx.body_file:
+                continue
+            body = os.path.join(os.path.dirname(path), tx.body_file)
+            if not os.path.isfile(body):
+                continue
+            with open(body, encoding="utf-8", errors="replace") as fh:
+                text = fh.read()
+            for a, b in _SS_PATIENT.findall(text):
+                pid = (a or b).replace("&amp;", "&")
+                if pid not in found:
+                    found.append(pid)
+    return found

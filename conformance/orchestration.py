@@ -100,7 +100,10 @@ def is_xua(case: TestCase) -> bool:
     return any(t.endswith("_xua") for t in case.collections) or case.id.endswith(_XUA_SUFFIXES)
 
 
-def skip_reason(case: TestCase, sts: bool = False) -> str | None:
+TLS_TESTS = ("12028",)
+
+
+def skip_reason(case: TestCase, sts: bool = False, tls: bool = False) -> str | None:
     if is_xua(case) and not sts:
         return ("XUA: needs SAML assertions from an STS: give --sts URL (the Gazelle STS, or a local "
                 "`xds sts serve`)")
@@ -109,14 +112,15 @@ def skip_reason(case: TestCase, sts: bool = False) -> str | None:
         return "asynchronous WS-Addressing (a non-anonymous ReplyTo endpoint) is not reproduced offline"
     if any("<PatientMoveTransaction" in t for t in texts):
         return "uses ITI-64 (XAD-PID Change Management), which this harness does not send"
-    if case.id == "12028":
-        return "needs a TLS endpoint and client certificates"
+    if case.id in TLS_TESTS and not tls:
+        return ("needs TLS: give https --registry/--repository endpoints and --tls-cert/--tls-key/--tls-ca "
+                "(python -m conformance.ci runs it against a TLS server of its own)")
     if not case.sections:
         return "no test plan (instructions only)"
     return None
 
 
-def order(kit: TestKit, selected: list[str], sts: bool = False) -> tuple[list[str], dict[str, str]]:
+def order(kit: TestKit, selected: list[str], sts: bool = False, tls: bool = False) -> tuple[list[str], dict[str, str]]:
     """The tests to run, setup first, then the selection with referenced tests before their readers,
     and the tests to skip because something they read is skipped. sts: an STS gives the XUA tests
     their assertions."""
@@ -151,10 +155,10 @@ def order(kit: TestKit, selected: list[str], sts: bool = False) -> tuple[list[st
     run = setup + ordered
     skipped: dict[str, str] = {}
     for t in run:
-        reason = skip_reason(kit.test(t), sts)
+        reason = skip_reason(kit.test(t), sts, tls)
         if reason is None:
             blocked = sorted(r for r in references(kit.test(t))
-                             if r in skipped or (kit.has(r) and skip_reason(kit.test(r), sts)))
+                             if r in skipped or (kit.has(r) and skip_reason(kit.test(r), sts, tls)))
             if blocked:
                 reason = f"reads the logs of skipped test(s) {', '.join(blocked)}"
         if reason:

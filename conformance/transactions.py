@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import http.client
+import ssl
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -62,6 +63,15 @@ class Endpoints:
     repository: str | None = None
     mllp: tuple[str, int] | None = None
     timeout: float = 60.0
+    # https endpoints: our client certificate and the CA their certificates chain to (--tls-*).
+    ssl_context: ssl.SSLContext | None = None
+
+    @property
+    def tls(self) -> bool:
+        """Whether the tests that must run over TLS (12028) can: every endpoint given is https and the
+        harness has a TLS context."""
+        given = [u for u in (self.registry, self.repository) if u]
+        return self.ssl_context is not None and bool(given) and all(u.startswith("https://") for u in given)
 
     def url_for(self, kind: Kind) -> str | None:
         return {"registry": self.registry, "repository": self.repository}.get(kind.endpoint)
@@ -88,11 +98,11 @@ class Exchange:
 
 def send_soap(kind: Kind, url: str, payload: etree._Element, attachments: list[tuple[str, str, str]],
               timeout: float, soap11: bool = False, use_mtom: bool | None = None,
-              assertion: etree._Element | None = None) -> Exchange:
+              assertion: etree._Element | None = None, ssl_context: ssl.SSLContext | None = None) -> Exchange:
     """assertion: a SAML assertion to send in wsse:Security (a copy: a signed element can be sent
     by many steps, and the header takes what it wraps)."""
     version = soap.SOAP11 if soap11 else soap.SOAP12
-    client = SoapClient(url, timeout)
+    client = SoapClient(url, timeout, ssl_context)
     headers = [wsse_security(copy.deepcopy(assertion), version)] if assertion is not None else None
     ex = Exchange(endpoint=url, attachments=list(attachments))
     ex.request = client.envelope(kind.action, payload, version, headers)
@@ -142,10 +152,11 @@ def send_pif(host: str, port: int, patient_id: str, timeout: float) -> Exchange:
     return ex
 
 
-def send_http(url: str, headers: dict[str, str], body: bytes, timeout: float) -> Exchange:
+def send_http(url: str, headers: dict[str, str], body: bytes, timeout: float,
+              ssl_context: ssl.SSLContext | None = None) -> Exchange:
     """POST ready-made bytes (HttpTransaction's wire samples) and read the SOAP reply like any other."""
     ex = Exchange(endpoint=url, request=body)
-    client = SoapClient(url, timeout)
+    client = SoapClient(url, timeout, ssl_context)
     started = time.monotonic()
     try:
         sent = dict(headers)

@@ -11,6 +11,7 @@ from registry.access import AccessStore
 from registry.admin import PREFIX as ADMIN_PREFIX, AccessAdmin
 from registry.config import RegistryConfig
 from registry.feed import no_audit
+from registry.feed_v3 import pix_endpoint
 from registry.service import RegistryActor
 from registry.store import RegistryStore
 from repository.service import RepositoryActor
@@ -63,6 +64,7 @@ class Services:
                 client_ssl_context=settings.client_ssl_context(), spool_dir=spool,
                 max_document_bytes=settings.max_document_bytes)
             endpoints.append(self.registry.endpoint())
+            endpoints.append(pix_endpoint(self.registry))  # ITI-44 also on its own path, /xds/pix
         if settings.role in ("all", "repository"):
             self.repository = RepositoryActor.from_settings(settings, self.registry, self.auditor)
             endpoints.append(self.repository.endpoint())
@@ -94,8 +96,11 @@ class Services:
                           on_auth_refusal=self.auditor.authentication_failure if self.auditor is not None else None)
         self.http: HttpServer | None = None
         self.mllp = None
-        self.feed_sources = feed_sources(settings) if self.registry is not None and settings.mllp_port is not None \
-            else None
+        # The source list serves ITI-8 (MLLP) and ITI-44 (SOAP): loaded whenever one of them can use it.
+        self.feed_sources = feed_sources(settings) if self.registry is not None and (
+            settings.mllp_port is not None or settings.feed_sources) else None
+        if self.registry is not None:
+            self.registry.feed_sources = self.feed_sources  # ITI-44: without a list, administrators only
         # Called with a registry.feed.FeedEvent for every accepted and refused ITI-8 message.
         self.feed_audit = self.auditor.feed if self.auditor is not None else no_audit
 

@@ -29,6 +29,9 @@ from .store import ObjectRow, RegistryStore
 log = logging.getLogger(__name__)
 
 
+MODEL_IDS = frozenset(v for v in vars(C).values() if isinstance(v, str) and v.startswith("urn:uuid:"))
+
+
 def register(store: RegistryStore, request: etree._Element, config: RegistryConfig,
              mode: Mode = Mode.REGISTER, commit_before: _dt.datetime | None = None,
              guard: RegistryGuard | None = None) -> list[XdsError]:
@@ -40,8 +43,12 @@ def register(store: RegistryStore, request: etree._Element, config: RegistryConf
     """
     guard = guard or admin_guard()
     sub, found = read_submission(request, config, mode)
-    if sub.object_refs:
-        found.add("ObjectRef elements are not registered by ITI-42", sub.object_refs[0])
+    for ref in sub.object_refs:
+        # A submission may name the classification schemes and object types it uses (ebRS 3.0; the
+        # NIST kit's DICOM sample does): the registry has those already and stores nothing for them.
+        if ref not in MODEL_IDS:
+            found.add(f"ObjectRef {ref} names no classification scheme, node or object type of the XDS model; "
+                      "ITI-42 registers objects, not references to them", ref)
     found.raise_if_errors()
     warnings, submitted_uuids = prepare_for_storage(sub, config)
     try:

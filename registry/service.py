@@ -74,6 +74,9 @@ class RegistryActor:
                                       error_payload=lambda errors: adhoc_query_response(errors=errors))
         ops[C.ACTION_RESTRICTED_UPDATE] = Operation(lambda req: self.update(req, restricted=True),
                                                     C.response_action(C.ACTION_RESTRICTED_UPDATE))
+        from .feed_v3 import operations as feed_v3_operations  # ITI-44 (self.feed_sources: who may feed)
+
+        ops.update(feed_v3_operations(self))
         if self.config.route_retrieve:
             from xds.xdsb import retrieve_response
             from .route import RetrieveRouter

@@ -95,3 +95,40 @@ def _parse(argv):
     sub = parser.add_subparsers(dest="cmd")
     cli.add_arguments(sub.add_parser("run"))
     return parser.parse_args(argv)
+
+
+def test_the_tls_test_runs_over_mutual_tls_with_certificates_made_for_the_run(tmp_path):
+    """12028 (Submit and Retrieve over TLS) runs only against https endpoints with a TLS context, as
+    python -m conformance.ci runs it: certificates from conformance/certs.py, a server requiring them."""
+    import shutil
+
+    from conformance import certs
+    from xds.tls import TlsFiles, client_context
+
+    kit_dir = tmp_path / "kit"
+    shutil.copytree(KIT, kit_dir)
+    tests = kit_dir / "testkit" / "tests"
+    shutil.copytree(tests / "T100", tests / "12028")
+    made = certs.make(str(tmp_path / "certs"))
+    settings = Settings(role="all", port=0, data=str(tmp_path / "data"), check_patients=False, log_level="WARNING",
+                        tls_cert=made.server_cert, tls_key=made.server_key, tls_ca=made.ca)
+    services = Services(settings).start()
+    try:
+        assert services.url.startswith("https://")
+        kit = TestKit(str(kit_dir))
+        context = client_context(TlsFiles(made.client_cert, made.client_key, made.ca))
+        urls = (f"{services.url}/xds/registry", f"{services.url}/xds/repository")
+        run = Runner(kit, RunConfig(Endpoints(*urls, ssl_context=context), settings.repository_id,
+                                    kit.source_id)).run(["12028"])
+        assert [(t.id, t.status) for t in run.tests] == [("12028", PASSED)], run.tests[0].reason
+        # No TLS context: skipped, saying what it needs.
+        run = Runner(kit, RunConfig(Endpoints(*urls), settings.repository_id, kit.source_id)).run(["12028"])
+        assert run.tests[0].status == SKIPPED and "--tls-cert" in run.tests[0].reason
+        # A client certificate from another CA is refused at the handshake: the step fails, not passes.
+        stranger = certs.make(str(tmp_path / "other"))
+        wrong = client_context(TlsFiles(stranger.client_cert, stranger.client_key, made.ca))
+        run = Runner(kit, RunConfig(Endpoints(*urls, ssl_context=wrong), settings.repository_id,
+                                    kit.source_id)).run(["12028"])
+        assert run.tests[0].status == FAILED
+    finally:
+        services.stop()

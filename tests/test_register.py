@@ -353,3 +353,30 @@ def test_values_with_sql_and_format_characters_are_stored_verbatim(db_url):
     values = [v.text for v in el.iter(f"{{{C.NS_RIM}}}Value")]
     assert tricky in values
     assert el.find(f"{{{C.NS_RIM}}}Name/{{{C.NS_RIM}}}LocalizedString").get("value") == tricky
+
+
+def _with_object_ref(req, ident):
+    rol = req.find(f".//{{{C.NS_RIM}}}RegistryObjectList")
+    rol.insert(0, etree.Element(f"{{{C.NS_RIM}}}ObjectRef", id=ident))
+    return req
+
+
+def test_object_refs_to_the_xds_models_schemes_are_accepted_and_not_stored(db_url):
+    """The NIST kit's DICOM sample (PnrXop) names the classification schemes it uses as ObjectRefs."""
+    pid = new_pid()
+    store = make_store(db_url, pid)
+    req = _with_object_ref(_with_object_ref(builder.simple_submission(pid), C.DE_CLASS_CODE), C.SS_PATIENT_ID)
+    assert submit(store, req) == []
+    stored = {r.id for r in rows(store, S.registry_object)}
+    assert len(stored) == 2 and not stored & {C.DE_CLASS_CODE, C.SS_PATIENT_ID}
+
+
+def test_an_object_ref_to_anything_else_is_refused_and_nothing_stored(db_url):
+    pid = new_pid()
+    store = make_store(db_url, pid)
+    stranger = "urn:uuid:0f6f0c8e-4c7b-4a55-9a0e-6a2b5b1d9e11"
+    with pytest.raises(XdsException) as exc:
+        submit(store, _with_object_ref(builder.simple_submission(pid), stranger))
+    assert codes_of(exc) == [E.REGISTRY_METADATA_ERROR]
+    assert stranger in exc.value.errors[0].message and exc.value.errors[0].location == stranger
+    assert count_all(store) == 0

@@ -54,6 +54,10 @@ EXPECTED = {
                 f"{{{NS_QUERY}}}AdhocQueryRequest",
                 "urn:ihe:iti:2007:RegistryStoredQuery",
             ),
+            "DocumentRegistry_MultiPatientStoredQuery": (
+                f"{{{NS_QUERY}}}AdhocQueryRequest",
+                "urn:ihe:iti:2009:MultiPatientStoredQuery",
+            ),
             "DocumentRegistry_UpdateDocumentSet": (
                 f"{{{NS_LCM}}}SubmitObjectsRequest",
                 "urn:ihe:iti:2010:UpdateDocumentSet",
@@ -89,6 +93,7 @@ EXPECTED = {
 }
 OUTPUT_ELEMENT = {
     "DocumentRegistry_RegistryStoredQuery": f"{{{NS_QUERY}}}AdhocQueryResponse",
+    "DocumentRegistry_MultiPatientStoredQuery": f"{{{NS_QUERY}}}AdhocQueryResponse",
     "DocumentRepository_RetrieveDocumentSet": f"{{{NS_XDSB}}}RetrieveDocumentSetResponse",
 }
 

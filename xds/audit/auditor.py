@@ -36,8 +36,8 @@ BREAK_THE_GLASS, CENTRE_15, NORMAL = "bris_de_glace", "centre_15", "normal"
 _MODES = {"bris_de_glace": BREAK_THE_GLASS, "centre_15": CENTRE_15, "EMERGENCY": BREAK_THE_GLASS,
           "ETREAT": BREAK_THE_GLASS}
 _ACTIONS = {"ITI-18": "query", "ITI-42": "submit", "ITI-43": "retrieve", "ITI-57": "update", "ITI-62": "delete",
-            "ITI-92": "update"}
-_READS = ("ITI-18", "ITI-43")
+            "ITI-92": "update", "ITI-51": "query"}
+_READS = ("ITI-18", "ITI-51", "ITI-43")
 _SUBJECT_ID = "urn:oasis:names:tc:xspa:1.0:subject:subject-id"
 
 
@@ -110,6 +110,8 @@ class Auditor:
         tx = C.TRANSACTIONS.get(req.action)
         if tx not in R.TRANSACTION_NAMES or not req.actor:
             return  # the repositories' settlement lookup is not a transaction of the profile
+        if tx == "ITI-44":
+            return self._feed_v3(req, exc)
         actor = R.REPOSITORY if tx == "ITI-43" else req.actor
         payload = resp.payload if resp is not None else None
         if exc is not None:
@@ -122,6 +124,11 @@ class Auditor:
         if tx == "ITI-18" and facts.patient_id is None and exc is None:
             answered = F.answered_patients(payload)   # a query by ids: the patient is the answer's, if one
             facts.patient_id = next(iter(answered)) if len(answered) == 1 else None
+        if tx == "ITI-51":
+            # One participant object per patient the query names (a query without a list: those answered).
+            if not facts.patient_ids and exc is None:
+                facts.patient_ids = sorted(F.answered_patients(payload))
+            facts.patient_id = None
         principal = req.principal
         event = R.AuditEvent(
             transaction=tx, actor=actor, sequence=0, outcome=outcome, outcome_description=description,
@@ -130,6 +137,7 @@ class Auditor:
             responder=self._this(req.environ), human=human_of(principal),
             tls_subject=principal.tls_subject or req.peer_subject,
             patient_id=facts.patient_id, submission_set_uid=facts.submission_set_uid,
+            patient_ids=tuple(facts.patient_ids) if tx == "ITI-51" else (),
             documents=tuple(R.DocumentRef(d.unique_id, d.repository_unique_id, d.home_community_id)
                             for d in facts.documents),
             object_uuids=tuple(facts.object_uuids), query_id=facts.query_id,
@@ -192,6 +200,36 @@ class Auditor:
             hl7_trigger=trigger, message_control_id=event.control_id or None)
         self._write([record], [])
 
+    def _feed_v3(self, req, exc) -> None:
+        """One ITI-44 message (registry/feed_v3.py): from the FeedEvent its handler left on the request, as
+        ITI-8's records are made; a request the layers ended before the handler is a failure without it."""
+        event = getattr(req, "feed_event", None)
+        principal = req.principal
+        if event is not None:
+            outcome = {"accepted": 0, "invalid": 4, "denied": 8}.get(event.outcome, 12)
+            description = None if outcome == 0 else event.ack_code
+            interaction, control, patients = event.event, event.control_id, event.patients
+            sender = event.application
+        else:
+            outcome = 8 if isinstance(exc, SoapFault) else 12
+            description = (getattr(exc, "subcode", None) or "SOAP fault") if isinstance(exc, SoapFault) \
+                else "internal error"
+            interaction, control, patients, sender = C.last_segment(req.action), "", (), ""
+        record = R.AuditEvent(
+            transaction="ITI-44", actor=R.REGISTRY, sequence=0, outcome=outcome, outcome_description=description,
+            requestor=R.Node(user_id=sender or req.envelope.reply_to or ANONYMOUS_REPLY_TO,
+                             address=req.environ.get("REMOTE_ADDR")),
+            responder=self._this(req.environ), human=human_of(principal),
+            tls_subject=principal.tls_subject or req.peer_subject, patient_id=patients[0] if patients else None,
+            hl7_trigger=interaction or None, message_control_id=control or None)
+        records = [record]
+        if isinstance(exc, SecurityFault):
+            records.append(R.SystemEvent(
+                kind="authentication-failure", node=self._this(req.environ), sequence=0, outcome=4,
+                outcome_description=exc.subcode, tls_subject=req.peer_subject, transaction="ITI-44",
+                peer=R.Node(user_id=req.peer_subject or "unknown", address=req.environ.get("REMOTE_ADDR"))))
+        self._write(records, [])
+
     def system(self, kind: str, outcome: int = 0, description: str | None = None) -> None:
         self._write([R.SystemEvent(kind=kind, node=R.Node(user_id=self._url("/"), address=self.source.address,
                                                           alternative_user_id=self.source.pid),
@@ -231,6 +269,8 @@ class Auditor:
         if tx == "ITI-18":
             patients = {facts.patient_id} if facts.patient_id else F.answered_patients(payload)
             out = [entry(p) for p in sorted(patients)]
+        elif tx == "ITI-51":
+            out = [entry(p) for p in sorted(set(facts.patient_ids))]
         elif tx in ("ITI-42", "ITI-57", "ITI-92"):
             docs = [d for d in facts.documents if d.patient_id or facts.patient_id]
             out = [entry(d.patient_id or facts.patient_id, d.unique_id, d.title) for d in docs]

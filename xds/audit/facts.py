@@ -37,6 +37,7 @@ class Document:
 @dataclass
 class Facts:
     patient_id: str | None = None
+    patient_ids: list[str] = field(default_factory=list)   # ITI-18 and ITI-51: every patient the query names
     submission_set_uid: str | None = None
     documents: list[Document] = field(default_factory=list)
     object_uuids: list[str] = field(default_factory=list)
@@ -119,8 +120,9 @@ def _query(body: etree._Element, facts: Facts) -> None:
         values = tuple(v.text or "" for v in slot.iter(_r("Value")))
         facts.query_parameters.append((slot.get("name") or "", values))
         if slot.get("name") in _PATIENT_SLOTS and values and facts.patient_id is None:
-            patients = _unquote(values[0])
+            patients = [p for v in values for p in _unquote(v) if p]
             facts.patient_id = patients[0] if patients else None
+            facts.patient_ids = list(dict.fromkeys(patients))
 
 
 def _removals(body: etree._Element, facts: Facts) -> None:
@@ -132,7 +134,7 @@ def _removals(body: etree._Element, facts: Facts) -> None:
 _READERS = {
     "ITI-41": _submission, "ITI-42": _submission, "ITI-57": _submission, "ITI-92": _submission,
     "ITI-43": _document_requests, "ITI-86": _document_requests,
-    "ITI-18": _query, "ITI-62": _removals,
+    "ITI-18": _query, "ITI-51": _query, "ITI-62": _removals,
 }
 
 

@@ -12,16 +12,19 @@ ITI-42     Document Registry           DCM 110107 Import                C       
 ITI-43     Document Repository         DCM 110106 Export                R       documents
 ITI-43     Document Consumer (proxy)   DCM 110107 Import                C       patient?, documents
 ITI-18     Document Registry           DCM 110112 Query                 E       patient?, query
+ITI-51     Document Registry           DCM 110112 Query                 E       one per patient, query
 ITI-57     Document Registry           DCM 110110 Patient Record        U       patient, submission set
 ITI-92     Document Registry           DCM 110110 Patient Record        U       patient, submission set
 ITI-62     Document Registry           DCM 110110 Patient Record        D       patient?, removed objects
 ITI-86     Document Repository         DCM 110110 Patient Record        D       patient?, documents
 ITI-8      Document Registry           DCM 110110 Patient Record        C / U   patient (+ MSH-10)
+ITI-44     Document Registry           DCM 110110 Patient Record        C / U   patient (+ message id, II)
 =========  ==========================  ===============================  ======  =====================
 
-(TF-2 3.41.5.1, 3.42.5.1, 3.43.6.1, 3.18.5.1, 3.57.6.1, 3.92.5.1, 3.62.6.1, 3.86.6.1, 3.8.5.1.)  The Document
+(TF-2 3.41.5.1, 3.42.5.1, 3.43.6.1, 3.18.5.1, 3.51.5.1, 3.57.6.1, 3.92.5.1, 3.62.6.1, 3.86.6.1, 3.8.5.1.)  The Document
 Consumer row of ITI-43 is for the routing path, where the Registry retrieves from a Repository on the
-consumer's behalf.  ITI-8 is Create for A01/A04/A05 and Update for A08/A40.
+consumer's behalf.  ITI-8 is Create for A01/A04/A05 and Update for A08/A40; ITI-44 (TF-2b 3.44.5.1) is
+Create for PRPA_IN201301UV02 and Update for PRPA_IN201302UV02/PRPA_IN201304UV02.
 
 Where the record id and sequence number live
 --------------------------------------------
@@ -78,7 +81,9 @@ ROLE_DESTINATION = ("110152", DCM, "Destination Role ID")
 
 TRANSACTION_NAMES = {
     "ITI-8": "Patient Identity Feed",
+    "ITI-44": "Patient Identity Feed HL7 V3",
     "ITI-18": "Registry Stored Query",
+    "ITI-51": "Multi-Patient Query",
     "ITI-41": "Provide and Register Document Set-b",
     "ITI-42": "Register Document Set-b",
     "ITI-43": "Retrieve Document Set",
@@ -100,15 +105,18 @@ _EVENTS = {
     ("ITI-43", REPOSITORY): (EV_EXPORT, "R"),
     ("ITI-43", CONSUMER): (EV_IMPORT, "C"),
     ("ITI-18", REGISTRY): (EV_QUERY, "E"),
+    ("ITI-51", REGISTRY): (EV_QUERY, "E"),
     ("ITI-57", REGISTRY): (EV_PATIENT_RECORD, "U"),
     ("ITI-92", REGISTRY): (EV_PATIENT_RECORD, "U"),
     ("ITI-62", REGISTRY): (EV_PATIENT_RECORD, "D"),
     ("ITI-86", REPOSITORY): (EV_PATIENT_RECORD, "D"),
     ("ITI-8", REGISTRY): (EV_PATIENT_RECORD, None),
+    ("ITI-44", REGISTRY): (EV_PATIENT_RECORD, None),
 }
 ACTORS = {tx: tuple(a for (t, a) in _EVENTS if t == tx) for tx in TRANSACTION_NAMES}
 
 HL7_TRIGGER_ACTIONS = {"A01": "C", "A04": "C", "A05": "C", "A08": "U", "A40": "U"}
+HL7_V3_INTERACTION_ACTIONS = {"PRPA_IN201301UV02": "C", "PRPA_IN201302UV02": "U", "PRPA_IN201304UV02": "U"}
 OUTCOMES = (0, 4, 8, 12)  # success, minor failure, serious failure, major failure
 
 ID_PATIENT = ("2", RFC3881, "Patient Number")
@@ -117,6 +125,7 @@ ID_SUBMISSION_SET = ("urn:uuid:a54d6aa5-d40d-43f9-88c5-b4633d873bdd", "IHE XDS M
 ID_DOCUMENT = ("9", RFC3881, "Report Number")
 ID_OBJECT_REF = ("urn:ihe:iti:2017:ObjectRef", "IHE XDS Metadata", "registry object reference")
 ID_QUERY = ("ITI-18", IHE_TRANSACTIONS, "Registry Stored Query")
+ID_MULTI_PATIENT_QUERY = ("ITI-51", IHE_TRANSACTIONS, "Multi-Patient Query")
 # Not TF codes: the requestor's organisation (XUA Subject:Organization[-ID]) and this record's own key.
 ID_ORGANIZATION = ("urn:oasis:names:tc:xspa:1.0:subject:organization-id", "urn:oasis:names:tc:xspa:1.0",
                    "Subject Organization ID")
@@ -129,6 +138,7 @@ DETAIL_HOME_COMMUNITY_DOCUMENT = "ihe:homeCommunityID"
 DETAIL_HOME_COMMUNITY_QUERY = "urn:ihe:iti:xca:2010:homeCommunityId"
 DETAIL_QUERY_ENCODING = "QueryEncoding"
 DETAIL_MSH10 = "MSH-10"
+DETAIL_V3_MESSAGE_ID = "II"   # ITI-44: the message's id, root^extension
 DETAIL_RECORD_ID = "RecordId"
 DETAIL_SEQUENCE = "SequenceNumber"
 
@@ -224,6 +234,7 @@ class AuditEvent:
     human: HumanRequestor | None = None
     tls_subject: str | None = None            # the verified client certificate's subject
     patient_id: str | None = None             # HL7 CX, e.g. 123^^^&1.2.3&ISO
+    patient_ids: tuple[str, ...] = ()         # ITI-51: every patient of the query, one participant object each
     submission_set_uid: str | None = None
     documents: tuple[DocumentRef, ...] = ()
     object_uuids: tuple[str, ...] = ()        # ITI-62: entryUUIDs of the removed registry objects
@@ -232,8 +243,8 @@ class AuditEvent:
     query_request: bytes | etree._Element | None = None   # the AdhocQueryRequest element only
     query_return_type: str | None = None
     home_community_id: str | None = None
-    hl7_trigger: str | None = None            # ITI-8: A01, A04, A05, A08, A40
-    message_control_id: str | None = None     # ITI-8: MSH-10
+    hl7_trigger: str | None = None            # ITI-8: A01, A04, A05, A08, A40; ITI-44: the interaction
+    message_control_id: str | None = None     # ITI-8: MSH-10; ITI-44: the message id (root^extension)
     record_id: str = field(default_factory=_new_record_id)
 
     def __post_init__(self):
@@ -260,7 +271,9 @@ class AuditEvent:
     @property
     def action(self) -> str:
         action = _EVENTS[(self.transaction, self.actor)][1]
-        if action is None:  # ITI-8
+        if action is None and self.transaction == "ITI-44":
+            action = HL7_V3_INTERACTION_ACTIONS.get(self.hl7_trigger or "", "C")
+        elif action is None:  # ITI-8
             action = HL7_TRIGGER_ACTIONS.get(self.hl7_trigger or "A01", "C")
         return action
 
@@ -408,9 +421,14 @@ def to_xml(event: AuditEvent, audit_source_id: str, enterprise_site_id: str | No
     patient_details = ()
     if tx == "ITI-8" and event.message_control_id:
         patient_details = ((DETAIL_MSH10, event.message_control_id),)
+    if tx == "ITI-44" and event.message_control_id:
+        patient_details = ((DETAIL_V3_MESSAGE_ID, event.message_control_id),)
     if event.patient_id and not (tx == "ITI-43" and event.actor == REPOSITORY):
         _object(root, object_id=event.patient_id, type_code=_PERSON, role=_ROLE_PATIENT, id_type=ID_PATIENT,
                 details=patient_details)
+    for patient in event.patient_ids if tx == "ITI-51" else ():
+        if patient != event.patient_id:
+            _object(root, object_id=patient, type_code=_PERSON, role=_ROLE_PATIENT, id_type=ID_PATIENT)
     if tx in ("ITI-41", "ITI-42", "ITI-57", "ITI-92") and event.submission_set_uid:
         _object(root, object_id=event.submission_set_uid, type_code=_SYSTEM, role=_ROLE_JOB,
                 id_type=ID_SUBMISSION_SET)
@@ -427,11 +445,12 @@ def to_xml(event: AuditEvent, audit_source_id: str, enterprise_site_id: str | No
         for object_uuid in event.object_uuids:
             _object(root, object_id=object_uuid, type_code=_SYSTEM, role=_ROLE_REPORT, id_type=ID_OBJECT_REF,
                     lifecycle=_LIFECYCLE_ERASURE)
-    if tx == "ITI-18":
+    if tx in ("ITI-18", "ITI-51"):
         details = [(DETAIL_QUERY_ENCODING, "UTF-8")]
         if event.home_community_id:
             details.append((DETAIL_HOME_COMMUNITY_QUERY, event.home_community_id))
-        _object(root, object_id=event.query_id, type_code=_SYSTEM, role=_ROLE_QUERY, id_type=ID_QUERY,
+        _object(root, object_id=event.query_id, type_code=_SYSTEM, role=_ROLE_QUERY,
+                id_type=ID_QUERY if tx == "ITI-18" else ID_MULTI_PATIENT_QUERY,
                 query=_b64(_query_bytes(event)), details=details)
     if human is not None and (human.organization or human.organization_id):
         _object(root, object_id=human.organization_id, type_code=_ORGANIZATION, role=None,

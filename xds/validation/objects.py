@@ -9,7 +9,7 @@ from .. import errors as E
 from .. import hl7
 from ..model import DocumentEntry, Folder, RegistryObject, SubmissionSet, UnknownPackage
 from .classifications import ClassificationRules, CodeRule, check_classifications
-from .context import FOLDER_MARKER, SS_MARKER, Context
+from .context import FOLDER_MARKER, SS_MARKER, Context, Mode
 from .slots import (
     Checker, SlotRule, check_availability, check_hash, check_oid, check_recipient, check_service_times,
     check_size, check_slot_names, check_slot_table, check_source_patient_info, check_uri_slot,
@@ -106,7 +106,10 @@ def _check_entry_type(ctx: Context, de: DocumentEntry) -> None:
                    E.UNMODIFIABLE_METADATA)
     elif de.is_on_demand:
         # On-demand entries are registered by ITI-61, never by the transactions validated here (IPF rule 26).
-        ctx.report(de, "objectType", f"an on-demand DocumentEntry cannot be submitted by {ctx.mode}")
+        # An update makes new versions of registered stable entries, so there it is a change of objectType,
+        # which ITI-92 (RMU) answers with UnmodifiableMetadataError.
+        ctx.report(de, "objectType", f"an on-demand DocumentEntry cannot be submitted by {ctx.mode}",
+                   E.UNMODIFIABLE_METADATA if ctx.mode == Mode.UPDATE else None)
 
 
 def _check_title(ctx: Context, de: DocumentEntry) -> None:
