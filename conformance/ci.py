@@ -32,7 +32,7 @@ from .testkit import TestKit
 from .transactions import Endpoints
 from .xua import StsConfig
 
-COLLECTIONS = ("reg", "rep", "reg_mu", "reg_rm", "rep_rd")  # required ones and the options built
+COLLECTIONS = ("reg", "rep", "reg_mu", "reg_rmu", "reg_rm", "reg_mpq", "rep_rd")  # required ones and the options built
 XUA_COLLECTIONS = ("reg_xua", "rep_xua")
 BARE_LF_TEST = "PnrXop"
 _ATNA = None  # (schema, AtnaCheck) when --atna-schema is given

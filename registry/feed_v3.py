@@ -52,8 +52,7 @@ RULE_TEXT = {UNKNOWN_SOURCE: "UNKNOWN_SOURCE", AUTHORITY_NOT_ALLOWED: "AUTHORITY
              MERGE_NOT_ALLOWED: "MERGE_NOT_ALLOWED"}
 LOCAL_CODES = (AUTHORITY_NOT_ALLOWED, MERGE_NOT_ALLOWED)
 
-_PATIENT = "v3:controlActProcess/v3:subject/v3:registrationEvent/v3:subject1/v3:patient"
-_PRIOR = ("v3:replacementOf/v3:priorRegistration/v3:subject1/v3:priorRegisteredRole")
+_PRIOR = "v3:replacementOf/v3:priorRegistration/v3:subject1/v3:priorRegisteredRole"
 _NS = {"v3": V3}
 
 

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from tests import pgserver
+from tests import helpers, pgserver
 
 _pg = None
 _dbs = itertools.count()
@@ -26,12 +26,14 @@ def pytest_sessionfinish(session, exitstatus):
 def db_url(request, tmp_path):
     """A fresh, empty database on each backend: SQLite in a temp folder, and a real PostgreSQL."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/registry.db"
-    if not pgserver.available():
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL binaries are missing; .ci/run installs them")
-        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
-    return pgserver.create_database(_pg_admin_url(), f"xds_test_{os.getpid()}_{next(_dbs)}")
+        yield f"sqlite:///{tmp_path}/registry.db"
+    else:
+        if not pgserver.available():
+            if os.environ.get("CI"):
+                pytest.fail("PostgreSQL binaries are missing; .ci/run installs them")
+            pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
+        yield pgserver.create_database(_pg_admin_url(), f"xds_test_{os.getpid()}_{next(_dbs)}")
+    helpers.dispose_stores()
 
 
 @pytest.fixture

@@ -29,12 +29,23 @@ def new_pid(root: str = "1.2.250.1.213.1.4.10") -> str:
     return f"P{next(_n):06d}^^^&{root}&ISO"
 
 
+_open_stores: list[RegistryStore] = []
+
+
 def make_store(url: str, *patients: str) -> RegistryStore:
     store = RegistryStore(url)
+    _open_stores.append(store)
     store.create_schema()
     for p in patients:
         store.add_patient(p)
     return store
+
+
+def dispose_stores() -> None:
+    """Close the pools of the stores make_store opened (the db_url fixture does it after each test):
+    left to the garbage collector, their idle connections exhaust the test PostgreSQL's clients."""
+    while _open_stores:
+        _open_stores.pop().engine.dispose()
 
 
 def rows(store: RegistryStore, table) -> list:

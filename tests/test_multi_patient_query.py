@@ -407,3 +407,25 @@ def test_dmp_policy_applies_to_each_patient_of_the_list(db_url, tmp_path):
         assert (status, errors, found) == ("Failure", [E.REGISTRY_ERROR], set())
     finally:
         services.stop()
+
+
+# --- the parameter tables -------------------------------------------------------------------------------------
+
+def test_parameters_are_parsed_by_the_iti18_parser():
+    from registry.query.params import MPQ_QUERIES, QUERIES, RawSlot, parse_params
+    from xds import hl7
+
+    assert len(QUERIES) == 14 and set(MPQ_QUERIES) == {MPQ_DOCS, MPQ_FOLDERS}
+    p1, p2 = "A1^^^&1.2.3&ISO", "A2^^^&1.2.3&ISO"
+    params = parse_params(MPQ_DOCS, [RawSlot("$XDSDocumentEntryPatientId", [f"('{p1}',", f"'{p2}')"]),
+                                     RawSlot("$XDSDocumentEntryStatus", [lst(APPROVED)]),
+                                     RawSlot("$XDSDocumentEntryEventCodeList", [codes("E1", scheme="1.2")]),
+                                     RawSlot("$XDSDocumentEntryEventCodeList", [codes("E2", scheme="1.2")])],
+                          transaction="ITI-51")
+    assert params.get("$XDSDocumentEntryPatientId") == [hl7.patient_key(p1), hl7.patient_key(p2)]
+    assert params.get("$XDSDocumentEntryEventCodeList") == [["E1^^1.2"], ["E2^^1.2"]]    # AND of ORs, as ITI-18
+    # a single quoted patient without parentheses is a list of one
+    params = parse_params(MPQ_FOLDERS, [RawSlot("$XDSFolderPatientId", [sq(p1)]),
+                                        RawSlot("$XDSFolderStatus", [lst(APPROVED)]),
+                                        RawSlot("$XDSFolderCodeList", [codes("F", scheme="1.2")])], transaction="ITI-51")
+    assert params.get("$XDSFolderPatientId") == [hl7.patient_key(p1)]
