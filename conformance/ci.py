@@ -8,8 +8,11 @@ STS (node/sts.py, in-process, with a key pair made for the run); the harness ask
 for each test's assertion as it would ask the Gazelle STS.
 
 12028 (Submit and Retrieve over TLS) runs against a third one, with mutual TLS and a CA, server and
-client certificate made for the run (conformance/certs.py), and PnrXop, whose wire samples frame MTOM
-with bare LF, against a fourth with mime_bare_lf = true.
+client certificate made for the run (conformance/certs.py), and PnrXop and PnrNoXop, whose wire samples
+frame MTOM with bare LF, against one server each with mime_bare_lf = true. The ASync tests run against
+another, whose async_reply_to names the ReplyTo listener the harness opens on 127.0.0.1
+(conformance/async_listener.py), and the kit's tests of no collection (15804, 12344, RMDInit1/2) against
+a last one.
 
 The exit code is non-zero when a test fails (every default collection passes against our
 server, so a failure is a regression) or when the harness itself fails; --informative keeps
@@ -32,9 +35,18 @@ from .testkit import TestKit
 from .transactions import Endpoints
 from .xua import StsConfig
 
-COLLECTIONS = ("reg", "rep", "reg_mu", "reg_rmu", "reg_rm", "reg_mpq", "rep_rd")  # required ones and the options built
+COLLECTIONS = ("reg", "rep", "reg_mu", "reg_rmu", "reg_rm", "reg_mpq", "reg_od", "reg_xadpid", "reg_isr",
+               "reg_catfolder", "reg_catlifecycle", "rep_rd", "ASync")  # required ones and the options built
 XUA_COLLECTIONS = ("reg_xua", "rep_xua")
-BARE_LF_TEST = "PnrXop"
+# PnrXop and PnrNoXop send wire samples framed with bare LF whose uniqueIds are hard-coded (the same ones in
+# both): a mime_bare_lf server each.
+BARE_LF_TESTS = ("PnrXop", "PnrNoXop")
+# Tests of the kit in no collection: the simple feed, the old registry/repository initialisation and the
+# Remove Metadata data loads. Run on a server of their own, so their submissions count in no collection's
+# queries.
+UNTAGGED = ("15804", "12344", "RMDInit1", "RMDInit2")
+ASYNC_TAG = "ASync"
+ASYNC_SUPPORT = ("12029",)   # 12335 retrieves the document 12029 submitted: run first, as a setup step
 _ATNA = None  # (schema, AtnaCheck) when --atna-schema is given
 
 
@@ -61,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     kit = TestKit(args.testkit)
     tags = args.collection or list(COLLECTIONS + XUA_COLLECTIONS)
-    plain_tags = [t for t in tags if not t.endswith("_xua") and t != "Ret.b"]
+    plain_tags = [t for t in tags if not t.endswith("_xua") and t not in ("Ret.b", ASYNC_TAG)]
     xua_tags = [t for t in tags if t.endswith("_xua")]
     runs: list[tuple[str, RunResult]] = []
     parts: list[str] = []
@@ -72,17 +84,26 @@ def main(argv: list[str] | None = None) -> int:
         if xua_tags:
             runs.append(("XUA server", _run_xua(kit, xua_tags, os.path.join(data, "xua"))))
             parts.append(" ".join(xua_tags) + " (XUA server)")
+        if ASYNC_TAG in tags:
+            runs.append(("async server", _run_async(kit, os.path.join(data, "async"))))
+            parts.append(f"{ASYNC_TAG} (async server)")
         if args.collection is None or "Ret.b" in tags:
             runs.append(("TLS server", _run_tls(kit, os.path.join(data, "tls"))))
             parts.append("12028 (TLS server)")
-        if args.collection is None and kit.has(BARE_LF_TEST):
-            # The kit's PnrXop wire samples frame MTOM with bare LF, which the server refuses by default
-            # (RFC 2046 wants CRLF); mime_bare_lf is the documented setting that accepts them.
-            print(f"conformance harness: {BARE_LF_TEST} runs against a server with mime_bare_lf = true", flush=True)
-            settings = _settings(os.path.join(data, "bare-lf"))
+        for test in BARE_LF_TESTS if args.collection is None else ():
+            if not kit.has(test):
+                continue
+            # The kit's wire samples frame MTOM with bare LF, which the server refuses by default (RFC 2046
+            # wants CRLF); mime_bare_lf is the documented setting that accepts them.
+            print(f"conformance harness: {test} runs against a server with mime_bare_lf = true", flush=True)
+            settings = _settings(os.path.join(data, f"bare-lf-{test}"))
             settings.mime_bare_lf = True
-            runs.append(("mime_bare_lf server", _run(kit, ["hidden"], settings, tests=[BARE_LF_TEST])))
-            parts.append(f"{BARE_LF_TEST} (mime_bare_lf server)")
+            runs.append(("mime_bare_lf server", _run(kit, ["hidden"], settings, tests=[test])))
+            parts.append(f"{test} (mime_bare_lf server)")
+        untagged = [t for t in UNTAGGED if kit.has(t)] if args.collection is None else []
+        if untagged:
+            runs.append(("", _run(kit, ["no collection"], _settings(os.path.join(data, "untagged")), tests=untagged)))
+            parts.append(f"{' '.join(untagged)} (in no collection)")
     run = merge(runs)
     write_reports(run, args.report_dir)
     print(report.text_listing(run))
@@ -115,7 +136,7 @@ def _settings(data: str, **security):
 
 
 def _run(kit: TestKit, tags: list[str], settings, sts: StsConfig | None = None, *,
-         tests: list[str] | None = None, ssl_context=None) -> RunResult:
+         tests: list[str] | None = None, ssl_context=None, reply_listener=None) -> RunResult:
     from node.server import Services
 
     tests = tests or list(dict.fromkeys(t for tag in tags for t in kit.collection(tag)))
@@ -123,7 +144,7 @@ def _run(kit: TestKit, tags: list[str], settings, sts: StsConfig | None = None, 
     try:
         mllp = (settings.host, services.mllp.port) if services.mllp is not None else None
         endpoints = Endpoints(f"{services.url}/xds/registry", f"{services.url}/xds/repository", mllp,
-                              timeout=60.0, ssl_context=ssl_context)
+                              timeout=60.0, ssl_context=ssl_context, reply_listener=reply_listener)
         config = RunConfig(endpoints, settings.repository_id, kit.source_id, sts=sts)
         how = f" (security = xua, assertions from {sts.url})" if sts else " (https, mutual TLS)" if ssl_context else ""
         print(f"conformance harness: {len(tests)} tests ({', '.join(tags)}) against {services.url}{how}",
@@ -135,6 +156,23 @@ def _run(kit: TestKit, tags: list[str], settings, sts: StsConfig | None = None, 
             from .atna import check_outbox
 
             _ATNA[1].add(check_outbox(services.auditor.store, services.auditor.source, _ATNA[0]))
+
+
+def _run_async(kit: TestKit, data: str) -> RunResult:
+    """The ASync tests (12331, 12333-12335): sent with wsa:ReplyTo naming a listener of the harness on
+    127.0.0.1, against a server whose async_reply_to allows that listener and nothing else."""
+    from .async_listener import ReplyListener
+
+    with ReplyListener() as listener:
+        settings = _settings(data, async_reply_to=[listener.url])
+        print(f"conformance harness: {ASYNC_TAG} replies go to {listener.url} (the server's async_reply_to)",
+              flush=True)
+        tests = [t for t in ASYNC_SUPPORT if kit.has(t)] + kit.collection(ASYNC_TAG)
+        run = _run(kit, [ASYNC_TAG], settings, tests=list(dict.fromkeys(tests)), reply_listener=listener)
+    for test in run.tests:
+        if test.id in ASYNC_SUPPORT and ASYNC_TAG not in test.collections:
+            test.setup = True   # counted once, in the run of its own collection; a failure still fails the run
+    return run
 
 
 def _run_tls(kit: TestKit, data: str) -> RunResult:

@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-ca", metavar="PEM", help="the CA the SUT's certificates chain to; with https endpoints "
                                                   "the TLS tests (12028) run")
     p.add_argument("--list", action="store_true", help="list the selected tests and exit")
+    p.add_argument("--async-listen", metavar="HOST:PORT",
+                   help="run the ASync tests: listen here for the SUT's asynchronous replies (wsa:ReplyTo "
+                        "http://HOST:PORT/async-replies, which the SUT must allow); without it they are skipped")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the closing line")
 
 
@@ -80,8 +83,23 @@ def execute(args: argparse.Namespace, out=None) -> tuple[RunResult, int]:
             print(f"{t}\t{' '.join(case.collections) if case else '?'}\t{case.title if case else 'not in the kit'}",
                   file=out)
         return RunResult(), 0
+    listener = None
+    if getattr(args, "async_listen", None):
+        from .async_listener import ReplyListener
+
+        listener = ReplyListener(*parse_hostport(args.async_listen)).start()
+        print(f"asynchronous replies: wsa:ReplyTo {listener.url}", file=out, flush=True)
+    try:
+        return _execute(args, kit, ids, listener, out)
+    finally:
+        if listener is not None:
+            listener.stop()
+
+
+def _execute(args, kit: TestKit, ids: list[str], listener, out) -> tuple[RunResult, int]:
     endpoints = Endpoints(args.registry, args.repository,
-                          parse_hostport(args.mllp) if args.mllp else None, args.timeout, tls_context(args))
+                          parse_hostport(args.mllp) if args.mllp else None, args.timeout, tls_context(args),
+                          reply_listener=listener)
     config = RunConfig(endpoints, args.repository_id, kit.source_id, args.assigning_authority,
                        args.home_community_id, sts=sts_config(args))
     progress = None if args.quiet else (lambda line: print(line, file=out, flush=True))

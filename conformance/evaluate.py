@@ -108,11 +108,11 @@ def judge_status(step: Step, body: etree._Element) -> list[str]:
     return problems
 
 
-def judge_feed(step: Step, ex: Exchange) -> list[str]:
+def judge_feed(step: Step, ex: Exchange, label: str = "ITI-8") -> list[str]:
     wanted = "/".join(step.expected)
     if ex.transport_error:
         return [f"expected {wanted}, but the feed was not acknowledged: {ex.transport_error}"]
     status = "Success" if ex.ack_code in ("AA", "CA") else "Failure"
     if status not in step.expected:
-        return [f"ITI-8 acknowledgement {ex.ack_code or '(no MSA)'} means {status}, expected {wanted}"]
+        return [f"{label} acknowledgement {ex.ack_code or '(no MSA)'} means {status}, expected {wanted}"]
     return []

@@ -27,6 +27,7 @@ _XUA_SUFFIXES = ("_expired", "_invalidauthnstatement", "_notyetvalid", "_seconda
                  "_secondpurposeofuse", "_secondrole", "_unknownaudience", "_unsigned", "_withauthzconsent")
 _REF_TEST = re.compile(r'\btest\s*=\s*"([^"]+)"')
 _REF_DIR = re.compile(r'\btestdir\s*=\s*"\.\./\.\./([^"/]+)/')
+_TESTDIR = re.compile(r'\btestdir\s*=\s*"([^"]*)"')
 # Sections that the toolkit's readme says must run with the second patient id (INVENTORY §6.10).
 ALT_PATIENT_SECTIONS = {("11998", "rplc")}
 
@@ -88,10 +89,14 @@ def _plan_texts(case: TestCase) -> list[str]:
 
 def references(case: TestCase) -> set[str]:
     """Other tests whose logs this test reads (UseReport test=, UseId testdir=../../<test>/…)."""
+    from .corrections import corrected_testdir
+
     refs: set[str] = set()
     for text in _plan_texts(case):
         refs.update(_REF_TEST.findall(text))
         refs.update(_REF_DIR.findall(text))
+        for testdir in _TESTDIR.findall(text):
+            refs.update(_REF_DIR.findall(f'testdir="{corrected_testdir(case.id, testdir)}'))
     refs.discard(case.id)
     return refs
 
@@ -103,15 +108,14 @@ def is_xua(case: TestCase) -> bool:
 TLS_TESTS = ("12028",)
 
 
-def skip_reason(case: TestCase, sts: bool = False, tls: bool = False) -> str | None:
+def skip_reason(case: TestCase, sts: bool = False, tls: bool = False, async_replies: bool = False) -> str | None:
     if is_xua(case) and not sts:
         return ("XUA: needs SAML assertions from an STS: give --sts URL (the Gazelle STS, or a local "
                 "`xds sts serve`)")
     texts = _plan_texts(case)
-    if any("<ASync" in t for t in texts) or "ASync" in case.collections:
-        return "asynchronous WS-Addressing (a non-anonymous ReplyTo endpoint) is not reproduced offline"
-    if any("<PatientMoveTransaction" in t for t in texts):
-        return "uses ITI-64 (XAD-PID Change Management), which this harness does not send"
+    if (any("<ASync" in t for t in texts) or "ASync" in case.collections) and not async_replies:
+        return ("asynchronous WS-Addressing: needs a ReplyTo listener and a SUT that may answer it "
+                "(python -m conformance.ci --collection ASync runs both)")
     if case.id in TLS_TESTS and not tls:
         return ("needs TLS: give https --registry/--repository endpoints and --tls-cert/--tls-key/--tls-ca "
                 "(python -m conformance.ci runs it against a TLS server of its own)")
@@ -120,7 +124,8 @@ def skip_reason(case: TestCase, sts: bool = False, tls: bool = False) -> str | N
     return None
 
 
-def order(kit: TestKit, selected: list[str], sts: bool = False, tls: bool = False) -> tuple[list[str], dict[str, str]]:
+def order(kit: TestKit, selected: list[str], sts: bool = False, tls: bool = False,
+          async_replies: bool = False) -> tuple[list[str], dict[str, str]]:
     """The tests to run, setup first, then the selection with referenced tests before their readers,
     and the tests to skip because something they read is skipped. sts: an STS gives the XUA tests
     their assertions."""
@@ -155,10 +160,10 @@ def order(kit: TestKit, selected: list[str], sts: bool = False, tls: bool = Fals
     run = setup + ordered
     skipped: dict[str, str] = {}
     for t in run:
-        reason = skip_reason(kit.test(t), sts, tls)
+        reason = skip_reason(kit.test(t), sts, tls, async_replies)
         if reason is None:
             blocked = sorted(r for r in references(kit.test(t))
-                             if r in skipped or (kit.has(r) and skip_reason(kit.test(r), sts, tls)))
+                             if r in skipped or (kit.has(r) and skip_reason(kit.test(r), sts, tls, async_replies)))
             if blocked:
                 reason = f"reads the logs of skipped test(s) {', '.join(blocked)}"
         if reason:

@@ -57,6 +57,8 @@ def prepare(step: Step, ctx: SectionContext) -> Prepared:
     if tx.kind == "PatientIdentityFeedTransaction":
         out.patient_id = _feed_patient_id(tx, ctx, out.link_values)
         return out
+    if tx.kind == "PatientMoveTransaction":  # ITI-64: its ids are the UseReport values (conformance/patient_move)
+        return out
     if tx.kind == "HttpTransaction":
         with open(find_file(ctx, tx.body_file or ""), "rb") as fh:
             out.http_body = fh.read()

@@ -10,7 +10,8 @@ from typing import Callable
 
 from xds import constants as C
 
-from . import assertions, contents, corrections, evaluate, linkage, orchestration, response_checks, retrieve_check, xua
+from . import assertions, async_listener, contents, corrections, evaluate, linkage, orchestration, response_checks, retrieve_check, xua
+from . import patient_move
 from .context import EngineError, RunConfig, SectionContext
 from .logstore import LogStore, StepLog
 from .plan import PlanError, Step, load_plan
@@ -52,7 +53,8 @@ class Runner:
             result.notes.append(f"test {t} is not in the test kit")
             result.tests.append(TestResult(t, status=SKIPPED, reason="not in the test kit"))
         run, skipped = orchestration.order(self.kit, test_ids, sts=self.config.sts is not None,
-                                           tls=self.config.endpoints.tls)
+                                           tls=self.config.endpoints.tls,
+                                           async_replies=self.config.endpoints.reply_listener is not None)
         self._announce_patients(run, result)
         in_setup = False
         for test_id in run:
@@ -163,6 +165,8 @@ class Runner:
         if tx.unknown:
             raise EngineError(f"{tx.kind}: instruction(s) {', '.join(tx.unknown)} not supported by this harness")
         kind = KINDS[tx.kind]
+        result.notes.extend(corrections.fix_testdirs(ctx, step))
+        result.notes.extend(corrections.fix_report_sources(ctx, step))
         prepared = prepare(step, ctx)
         result.notes.extend(corrections.apply(ctx, step, prepared))
         entry.input = prepared.payload
@@ -173,6 +177,8 @@ class Runner:
         if tx.kind == "PatientIdentityFeedTransaction":
             self._feed(step, ctx, prepared, result)
             reports["$patientid$"] = prepared.patient_id or ""
+        elif tx.kind == "PatientMoveTransaction":
+            self._move(step, prepared, result)
         elif tx.kind == "NullTransaction":
             pass
         else:
@@ -198,6 +204,8 @@ class Runner:
             reports.update(ctx.params)
             if tx.kind == "PatientIdentityFeedTransaction":
                 reports["$patientid$"] = prepared.patient_id or ""
+            if tx.kind == "PatientMoveTransaction":  # the toolkit's step patient: the new XAD-PID
+                reports["$patientid$"] = prepared.link_values.get(patient_move.NEW_XAD, "")
             entry.reports.update(reports)
             values, problems = assertions.evaluate_reports(tx.reports, entry)
             entry.reports.update(values)
@@ -226,6 +234,18 @@ class Runner:
                                 f"{extra.transport_error or 'acknowledged ' + str(extra.ack_code)}")
             result.problems.extend(evaluate.judge_feed(step, extra))
 
+    def _move(self, step: Step, prepared: Prepared, result: StepResult) -> None:
+        """ITI-64: the ADT^A43 goes to the patient feed, where the toolkit sends it (its PIF host and port)."""
+        mllp = self.config.endpoints.mllp
+        if mllp is None:
+            raise EngineError("ITI-64 (PatientMoveTransaction) is an ADT^A43 sent to the patient feed: give --mllp")
+        ex = patient_move.send_move(mllp[0], mllp[1], prepared.link_values, self.config.endpoints.timeout)
+        result.endpoint = ex.endpoint
+        result.request = ex.request.decode("utf-8", "replace").replace("\r", "\n")
+        result.response = ex.transport_error or ex.response_text
+        result.elapsed = ex.elapsed
+        result.problems.extend(evaluate.judge_feed(step, ex, "ITI-64"))
+
     def _send(self, tx, kind, prepared: Prepared, result: StepResult, ctx: SectionContext) -> Exchange:
         ep = self.config.endpoints
         url = ep.url_for(kind)
@@ -247,9 +267,17 @@ class Runner:
                          if supporting else "")
                 result.notes.append(f"wsse:Security: the SAML assertion of STS user {user} "
                                     f"(ID {assertion.get('ID')}){whose}")
-            ex = send_soap(kind, url, prepared.payload, prepared.attachments, ep.timeout,
-                           soap11=tx.has("SOAP11"), use_mtom=prepared.use_mtom, assertion=assertion,
-                           ssl_context=ep.ssl_context)
+            if tx.has("ASync"):
+                if ep.reply_listener is None:
+                    raise EngineError("an <ASync/> step needs a ReplyTo listener (python -m conformance.ci "
+                                      "--collection ASync runs one)")
+                ex = async_listener.exchange(kind, url, prepared.payload, prepared.attachments, ep.timeout,
+                                             ep.reply_listener, soap11=tx.has("SOAP11"), use_mtom=prepared.use_mtom,
+                                             assertion=assertion, ssl_context=ep.ssl_context)
+            else:
+                ex = send_soap(kind, url, prepared.payload, prepared.attachments, ep.timeout,
+                               soap11=tx.has("SOAP11"), use_mtom=prepared.use_mtom, assertion=assertion,
+                               ssl_context=ep.ssl_context)
         result.endpoint = ex.endpoint
         result.request = pretty(ex.request)
         if ex.attachments:

@@ -48,12 +48,13 @@ KINDS: dict[str, Kind] = {
     "RemoveMetadataTransaction": Kind("ITI-62", C.ACTION_DELETE, "registry"),
     "RdTransaction": Kind("ITI-86", C.ACTION_REMOVE_DOCUMENTS, "repository"),
     "MPQTransaction": Kind("ITI-51", C.ACTION_MPQ, "registry"),
-    "RegisterODDETransaction": Kind("ITI-61", ACTION_RODDE, "registry", False, True, "submit",
-                                    "urn:ihe:iti:2010:RegisterOnDemandDocumentResponse"),
+    # ITI TF-2b 3.61.5 (its WSDL) answers RegisterOnDemandDocumentEntryResponse; the NIST toolkit's own
+    # simulator writes "RegisterOnDemandDocumentResponse", which no endpoint of the TF sends.
+    "RegisterODDETransaction": Kind("ITI-61", ACTION_RODDE, "registry", False, True, "submit"),
     "PatientIdentityFeedTransaction": Kind("ITI-8", endpoint="mllp"),
     "HttpTransaction": Kind("HTTP", endpoint="repository"),
     "NullTransaction": Kind("none"),
-    "PatientMoveTransaction": Kind("ITI-64"),
+    "PatientMoveTransaction": Kind("ITI-64", endpoint="mllp"),  # an ADT^A43 (conformance/patient_move.py)
 }
 
 
@@ -65,6 +66,8 @@ class Endpoints:
     timeout: float = 60.0
     # https endpoints: our client certificate and the CA their certificates chain to (--tls-*).
     ssl_context: ssl.SSLContext | None = None
+    # The ReplyTo listener of the <ASync/> steps (conformance/async_listener.py); None: they are skipped.
+    reply_listener: object = None
 
     @property
     def tls(self) -> bool:
@@ -134,7 +137,11 @@ def adt_a01(patient_id: str, now: datetime | None = None, control_id: str | None
 
 
 def send_pif(host: str, port: int, patient_id: str, timeout: float) -> Exchange:
-    message = adt_a01(patient_id)
+    return send_hl7(host, port, adt_a01(patient_id), timeout)
+
+
+def send_hl7(host: str, port: int, message: str, timeout: float) -> Exchange:
+    """One HL7 v2 message over MLLP (ITI-8, ITI-64), its ACK code read from MSA-1."""
     ex = Exchange(endpoint=f"mllp://{host}:{port}", request=message.encode("utf-8"))
     started = time.monotonic()
     try:

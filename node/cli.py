@@ -14,7 +14,8 @@ def _settings(args) -> settings_mod.Settings:
                                                       "security", "allow_anonymous", "xua_trust", "xua_audiences",
                                                       "feed_sources", "allow_plain_mllp", "habilitation_matrix",
                                                       "admin_subjects", "registry_subjects", "audit_repository",
-                                                      "audit_tls_ca", "audit_source_id", "notification_webhook")}
+                                                      "audit_tls_ca", "audit_source_id", "notification_webhook",
+                                                      "async_reply_to")}
     if getattr(args, "no_patient_check", False):
         overrides["check_patients"] = False
     return settings_mod.load(getattr(args, "config", None), overrides=overrides)
@@ -76,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--registry-subject", dest="registry_subjects", action="append", metavar="DN",
                    help="repository host: its registry's certificate subject, the caller of ITI-86 and routed "
                         "ITI-43 (repeatable)")
+
+    p.add_argument("--async-reply-to", dest="async_reply_to", action="append", metavar="URL",
+                   help="answer requests whose wsa:ReplyTo is under this http(s) address prefix asynchronously "
+                        "(repeatable; default: none, every non-anonymous ReplyTo is refused)")
 
     p.add_argument("--audit-repository", metavar="URL",
                    help="send ATNA audit records to tls://host[:6514] (syslog over TLS) or udp://host[:514]")

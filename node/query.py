@@ -1,5 +1,6 @@
-"""`xds query`: the fourteen ITI-18 Registry Stored Queries (ITI TF-2 3.18.4.1.2.3.7) by name, each
-parameter a flag, against any XDS.b registry over SOAP.
+"""`xds query`: the fourteen ITI-18 Registry Stored Queries (ITI TF-2 3.18.4.1.2.3.7) and the two ITI-51
+Multi-Patient Stored Queries (ITI TF-2 3.51.4.1.2) by name, each parameter a flag, against any XDS.b
+registry over SOAP.
 
 Flag values are written as a user writes them (`approved`, `2024-01-31`, `CODE^^SCHEME`, a bare
 UUID) and sent in the syntax of ITI TF-2 3.18.4.1.2.3 (quoted strings, parenthesised lists, bare
@@ -70,6 +71,11 @@ class StoredQuery:
     id: str
     params: tuple[Param, ...]
     help: str
+    action: str = C.ACTION_QUERY   # ITI-18's, or ITI-51's (C.ACTION_MPQ)
+
+    @property
+    def transaction(self) -> str:
+        return C.TRANSACTIONS[self.action]
 
     def slot_names(self) -> set[str]:
         return {p.slot for p in self.params if p.slot}
@@ -163,8 +169,14 @@ def _uuids(what: str) -> Param:
 _METADATA_LEVEL = _p("--metadata-level", "$MetadataLevel", INT, metavar="N", help="1 (default) or 2")
 
 
-def _q(command, name, query_id, params, help) -> StoredQuery:
-    return StoredQuery(command, name, query_id, tuple(params) + (_METADATA_LEVEL,), help)
+def _q(command, name, query_id, params, help, action=C.ACTION_QUERY) -> StoredQuery:
+    return StoredQuery(command, name, query_id, tuple(params) + (_METADATA_LEVEL,), help, action)
+
+
+def _patients(slot: str) -> Param:
+    return _p("--patient", slot, multi=True, metavar="CX",
+              help="patient id, id^^^&OID&ISO; several: comma or repeated (none: every patient, which "
+                   "registries allow to administrators only)")
 
 
 QUERIES: tuple[StoredQuery, ...] = (
@@ -243,6 +255,22 @@ QUERIES: tuple[StoredQuery, ...] = (
         _entry_type(), _association_status()),
        "the DocumentEntries related to one (replaced, transformed, appended, signed, snapshot) and the "
        "Associations between them"),
+    _q("find-documents-for-multiple-patients", "FindDocumentsForMultiplePatients",
+       C.SQ_FIND_DOCUMENTS_FOR_MULTIPLE_PATIENTS,
+       (_patients("$XDSDocumentEntryPatientId"), *_de_filters()),
+       "ITI-51: the DocumentEntries of several patients (at least one of --class-code, --event-code, "
+       "--facility-type-code)", C.ACTION_MPQ),
+    _q("find-folders-for-multiple-patients", "FindFoldersForMultiplePatients",
+       C.SQ_FIND_FOLDERS_FOR_MULTIPLE_PATIENTS,
+       (_patients("$XDSFolderPatientId"),
+        _p("--last-update-from", "$XDSFolderLastUpdateTimeFrom", DTM, metavar="TIME",
+           help=f"lastUpdateTime at or after: {_TIME_HELP}"),
+        _p("--last-update-to", "$XDSFolderLastUpdateTimeTo", DTM, metavar="TIME",
+           help=f"lastUpdateTime before: {_TIME_HELP}"),
+        _p("--code-list", "$XDSFolderCodeList", CODE, and_or=True, required=True, metavar="CODE",
+           help=_AND_OR_HELP),
+        _status_param("$XDSFolderStatus", "Folder")),
+       "ITI-51: the Folders of several patients", C.ACTION_MPQ),
 )
 BY_COMMAND = {q.command: q for q in QUERIES}
 
@@ -328,13 +356,13 @@ class QueryResult:
 
 def run_query(url: str, query_id: str, slots: list[tuple[str, str]], return_type: str = "LeafClass", *,
               home: str | None = None, assertion: bytes | None = None, ssl_context=None,
-              timeout: float = 60.0) -> QueryResult:
-    """Send one ITI-18 request to url (a registry endpoint, or http(s)://host:port) and read its answer."""
+              timeout: float = 60.0, action: str = C.ACTION_QUERY) -> QueryResult:
+    """Send one ITI-18 (or, with action C.ACTION_MPQ, ITI-51) request to url (a registry endpoint, or
+    http(s)://host:port) and read its answer."""
     client = SoapClient(endpoint_url(url, REGISTRY_PATH), timeout, ssl_context)
-    envelope = soap_envelope(client, C.ACTION_QUERY, adhoc_query_request(query_id, slots, return_type, home),
-                             assertion)
+    envelope = soap_envelope(client, action, adhoc_query_request(query_id, slots, return_type, home), assertion)
     reply = client.send_raw(envelope, {"Content-Type": f'application/soap+xml; charset=UTF-8; '
-                                                       f'action="{C.ACTION_QUERY}"'})
+                                                       f'action="{action}"'})
     if reply.envelope is None:
         status, errors = reply_status(None, reply.status, reply.raw)
         return QueryResult(status, errors, body=reply.raw)
@@ -543,8 +571,8 @@ def add_arguments(p) -> None:
     that flags may come in any order after the query's name."""
     sub = p.add_subparsers(dest="query_command", required=True, metavar="QUERY")
     for q in QUERIES:
-        qp = sub.add_parser(q.command, help=f"{q.name}: {q.help}", description=f"ITI-18 {q.name} ({q.id}): "
-                            f"{q.help}.")
+        qp = sub.add_parser(q.command, help=f"{q.name}: {q.help}", description=f"{q.transaction} {q.name} "
+                            f"({q.id}): {q.help}.")
         qp.set_defaults(stored_query=q.command)
         params = qp.add_argument_group(f"{q.name} parameters")
         groups = {}
@@ -595,7 +623,7 @@ def command(args, settings) -> int:
     return_type = "ObjectRef" if args.return_type == "objectref" else "LeafClass"
     try:
         result = run_query(url, query.id, request_slots(query, args), return_type, home=args.home,
-                           assertion=assertion, ssl_context=context, timeout=args.timeout)
+                           assertion=assertion, ssl_context=context, timeout=args.timeout, action=query.action)
     except (TransportError, OSError, ValueError) as exc:
         print(f"xds: query to {url} failed: {exc}", file=sys.stderr)
         return 1

@@ -76,7 +76,8 @@ class Services:
         if self.registry is not None:
             # The administration interface of the patients' access states (registry/admin.py).
             routes[ADMIN_PREFIX] = AccessAdmin(AccessStore(self.registry.store), authenticator,
-                                               CallerRules.from_settings(settings))
+                                               CallerRules.from_settings(settings),
+                                               self.auditor.access_rights if self.auditor is not None else None)
         self.signin = None
         if self.registry is not None and settings.portal_issuer:
             self.signin = _signin(settings, self.registry.store.engine)
@@ -91,9 +92,19 @@ class Services:
         self.app = XdsApp(endpoints, AppConfig(spool_dir=spool, max_request_bytes=settings.max_request_bytes,
                                                max_document_bytes=settings.max_document_bytes,
                                                base_url=settings.base_url, mime_bare_lf=settings.mime_bare_lf,
-                                               authenticator=authenticator, auditor=self.auditor),
+                                               authenticator=authenticator, auditor=self.auditor,
+                                               async_reply_to=settings.async_reply_to,
+                                               async_ssl_context=settings.client_ssl_context()
+                                               if settings.async_reply_to else None),
                           health=lambda: {"role": settings.role}, routes=routes,
                           on_auth_refusal=self.auditor.authentication_failure if self.auditor is not None else None)
+        if self.signin is not None:
+            # The patients' pages, behind the sign-in; they run their transactions through this app.
+            from registry.portal.pages import Portal
+
+            self.signin.pages = Portal(self.app, self.signin, AccessStore(self.registry.store),
+                                       audit_store=self.auditor.store if self.auditor is not None else None,
+                                       auditor=self.auditor, secure_cookies=settings.portal_secure_cookies)
         self.http: HttpServer | None = None
         self.mllp = None
         # The source list serves ITI-8 (MLLP) and ITI-44 (SOAP): loaded whenever one of them can use it.
@@ -189,6 +200,7 @@ class Services:
             self.mllp.stop()
         if self.http is not None:
             self.http.stop()  # finishes requests in flight within shutdown_timeout
+        self.app.close()  # and the asynchronous ones already accepted (xds/async_reply.py)
         if self.repository is not None:
             self.repository.close()  # its settlement job
         if self.registry is not None:
@@ -200,6 +212,11 @@ class Services:
                 log.exception("the application-stop audit record could not be written")
         if self.delivery is not None:
             self.delivery.stop()  # one last round; what it cannot send waits in the outbox
+        # Close the pools last (the audit record above used them): a stopped server must not keep database
+        # connections. The engines stay usable, so a caller may still read the store afterwards.
+        for actor in (self.repository, self.registry):
+            if actor is not None:
+                actor.store.engine.dispose()
 
 
 def _signin(settings: Settings, engine):

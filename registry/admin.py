@@ -38,10 +38,11 @@ class BadRequest(Exception):
 
 
 class AccessAdmin:
-    def __init__(self, access: AccessStore, authenticator, callers: CallerRules = CallerRules()):
+    def __init__(self, access: AccessStore, authenticator, callers: CallerRules = CallerRules(), audit=None):
         self.access = access
         self.authenticator = authenticator
         self.callers = callers
+        self.audit = audit  # (environ, principal, patient, action, outcome): each change and refusal recorded
 
     def __call__(self, environ, start_response):
         method = environ.get("REQUEST_METHOD", "GET")
@@ -71,44 +72,50 @@ class AccessAdmin:
             decision = P.may_manage(caller, state, action, person if isinstance(person, str) else None)
             if not decision:
                 log.warning("access state of a patient: %s refused to a %s caller", action, caller.kind)
+                if self.audit is not None and action != "show":
+                    self.audit(environ, principal, patient, action, 4)
                 return _answer(start_response, 403, {"error": f"access denied: {decision.reason}"})
             if action != "show":
-                self._apply(patient, action, change)
+                apply_change(self.access, patient, action, change)
+                if self.audit is not None:
+                    self.audit(environ, principal, patient, action, 0)
                 log.info("access state of a patient changed: %s by a %s caller", action, caller.kind)
         except BadRequest as exc:
             return _answer(start_response, 400, {"error": str(exc)})
         return _answer(start_response, 200, state_json(self.access.state(patient)))
 
-    def _apply(self, patient: str, action: str, change: dict) -> None:
-        a = self.access
-        if action == "grant":
-            a.add_person(patient, AUTHORISED, _person(change), _time(change, "since"),
-                         _time(change, "until"))
-        elif action == "revoke":
-            a.remove_person(patient, AUTHORISED, _person(change))
-        elif action == "block":
-            a.add_person(patient, BLOCKED, _person(change))
-        elif action == "unblock":
-            a.remove_person(patient, BLOCKED, _person(change))
-        elif action == "representative":
-            a.add_person(patient, REPRESENTATIVE, _person(change))
-        elif action == "unrepresent":
-            a.remove_person(patient, REPRESENTATIVE, _person(change))
-        elif action == "treating-doctor":
-            person = change.get("person")
-            if person is not None and not (isinstance(person, str) and person.strip() and len(person) <= 256):
-                raise BadRequest("person must be the treating doctor's id (at most 256 characters), or null for none")
-            a.set_treating_doctor(patient, person.strip() if person else None)
-        elif action in ("object", "withdraw"):
-            objection = change.get("objection")
-            if objection not in OBJECTIONS:
-                raise BadRequest(f"objection must be one of {', '.join(OBJECTIONS)}")
-            a.set_flag(patient, OBJECTIONS[objection], action == "object")
-        elif action == "set":
-            flag, value = change.get("flag"), change.get("value")
-            if flag not in FLAGS or not isinstance(value, bool):
-                raise BadRequest(f"set takes flag ({' or '.join(FLAGS)}) and value (true or false)")
-            a.set_flag(patient, flag, value)
+
+def apply_change(a: AccessStore, patient: str, action: str, change: dict) -> None:
+    """One change of a patient's access state, already allowed by policy.may_manage (the administration
+    interface and the patients' portal both make them here)."""
+    if action == "grant":
+        a.add_person(patient, AUTHORISED, _person(change), _time(change, "since"),
+                     _time(change, "until"))
+    elif action == "revoke":
+        a.remove_person(patient, AUTHORISED, _person(change))
+    elif action == "block":
+        a.add_person(patient, BLOCKED, _person(change))
+    elif action == "unblock":
+        a.remove_person(patient, BLOCKED, _person(change))
+    elif action == "representative":
+        a.add_person(patient, REPRESENTATIVE, _person(change))
+    elif action == "unrepresent":
+        a.remove_person(patient, REPRESENTATIVE, _person(change))
+    elif action == "treating-doctor":
+        person = change.get("person")
+        if person is not None and not (isinstance(person, str) and person.strip() and len(person) <= 256):
+            raise BadRequest("person must be the treating doctor's id (at most 256 characters), or null for none")
+        a.set_treating_doctor(patient, person.strip() if person else None)
+    elif action in ("object", "withdraw"):
+        objection = change.get("objection")
+        if objection not in OBJECTIONS:
+            raise BadRequest(f"objection must be one of {', '.join(OBJECTIONS)}")
+        a.set_flag(patient, OBJECTIONS[objection], action == "object")
+    elif action == "set":
+        flag, value = change.get("flag"), change.get("value")
+        if flag not in FLAGS or not isinstance(value, bool):
+            raise BadRequest(f"set takes flag ({' or '.join(FLAGS)}) and value (true or false)")
+        a.set_flag(patient, flag, value)
 
 
 def state_json(state: P.AccessState) -> dict:

@@ -93,9 +93,19 @@ class SubmissionChecks:
                     self.errors.add(f"DocumentEntry {o.id} has uniqueId {row.unique_id}, already registered "
                                     f"with hash {stored_hash}; this submission gives hash {mine}",
                                     o.id, E.NON_IDENTICAL_HASH)
+                else:
+                    self._same_size(o, row)
             else:
                 self.errors.add(f"{o.kind} {o.id} has uniqueId {row.unique_id}, which the registry already holds "
                                 f"on {S.KIND_NAMES[row.kind]} {row.id}", o.id, E.DUPLICATE_UNIQUE_ID_IN_REGISTRY)
+
+    def _same_size(self, o: DocumentEntry, row: ObjectRow) -> None:
+        """The same document registered again also has the same size (XDSNonIdenticalSize otherwise)."""
+        mine = (o.slot1("size") or "").strip()
+        stored = self.store.entry_size(self.conn, row.id)
+        if mine.isdigit() and stored is not None and int(mine) != stored:
+            self.errors.add(f"DocumentEntry {o.id} has uniqueId {row.unique_id}, already registered with size "
+                            f"{stored}; this submission gives size {mine}", o.id, E.NON_IDENTICAL_SIZE)
 
     def resolve_references(self) -> dict[str, Reference]:
         """Registry objects and associations that the submission's associations point at, share-locked

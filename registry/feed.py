@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 ADD_TRIGGERS = frozenset({"A01", "A04", "A05", "A08"})
 MERGE_TRIGGER = "A40"
+LINK_CHANGE_TRIGGER = "A43"  # ITI-64 Notify XAD-PID Link Change (registry.xadpid)
 
 # HL7 table 0357, message error condition codes.
 ERR_SEGMENT_SEQUENCE = 100
@@ -329,6 +330,9 @@ class FeedEvent:
     error_code: int | None = None  # HL7 table 0357
     reason: str = ""
     patients: tuple[str, ...] = ()  # the ISO patient ids the message named (created, updated or merged)
+    # ITI-64 (ADT^A43, registry.xadpid): (patientIdentifierType, id) of each id, and the new SubmissionSet.
+    links: tuple[tuple[str, str], ...] = ()
+    submission_set: str | None = None
 
 
 FeedAudit = Callable[[FeedEvent], None]
@@ -379,6 +383,7 @@ def _process(message: str, patients: PatientStore, peer: Peer | None,
     facts = dict(who, application=field_of(msh, 3), facility=field_of(msh, 4))
     event, control_id = field_of(msh, 9), field_of(msh, 10)
     grant = None
+    extra: dict = {}  # what an ITI-64 adds to its FeedEvent
     try:
         grant = sources.identify(peer, _hd(msg, 3), _hd(msg, 4))
         if isinstance(grant, Refusal):
@@ -393,6 +398,8 @@ def _process(message: str, patients: PatientStore, peer: Peer | None,
             for pid in ids:
                 patients.add(pid)
             log.info("patient identity feed: added %s (source %s)", ", ".join(ids), grant.name)
+        elif trigger == LINK_CHANGE_TRIGGER:
+            _link_change(msg, patients, grant, named, extra)
         elif trigger == MERGE_TRIGGER:
             pairs = _plan_merge(msg, grant, named)
             for subsumed, surviving in pairs:
@@ -407,15 +414,15 @@ def _process(message: str, patients: PatientStore, peer: Peer | None,
                         _describe(peer), r.text)
         return (ack(msg, r.ack_code, r.text, error_code=r.error_code, location=r.location, app_code=r.app_code),
                 FeedEvent(event, control_id, r.outcome, r.ack_code, **facts, source=_name(grant),
-                          error_code=r.error_code, reason=r.text, patients=tuple(named)))
+                          error_code=r.error_code, reason=r.text, patients=tuple(named), **extra))
     except Exception:
         log.exception("patient identity feed: store failed on %s", event)
         text = "internal error while storing the patient identity"
         return (ack(msg, "AE", text, error_code=ERR_INTERNAL),
                 FeedEvent(event, control_id, "failed", "AE", **facts, source=_name(grant), error_code=ERR_INTERNAL,
-                          reason=text, patients=tuple(named)))
+                          reason=text, patients=tuple(named), **extra))
     return ack(msg, "AA"), FeedEvent(event, control_id, "accepted", "AA", **facts, source=_name(grant),
-                                     patients=tuple(named))
+                                     patients=tuple(named), **extra)
 
 
 def _hd(msg: Message, number: int) -> tuple[str, ...]:
@@ -450,6 +457,28 @@ def _plan_add(msg: Message, grant, named: list[str]) -> list[str]:
     # All or nothing: a message that names one patient the source may not feed stores none of them.
     _refuse_foreign(grant, ids, "PID-3", "PID^1^3")
     return [cx.format() for cx in ids]
+
+
+def _link_change(msg: Message, patients: PatientStore, grant, named: list[str], extra: dict) -> None:
+    """ITI-64: read the ADT^A43, then have the store re-file the entries (``patients.relink``); ``extra``
+    gets what its FeedEvent adds (the ids by role, the new SubmissionSet)."""
+    from .xadpid import LinkRefused, read_link_change
+
+    relink = getattr(patients, "relink", None)
+    if relink is None:
+        raise _Refused("AR", "this feed takes no ADT^A43 (Notify XAD-PID Link Change)", ERR_UNSUPPORTED_EVENT,
+                       "MSH^1^9")
+    try:
+        change = read_link_change(msg, grant, named)
+        extra["links"] = change.links()
+        applied = relink(change)
+    except LinkRefused as r:
+        raise _Refused(r.ack_code, r.text, r.error_code, r.location, r.app_code, r.outcome) from None
+    extra["submission_set"] = applied.submission_set
+    log.info("patient identity feed: local id %s linked from %s to %s%s: %d entries, %d folders re-filed "
+             "(source %s)", change.local, change.previous_xad, change.new_xad,
+             f", {change.subsumed} merged into it" if change.subsumed else "", applied.entries, applied.folders,
+             grant.name)
 
 
 def _merge_groups(msg: Message) -> list[tuple[list[str], list[str] | None]]:

@@ -37,6 +37,7 @@ APP_CODE_TEXT = {
     SENDER_NOT_ALLOWED: "Sending application or facility not allowed for this source",
     AUTHORITY_NOT_ALLOWED: "Assigning authority not allowed for this source",
     MERGE_NOT_ALLOWED: "Merge not allowed for this source",
+    "XPID_CONFLICT": "The link change would leave linked objects with different patients",  # registry.xadpid
 }
 
 _KEYS = {"name", "subject", "plain", "application", "facility", "authorities", "merge", "addresses",

@@ -7,6 +7,8 @@ the assigning authority ``id/@root`` (CX.1 + CX.4), stored through the same Pati
 and merge which assigning authority is ``registry.feed_sources``, the sender being the verified TLS
 client certificate of the request, unless the caller is an administrator (xds.security.callers; under
 ``security = none`` on loopback without TLS, the caller is). Anyone else is refused and nothing changes.
+Under ``security = xua`` or ``vihf`` a source sends no assertion: its certificate is its identity here, as
+over ITI-8 (``Operation.certificate_alone``); an assertion it does send is verified like any other.
 A message is applied whole or not at all. The handler writes no audit record: it leaves a
 ``registry.feed.FeedEvent`` on the request (``req.feed_event``) for the pipeline's audit layer.
 """
@@ -381,10 +383,10 @@ def operations(actor) -> dict[str, Operation]:
         req.feed_event = event
         return SoapResponse(payload)
 
-    return {action: Operation(serve, C.ACTION_PIX_ACK, error_payload=error_acknowledgement)
+    return {action: Operation(serve, C.ACTION_PIX_ACK, error_payload=error_acknowledgement, certificate_alone=True)
             for action in INTERACTIONS}
 
 
 def pix_endpoint(actor, path: str = "/xds/pix") -> Endpoint:
     """The same operations on their own path, with the registry's access policy and audit."""
-    return Endpoint(path, operations(actor), policy_for=actor.guard_for, actor="Document Registry")
+    return Endpoint(path, operations(actor), wsdl="pix.wsdl", policy_for=actor.guard_for, actor="Document Registry")

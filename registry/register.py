@@ -1,5 +1,9 @@
 """ITI-42 Register Document Set-b: the registry's whole handling of one submission.
 
+ITI-61 Register On-Demand Document Entry (ITI TF-2b 3.61) is this transaction in Mode.ON_DEMAND: the
+same message, rules and writes, with On-Demand DocumentEntries only, HasMember and RPLC only, and an
+RPLC that replaces an On-Demand entry by another.
+
 Stateless rules run first (xds.validation); the checks that need the registry's state run
 inside the one database transaction that stores the submission, so that a failure leaves
 nothing behind and concurrent submissions of the same uniqueIds are serialised.
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 
 
 MODEL_IDS = frozenset(v for v in vars(C).values() if isinstance(v, str) and v.startswith("urn:uuid:"))
+TRANSACTION_OF = {Mode.REGISTER: "ITI-42", Mode.PROVIDE: "ITI-41", Mode.ON_DEMAND: "ITI-61"}
 
 
 def register(store: RegistryStore, request: etree._Element, config: RegistryConfig,
@@ -48,13 +53,13 @@ def register(store: RegistryStore, request: etree._Element, config: RegistryConf
         # NIST kit's DICOM sample does): the registry has those already and stores nothing for them.
         if ref not in MODEL_IDS:
             found.add(f"ObjectRef {ref} names no classification scheme, node or object type of the XDS model; "
-                      "ITI-42 registers objects, not references to them", ref)
+                      f"{TRANSACTION_OF.get(mode, 'ITI-42')} registers objects, not references to them", ref)
     found.raise_if_errors()
     warnings, submitted_uuids = prepare_for_storage(sub, config)
     try:
         with store.transaction() as conn:
             view = guard.hiding(store, conn, named_ids(sub))
-            _Registration(view, conn, sub, config, submitted_uuids, guard).run()
+            _Registration(view, conn, sub, config, submitted_uuids, guard, mode).run()
             faults.point("registry-stored")
             # Checked last, with the uniqueIds locked: a settlement lookup, which takes the same locks,
             # sees this submission committed, or knows it never will be.
@@ -113,8 +118,9 @@ class _Registration:
     """ITI-42's rules that need the registry's state, then its writes, in the one transaction."""
 
     def __init__(self, store: RegistryStore, conn, sub: Submission, config: RegistryConfig,
-                 submitted_uuids: list[str], guard: RegistryGuard):
+                 submitted_uuids: list[str], guard: RegistryGuard, mode: Mode = Mode.REGISTER):
         self.checks = SubmissionChecks(store, conn, sub, config, submitted_uuids)
+        self.mode = mode
         self.store, self.conn, self.sub, self.guard = store, conn, sub, guard
         self.errors = self.checks.errors
         self.local = self.checks.local
@@ -183,6 +189,8 @@ class _Registration:
                                     a.id, E.REGISTRY_ERROR)
                 if a.type == C.ASSOC_IS_SNAPSHOT_OF:
                     self._snapshot_target(a, target)
+                elif self.mode == Mode.ON_DEMAND:
+                    self._on_demand_replaces(a, target)
             elif isinstance(target, ObjectRow) and target.status == C.STATUS_DEPRECATED:
                 self.errors.add(f"Association {a.id} targets {S.KIND_NAMES[target.kind]} {a.target}, which is "
                                 f"Deprecated", a.id, E.REGISTRY_DEPRECATED_DOCUMENT)
@@ -199,6 +207,13 @@ class _Registration:
     def _snapshot_target(self, a: Association, target: ObjectRow) -> None:
         if self.store.entry_type(self.conn, a.target) != C.OBJECT_TYPE_ON_DEMAND:
             self.errors.add(f"IsSnapshotOf {a.id} must target an On-Demand DocumentEntry; {a.target} is stable", a.id)
+
+    def _on_demand_replaces(self, a: Association, target: ObjectRow) -> None:
+        # ITI-61 only carries RPLC among the relationships (validation), and only between On-Demand entries:
+        # a stable document is never superseded by content that does not exist yet.
+        if self.store.entry_type(self.conn, a.target) != C.OBJECT_TYPE_ON_DEMAND:
+            self.errors.add(f"Association {a.id} ({last_segment(a.type)}) in ITI-61 must target an On-Demand "
+                            f"DocumentEntry; {a.target} (uniqueId {target.unique_id}) is stable", a.id)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def _lifecycle(self, refs: dict[str, Reference]) -> tuple[set[str], set[str]]:

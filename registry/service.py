@@ -12,6 +12,7 @@ from xds.ebrim import adhoc_query_response, registry_response
 from xds.errors import XdsException
 from xds.registered import parse_utc
 from xds.security.callers import caller_of
+from xds.validation import Mode
 from .config import RegistryConfig
 from .guard import RegistryGuard
 from .lookup import registered_documents
@@ -32,6 +33,12 @@ class FeedPatients:
 
     def merge(self, subsumed_id: str, surviving_id: str) -> None:
         self.store.merge_patient(subsumed_id, surviving_id)
+
+    def relink(self, change):
+        """ITI-64 (ADT^A43): re-file the entries of a local patient id under its new XAD-PID."""
+        from .xadpid import relink
+
+        return relink(self.store, change)
 
 
 class RegistryActor:
@@ -74,6 +81,8 @@ class RegistryActor:
                                       error_payload=lambda errors: adhoc_query_response(errors=errors))
         ops[C.ACTION_RESTRICTED_UPDATE] = Operation(lambda req: self.update(req, restricted=True),
                                                     C.response_action(C.ACTION_RESTRICTED_UPDATE))
+        ops[C.ACTION_REGISTER_ON_DEMAND] = Operation(self.register_on_demand,
+                                                     C.response_action(C.ACTION_REGISTER_ON_DEMAND))
         from .feed_v3 import operations as feed_v3_operations  # ITI-44 (self.feed_sources: who may feed)
 
         ops.update(feed_v3_operations(self))
@@ -104,6 +113,15 @@ class RegistryActor:
         warnings = register(self.store, req.body, self.config, commit_before=commit_before, guard=self._guard(req))
         return SoapResponse(registry_response(warnings))
 
+    def register_on_demand(self, req: SoapRequest) -> SoapResponse:
+        """ITI-61: ITI-42's registration in its On-Demand mode. The On-Demand Document Source answers the
+        ITI-43 of its entries through their repositoryUniqueId, so with require_known_repositories it is
+        held to ITI-42's rule: a host of the directory, registering for its own repositories only."""
+        if self.config.require_known_repositories:
+            self._check_submitter(req, "ITI-61")
+        warnings = register(self.store, req.body, self.config, mode=Mode.ON_DEMAND, guard=self._guard(req))
+        return SoapResponse(registry_response(warnings))
+
     def registered_documents(self, req: SoapRequest) -> SoapResponse:
         """The repositories' settlement lookup (registry/lookup.py): as open as ITI-42 is, no more."""
         allowed = self.repositories_of(req.peer_subject) if self.config.require_known_repositories else None
@@ -115,18 +133,18 @@ class RegistryActor:
             return set()
         return {uid for uid, (_, subj) in self.store.repositories().items() if subj == subject}
 
-    def _check_submitter(self, req: SoapRequest) -> None:
+    def _check_submitter(self, req: SoapRequest, tx: str = "ITI-42") -> None:
         """Only a known repository host may register, and only documents it holds."""
         subject = req.peer_subject
         peer = req.environ.get("REMOTE_ADDR")
         if subject is None:
-            log.warning("request %s: ITI-42 from %s refused: no verified client certificate", req.request_id, peer)
-            raise XdsException(E.REGISTRY_ERROR, "ITI-42 is accepted only from repository hosts presenting a "
+            log.warning("request %s: %s from %s refused: no verified client certificate", req.request_id, tx, peer)
+            raise XdsException(E.REGISTRY_ERROR, f"{tx} is accepted only from repository hosts presenting a "
                                "client certificate", "TLS")
         mine = self.repositories_of(subject)
         if not mine:
-            log.warning("request %s: ITI-42 from %s refused: certificate subject %r is not in the repository "
-                        "directory", req.request_id, peer, subject)
+            log.warning("request %s: %s from %s refused: certificate subject %r is not in the repository "
+                        "directory", req.request_id, tx, peer, subject)
             raise XdsException(E.REGISTRY_ERROR, f"certificate subject {subject} is not a repository in this "
                                f"registry's directory", "TLS")
         for eo in req.body.iter(C.q(C.NS_RIM, "ExtrinsicObject")):
@@ -134,8 +152,8 @@ class RegistryActor:
                 if slot.get("name") == "repositoryUniqueId":
                     value = (slot.findtext(f"{{{C.NS_RIM}}}ValueList/{{{C.NS_RIM}}}Value") or "").strip()
                     if value not in mine:
-                        log.warning("request %s: ITI-42 from %r refused: repositoryUniqueId %s is not its own",
-                                    req.request_id, subject, value)
+                        log.warning("request %s: %s from %r refused: repositoryUniqueId %s is not its own",
+                                    req.request_id, tx, subject, value)
                         raise XdsException(E.UNKNOWN_REPOSITORY_ID, f"DocumentEntry {eo.get('id')} names "
                                            f"repositoryUniqueId {value}, which is not a repository of certificate "
                                            f"subject {subject}", eo.get("id") or "")

@@ -165,6 +165,17 @@ class RegistryStore:
         return conn.execute(select(S.patient.c.merged_into)
                             .where(S.patient.c.patient_id == patient_key(patient_id))).scalar()
 
+    def filed_under(self, conn: Connection, patient_id: str, kind: str) -> list[tuple[ObjectRow, str]]:
+        """ITI-64: the Approved objects of one kind filed under a patient, each with its stored XML, in
+        registration order; on PostgreSQL locked until commit, so that no writer changes them meanwhile."""
+        t = S.registry_object
+        q = (select(t.c.id, t.c.lid, t.c.version, t.c.kind, t.c.status, t.c.patient_id, t.c.unique_id, t.c.xml)
+             .where(t.c.patient_id == patient_key(patient_id), t.c.kind == kind, t.c.status == C.STATUS_APPROVED)
+             .order_by(t.c.seq))
+        if self.is_postgres:
+            q = q.with_for_update()
+        return [(ObjectRow(*r[:7]), r.xml) for r in conn.execute(q)]
+
     def list_patients(self) -> list[tuple[str, bool, str | None]]:
         with self.reading() as c:
             return [tuple(r) for r in c.execute(select(S.patient.c.patient_id, S.patient.c.active,
@@ -275,6 +286,10 @@ class RegistryStore:
             for r in conn.execute(q):
                 out.append((ObjectRow(*r[:7]), r.hash))
         return out
+
+    def entry_size(self, conn: Connection, entry_id: str) -> int | None:
+        """The size recorded for a DocumentEntry (None when it has none)."""
+        return conn.execute(select(S.doc_entry.c.size).where(S.doc_entry.c.id == entry_id)).scalar()
 
     def target_associations(self, conn: Connection, targets: Iterable[str], types: Sequence[str],
                             status: str | None = C.STATUS_APPROVED) -> list[AssociationRow]:

@@ -32,8 +32,11 @@ def db_url(request, tmp_path):
             if os.environ.get("CI"):
                 pytest.fail("PostgreSQL binaries are missing; .ci/run installs them")
             pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
-        yield pgserver.create_database(_pg_admin_url(), f"xds_test_{os.getpid()}_{next(_dbs)}")
+        name = f"xds_test_{os.getpid()}_{next(_dbs)}"
+        yield pgserver.create_database(_pg_admin_url(), name)
     helpers.dispose_stores()
+    if request.param == "postgresql":
+        pgserver.drop_database(_pg_admin_url(), name)
 
 
 @pytest.fixture
@@ -48,4 +51,7 @@ def pg_url():
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL binaries are missing; .ci/run installs them")
         pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
-    return pgserver.create_database(_pg_admin_url(), f"xds_test_{os.getpid()}_{next(_dbs)}")
+    name = f"xds_test_{os.getpid()}_{next(_dbs)}"
+    yield pgserver.create_database(_pg_admin_url(), name)
+    helpers.dispose_stores()
+    pgserver.drop_database(_pg_admin_url(), name)

@@ -96,6 +96,21 @@ def create_database(admin_url: str, name: str) -> str:
     return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
+def drop_database(admin_url: str, name: str) -> None:
+    """Drop a test's database, ending the connections still open to it first: a pool the test forgot to
+    dispose of must not hold server slots for the rest of the run (max_connections is 100)."""
+    import sqlalchemy as sa
+
+    eng = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with eng.connect() as c:
+            c.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = %(name)s AND pid <> pg_backend_pid()", {"name": name})
+            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+    finally:
+        eng.dispose()
+
+
 if __name__ == "__main__":
     s = PgServer()
     print(s.start())

@@ -1,4 +1,4 @@
-"""`xds query` over real HTTP: each of the fourteen stored queries against a registry holding a few
+"""`xds query` over real HTTP: each of the fourteen stored queries and the two ITI-51 ones against a registry holding a few
 submissions (one with a Folder, one replacing a document), in its three outputs (table, --json,
 --xml), and the registry's refusals shown with their codes and exit 1."""
 from __future__ import annotations
@@ -11,6 +11,7 @@ from lxml import etree
 from node import query as Q
 from node.cli import main
 from node.server import Services
+from registry.query.params import MPQ_QUERIES
 from registry.query.params import QUERIES as REGISTRY_QUERIES
 from xds import builder
 from xds import constants as C
@@ -106,11 +107,13 @@ def by_kind(doc: dict) -> dict[str, int]:
 # --- the command table covers the Technical Framework's ----------------------------------------------
 
 def test_every_stored_query_is_a_command_with_every_parameter_as_a_flag():
-    assert len(Q.QUERIES) == 14 == len(REGISTRY_QUERIES)
-    assert {q.id for q in Q.QUERIES} == set(REGISTRY_QUERIES)
+    served = {**REGISTRY_QUERIES, **MPQ_QUERIES}
+    assert len(Q.QUERIES) == 16 == len(served)
+    assert {q.id for q in Q.QUERIES} == set(served)
     for q in Q.QUERIES:
-        assert REGISTRY_QUERIES[q.id].name == q.name
-        assert q.slot_names() == {s.name for s in REGISTRY_QUERIES[q.id].specs}, q.name
+        assert served[q.id].name == q.name
+        assert q.slot_names() == {s.name for s in served[q.id].specs}, q.name
+        assert q.transaction == ("ITI-51" if q.id in MPQ_QUERIES else "ITI-18")
 
 
 def test_values_are_written_in_the_iti18_syntax():
@@ -332,3 +335,41 @@ def test_the_command_line_is_checked_before_anything_is_sent(capsys, server):
     assert exc.value.code == 2
     with pytest.raises(SystemExit):
         main(["query", "find-documents", "--url", server.url])  # no --patient
+
+
+# --- ITI-51 ------------------------------------------------------------------------------------------
+
+def test_find_documents_for_multiple_patients(capsys, server):
+    """Sent with the ITI-51 action: both patients' entries, filtered as ITI-18 filters them."""
+    report = "REPORT^^1.2.250.1.999.9.1"
+    both = as_json(capsys, server, "find-documents-for-multiple-patients", "--patient", f"{P1},{P2}",
+                   "--class-code", report)
+    assert uids(both) == {UID["d3"], UID["d4"]}
+    one = as_json(capsys, server, "find-documents-for-multiple-patients", "--patient", P2, "--class-code", report)
+    assert uids(one) == {UID["d4"]}
+    # The loopback administrator may leave the patients out: every patient.
+    assert uids(as_json(capsys, server, "find-documents-for-multiple-patients", "--class-code", report)) >= {
+        UID["d3"], UID["d4"]}
+
+
+def test_find_documents_for_multiple_patients_without_a_code_is_the_registrys_error(capsys, server):
+    code, out, err = run(capsys, server, "find-documents-for-multiple-patients", "--patient", P1)
+    assert code == 1 and "XDSStoredQueryMissingParam" in err, err
+
+
+def test_find_folders_for_multiple_patients(capsys, server):
+    referrals = "Referrals^^1.3.6.1.4.1.21367.100.1"  # the builder's default Folder code
+    doc = as_json(capsys, server, "find-folders-for-multiple-patients", "--patient", P1, "--patient", P2,
+                  "--code-list", referrals)
+    assert uids(doc) == {UID["f1"]}
+    assert uids(as_json(capsys, server, "find-folders-for-multiple-patients", "--patient", P2,
+                        "--code-list", referrals)) == set()
+    assert uids(as_json(capsys, server, "find-folders-for-multiple-patients", "--patient", P1,
+                        "--code-list", "Other^^1.2.250.1.999.9.9")) == set()
+
+
+def test_an_iti18_query_under_the_iti51_action_is_refused(server):
+    result = Q.run_query(server.url, C.SQ_FIND_DOCUMENTS, [("$XDSDocumentEntryPatientId", f"'{P1}'"),
+                                                          ("$XDSDocumentEntryStatus", f"('{C.STATUS_APPROVED}')")],
+                         action=C.ACTION_MPQ)
+    assert not result.ok and result.errors

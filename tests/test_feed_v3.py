@@ -18,7 +18,7 @@ from tests import pgserver
 from tests.certs import Authority
 from tests.test_feed import RecordingPatients
 from tests.test_http_registry import adhoc
-from xds import builder
+from xds import builder, soap
 from xds import constants as C
 from xds.audit import records as R
 from xds.client import SoapClient
@@ -376,3 +376,63 @@ def test_administrator_on_loopback_feeds_any_authority(loopback):
     assert ack_of(reply.body)[0] == "AA"
     listed = {p for p, _, _ in loopback.registry.store.list_patients()}
     assert {cx(patient, OID_A), cx(patient, OID_B)} <= listed
+
+
+# --- under security = xua: a PIX source authenticates by its certificate, as over ITI-8 ------------------
+
+@pytest.fixture(scope="module")
+def xua_server(pki, tmp_path_factory):
+    """security = xua; the trust store is the test CA (no assertion in these tests is meant to verify)."""
+    s = Settings(role="all", port=0, data=str(tmp_path_factory.mktemp("pix-xua")),
+                 db=f"sqlite:///{tmp_path_factory.mktemp('pix-xua-db')}/registry.db", tls_cert=pki.registry[0],
+                 tls_key=pki.registry[1], tls_ca=pki.ca, feed_sources=pki.sources, security="xua",
+                 xua_trust=[pki.ca], log_level="WARNING")
+    s.validate()
+    services = Services(s).start()
+    ctx = {name: client_context(TlsFiles(pair[0], pair[1], pki.ca)) for name, pair in
+           (("a", pki.a), ("x", pki.x))}
+    try:
+        yield SimpleNamespace(services=services, store=services.registry.store, ctx=ctx)
+    finally:
+        services.stop()
+
+
+def _fault_code(reply) -> str | None:
+    if not reply.is_fault:
+        return None
+    return reply.body.findtext(f".//{{{C.NS_SOAP12}}}Subcode/{{{C.NS_SOAP12}}}Value")
+
+
+def test_under_xua_a_source_feeds_with_its_certificate_alone(xua_server):
+    patient = ext()
+    assert feed(xua_server, "a", ADD, message(ADD, [(OID_A, patient)]))[0] == "AA"
+    assert patients(xua_server)[cx(patient, OID_A)] == (True, None)
+
+
+def test_under_xua_a_certificate_that_is_no_source_is_refused_and_stores_nothing(xua_server):
+    patient = ext()
+    code, detail, text = feed(xua_server, "x", ADD, message(ADD, [(OID_A, patient)]))
+    assert (code, detail) == ("AR", "NS260") and "UNKNOWN_SOURCE" in text
+    assert cx(patient, OID_A) not in patients(xua_server)
+
+
+def test_under_xua_an_assertion_a_source_sends_is_still_verified(xua_server):
+    """The exemption is for no assertion at all: a wsse:Security header is processed, and a bad one refused."""
+    patient = ext()
+    security = etree.fromstring(
+        f'<wsse:Security xmlns:wsse="{soap.NS_WSSE}" xmlns:saml2="urn:oasis:names:tc:SAML:2.0:assertion">'
+        '<saml2:Assertion ID="_x" Version="2.0" IssueInstant="2024-01-01T00:00:00Z">'
+        '<saml2:Issuer>nobody</saml2:Issuer></saml2:Assertion></wsse:Security>')
+    reply = SoapClient(xua_server.services.url + "/xds/registry", ssl_context=xua_server.ctx["a"]).call(
+        C.ACTION_PIX_ADD, etree.fromstring(message(ADD, [(OID_A, patient)])), extra_headers=[security])
+    assert (_fault_code(reply) or "").startswith("wsse:"), reply.raw[:400]
+    assert cx(patient, OID_A) not in patients(xua_server)
+
+
+def test_under_xua_the_sources_certificate_alone_does_not_query(xua_server):
+    """Only the feed operations take a certificate alone: the same source's ITI-18 wants an assertion."""
+    reply = SoapClient(xua_server.services.url + "/xds/registry", ssl_context=xua_server.ctx["a"]).call(
+        C.ACTION_QUERY, adhoc(C.SQ_FIND_DOCUMENTS, {
+            "$XDSDocumentEntryPatientId": [f"'{cx(ext(), OID_A)}'"],
+            "$XDSDocumentEntryStatus": [f"('{C.STATUS_APPROVED}')"]}))
+    assert _fault_code(reply) == "wsse:SecurityTokenUnavailable"

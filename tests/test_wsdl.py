@@ -66,6 +66,10 @@ EXPECTED = {
                 f"{{{NS_LCM}}}SubmitObjectsRequest",
                 "urn:ihe:iti:2018:RestrictedUpdateDocumentSet",
             ),
+            "DocumentRegistry_RegisterOnDemandDocumentEntry": (
+                f"{{{NS_LCM}}}SubmitObjectsRequest",
+                "urn:ihe:iti:2010:RegisterOnDemandDocumentEntry",
+            ),
             "DocumentRegistry_DeleteDocumentSet": (
                 f"{{{NS_LCM}}}RemoveObjectsRequest",
                 "urn:ihe:iti:2010:DeleteDocumentSet",
@@ -147,7 +151,7 @@ def _wsa_action(envelope: etree._Element) -> str:
 
 
 def test_package_lists_its_documents():
-    assert wsdl_names() == ["registry.wsdl", "repository.wsdl"]
+    assert wsdl_names() == ["pix.wsdl", "registry.wsdl", "repository.wsdl"]
     assert {"rim.xsd", "rs.xsd", "lcm.xsd", "query.xsd", "xdsb.xsd", "rmd.xsd"} <= set(schema_names())
 
 
@@ -664,3 +668,56 @@ def test_http_server_refuses_traversal(http_base):
     session.trust_env = False
     assert session.get(f"{http_base}/xds/registry?xsd=../__init__.py").status_code == 404
     assert session.get(f"{http_base}/xds/registry?xsd=rim.xsd").status_code == 200
+
+
+# --------------------------------------------------------------------------
+# ITI-44 (pix.wsdl), from the file system and from a running server
+# --------------------------------------------------------------------------
+
+NS_HL7V3 = "urn:hl7-org:v3"
+PIX_INTERACTIONS = ("PRPA_IN201301UV02", "PRPA_IN201302UV02", "PRPA_IN201304UV02")
+
+
+def _check_pix(client: Client, address: str) -> None:
+    port = next(iter(client.wsdl.services["PIXManager_Service"].ports.values()))
+    assert isinstance(port.binding, Soap12Binding)
+    assert port.binding_options["address"] == address
+    assert set(port.binding._operations) == {f"PIXManager_{i}" for i in PIX_INTERACTIONS}
+    for interaction in PIX_INTERACTIONS:
+        op = port.binding.get(f"PIXManager_{interaction}")
+        assert op.soapaction == op.abstract.wsa_action == f"urn:hl7-org:v3:{interaction}"
+        assert op.input.body.qname == f"{{{NS_HL7V3}}}{interaction}"
+        assert op.output.body.qname == f"{{{NS_HL7V3}}}MCCI_IN000002UV01"
+
+
+def test_pix_wsdl_loads_from_the_file_system():
+    client, transport = _client(str(WSDL_DIR / "pix.wsdl"))
+    assert transport.fetched == []
+    _check_pix(client, "http://localhost:8080/xds/pix")
+
+
+def test_pix_wsdl_served_by_the_registry_is_what_the_feed_answers(tmp_path):
+    """GET /xds/pix?wsdl on a real registry: zeep loads it (schemas through ?xsd=), and a message zeep
+    builds from it for the add operation is accepted by that registry (security = none on loopback)."""
+    from node.server import Services
+    from xds.client import SoapClient
+    from xds.settings import Settings
+
+    settings = Settings(role="registry", host="127.0.0.1", port=0, data=str(tmp_path), log_level="WARNING")
+    settings.validate()
+    services = Services(settings).start()
+    try:
+        client, transport = _client(services.url + "/xds/pix?wsdl")
+        assert {urlsplit(u).query for u in transport.fetched} == {"wsdl", "xsd=hl7v3-feed.xsd"}
+        _check_pix(client, services.url + "/xds/pix")
+        from tests.test_feed_v3 import ADD, message
+
+        body = etree.fromstring(message(ADD, [("1.2.250.1.999.9", "WSDL1")]))
+        env = client.create_message(client.service, "PIXManager_PRPA_IN201301UV02", _value_1=list(body))
+        assert _wsa_action(env) == "urn:hl7-org:v3:PRPA_IN201301UV02"
+        assert _body_root(env).tag == f"{{{NS_HL7V3}}}PRPA_IN201301UV02"
+        reply = SoapClient(services.url + "/xds/pix").call("urn:hl7-org:v3:PRPA_IN201301UV02", _body_root(env))
+        assert reply.body.find(f"{{{NS_HL7V3}}}acknowledgement/{{{NS_HL7V3}}}typeCode").get("code") == "AA"
+        assert "WSDL1^^^&1.2.250.1.999.9&ISO" in {p for p, _, _ in services.registry.store.list_patients()}
+    finally:
+        services.stop()

@@ -40,6 +40,7 @@ PLACEHOLDER_BASE_URL = "http://localhost:8080"
 WSDL_ENDPOINTS = {
     "registry.wsdl": "/xds/registry",
     "repository.wsdl": "/xds/repository",
+    "pix.wsdl": "/xds/pix",
 }
 
 # A plain file name: no directory part, no "..", no leading dot.

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 from lxml import etree
 
 from . import constants as C
-from . import logs, mtom, pipeline, soap
+from . import async_reply, logs, mtom, pipeline, soap
 from .ebrim import registry_response
 from .errors import SoapFault, XdsError
 from .security.principal import ANONYMOUS, Principal
@@ -34,6 +34,10 @@ log = logging.getLogger("xds.app")
 INPUT_KEY = "xds.input"
 # The subject of the client certificate verified during the TLS handshake; absent without one.
 from .http_auth import PEER_KEY, REFUSAL_KEY  # noqa: E402 (the verified client certificate subject, set by the HTTP adapter)
+
+
+# Set on a request's environ once a worker owns its spooled MTOM parts (asynchronous replies).
+_HANDED_OVER = "xds.async_handed_over"
 
 
 class MalformedBody(ValueError):
@@ -72,6 +76,9 @@ class SoapRequest:
     # The endpoint's maker of request-scoped policy objects (its actor's access policy), if it has one.
     policy_for: "Callable | None" = None
     actor: str | None = None   # the endpoint's actor, as audit records name it ("Document Registry", ...)
+    # An in-process caller already authenticated by its own layer (XdsApp.call: the patients' portal,
+    # signed in by OpenID Connect). Never set for a request read off the network.
+    authenticated: Principal | None = None
 
     @property
     def body(self) -> etree._Element:
@@ -114,6 +121,10 @@ class Operation:
     # Builds the failure payload when the handler raises: each transaction answers in its own message type.
     error_payload: Callable[[list[XdsError]], etree._Element] = registry_response
     mtom_response: bool | None = None  # force MTOM (ITI-43) regardless of the request
+    # A patient identity feed (ITI-44, ITI-64): a PIX source is a system that authenticates by its TLS
+    # certificate and its handler decides whether that certificate may feed (registry.feed_sources), as
+    # ITI-8 does, so under xua/vihf it needs no assertion (one it sends is still verified).
+    certificate_alone: bool = False
 
 
 @dataclass
@@ -138,6 +149,10 @@ class AppConfig:
     authenticator: object = field(default_factory=NoSecurity)
     policy_for: Callable | None = None
     auditor: object = None                          # xds.audit.Auditor; None: nothing is recorded
+    # Asynchronous replies (xds/async_reply.py): the address prefixes a ReplyTo/FaultTo may name (empty:
+    # none, every request is answered on its HTTP response), and the TLS context for https ones.
+    async_reply_to: list[str] = field(default_factory=list)
+    async_ssl_context: object = None
 
 
 def _answer_status(payload: etree._Element) -> etree._Element | None:
@@ -184,6 +199,30 @@ class XdsApp:
                                           lambda req: req.operation.handler(req))
         # wsse:Security is understood only where an authentication layer processes it.
         self._understood = {soap.WSSE_SECURITY} if c.authenticator.mode != "none" else set()
+        self._replies = async_reply.Replies(c.async_ssl_context)  # its workers start with the first use
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish the asynchronous requests already accepted (HTTP 202), then stop their workers."""
+        self._replies.close(timeout)
+
+    def call(self, path: str, action: str, body: etree._Element, principal: Principal,
+             environ: dict | None = None) -> SoapResponse:
+        """One transaction from inside the server (the patients' portal), through the same layers as a
+        SOAP request: audit, the caller's policy, the handler. ``principal`` is who the in-process caller
+        authenticated (a portal session); ``environ`` the HTTP request it serves, for the audit record."""
+        endpoint = self.endpoints.get(path.rstrip("/"))
+        op = endpoint.operations.get(action) if endpoint is not None else None
+        if op is None:
+            raise KeyError(f"no operation {action} at {path}")
+        request_id = uuid.uuid4().hex[:16]
+        env = soap.Envelope(version=soap.SOAP12, body=body, action=action,
+                            message_id=f"urn:uuid:{uuid.uuid4()}")
+        req = SoapRequest(envelope=env, environ=dict(environ or {}), request_id=request_id, action=action,
+                          operation=op, policy_for=endpoint.policy_for, actor=endpoint.actor,
+                          authenticated=principal)
+        resp = self._pipeline(req)
+        _log_outcome(action, env.message_id, resp.payload)
+        return resp
 
     # --- WSGI entry -------------------------------------------------------------------------
     def __call__(self, environ, start_response):
@@ -252,9 +291,12 @@ class XdsApp:
             elif env.root.find(f".//{{{C.NS_XOP}}}Include") is not None:
                 raise SoapFault("the envelope holds an xop:Include but the request is not MTOM "
                                 "(multipart/related; type=\"application/xop+xml\")")
+            reply_route = async_reply.route(env, action, self.config.async_reply_to)
             req = SoapRequest(envelope=env, environ=environ, request_id=request_id, mtom=message, xop=xop,
                               action=action, operation=op, policy_for=endpoint.policy_for,
                               actor=endpoint.actor)
+            if reply_route is not None:
+                return self._accept(start_response, req, reply_route, op, message)
             resp = self._pipeline(req)
             _log_outcome(action, env.message_id, resp.payload)
             use_mtom = resp.mtom if resp.mtom is not None else (
@@ -267,8 +309,27 @@ class XdsApp:
             start_response(status, [("Content-Type", f"{ctype}; charset=UTF-8"), ("Content-Length", str(len(body)))])
             return [body]
         finally:
-            if message is not None:
+            if message is not None and not environ.get(_HANDED_OVER):
                 message.cleanup()
+
+    def _accept(self, start_response, req: SoapRequest, reply_route, op: Operation, message):
+        """A request to answer on a connection of its own: queued (or refused on this response when the
+        workers are all busy), then 202 with an empty body. The worker runs the whole pipeline."""
+        # The server's environ belongs to this HTTP exchange; the worker keeps what the layers read.
+        original = req.environ
+        req.environ = {k: v for k, v in original.items() if k not in (INPUT_KEY, "wsgi.input")}
+
+        def process(r: SoapRequest):
+            resp = self._pipeline(r)
+            _log_outcome(r.action, r.envelope.message_id, resp.payload)
+            use_mtom = resp.mtom if resp.mtom is not None else (
+                op.mtom_response if op.mtom_response is not None else message is not None)
+            return op.response_action, resp, use_mtom
+
+        self._replies.submit(req, reply_route, process, message.cleanup if message is not None else None)
+        original[_HANDED_OVER] = True
+        start_response("202 Accepted", [("Content-Length", "0")])
+        return [b""]
 
     def _content_length(self, environ) -> int | None:
         raw = environ.get("CONTENT_LENGTH")

@@ -43,6 +43,7 @@ ACTION_RESTRICTED_UPDATE = "urn:ihe:iti:2018:RestrictedUpdateDocumentSet"  # ITI
 ACTION_DELETE = "urn:ihe:iti:2010:DeleteDocumentSet"
 ACTION_REMOVE_DOCUMENTS = "urn:ihe:iti:2017:RemoveDocuments"
 ACTION_MPQ = "urn:ihe:iti:2009:MultiPatientStoredQuery"
+ACTION_REGISTER_ON_DEMAND = "urn:ihe:iti:2010:RegisterOnDemandDocumentEntry"  # ITI-61 (On-Demand Documents)
 # ITI-44 Patient Identity Feed HL7 v3 (ITI TF-2b 3.44): the interactions, answered MCCI_IN000002UV01.
 ACTION_PIX_ADD = "urn:hl7-org:v3:PRPA_IN201301UV02"
 ACTION_PIX_REVISE = "urn:hl7-org:v3:PRPA_IN201302UV02"
@@ -59,7 +60,7 @@ COMMIT_DEADLINE = "{urn:xds-server:2026}CommitDeadline"  # ITI-42 header: commit
 TRANSACTIONS = {
     ACTION_REGISTER: "ITI-42", ACTION_PROVIDE: "ITI-41", ACTION_QUERY: "ITI-18", ACTION_RETRIEVE: "ITI-43",
     ACTION_UPDATE: "ITI-57", ACTION_DELETE: "ITI-62", ACTION_REMOVE_DOCUMENTS: "ITI-86", ACTION_MPQ: "ITI-51",
-    ACTION_RESTRICTED_UPDATE: "ITI-92",
+    ACTION_RESTRICTED_UPDATE: "ITI-92", ACTION_REGISTER_ON_DEMAND: "ITI-61",
     ACTION_PIX_ADD: "ITI-44", ACTION_PIX_REVISE: "ITI-44", ACTION_PIX_MERGE: "ITI-44",
     ACTION_REGISTERED_DOCUMENTS: "registered-documents",
 }
@@ -142,6 +143,9 @@ ASSOC_SUBMIT_ASSOCIATION = "urn:ihe:iti:2010:AssociationType:SubmitAssociation"
 
 RELATIONSHIP_TYPES = (ASSOC_RPLC, ASSOC_XFRM, ASSOC_APND, ASSOC_XFRM_RPLC, ASSOC_SIGNS, ASSOC_IS_SNAPSHOT_OF)
 REPLACING_TYPES = (ASSOC_RPLC, ASSOC_XFRM_RPLC)
+# ITI-61 (ITI TF-2b 3.61.4.1.2): an On-Demand entry may replace another; it has no content yet to
+# transform, append to or sign, and a snapshot (IsSnapshotOf) is a stable entry that ITI-42 registers.
+ON_DEMAND_ASSOCIATION_TYPES = (ASSOC_HAS_MEMBER, ASSOC_RPLC)
 REGISTER_ASSOCIATION_TYPES = (ASSOC_HAS_MEMBER,) + RELATIONSHIP_TYPES
 
 # --- stored queries ------------------------------------------------------------------

@@ -49,8 +49,22 @@ class Authenticate:
         self.authenticator = authenticator
 
     def __call__(self, req, call_next: Handler):
-        req.principal = self.authenticator.authenticate(req.envelope.headers, req.peer_subject)
+        operation = getattr(req, "operation", None)
+        if getattr(req, "authenticated", None) is not None:
+            req.principal = req.authenticated  # an in-process caller's own sign-in (XdsApp.call)
+        elif getattr(operation, "certificate_alone", False) and req.peer_subject and not _has_security(req):
+            from .security.principal import Principal
+
+            req.principal = Principal(mode="tls", subject=req.peer_subject, tls_subject=req.peer_subject)
+        else:
+            req.principal = self.authenticator.authenticate(req.envelope.headers, req.peer_subject)
         return call_next(req)
+
+
+def _has_security(req) -> bool:
+    from .soap import WSSE_SECURITY
+
+    return any(h.tag == WSSE_SECURITY for h in req.envelope.headers)
 
 
 class AnswerErrors:

@@ -95,6 +95,9 @@ class Settings:
     portal_ca: str | None = None         # CA of the provider's TLS certificate
     portal_session_ttl: int = 1800       # seconds a sign-in lasts
     portal_secure_cookies: bool = True   # off only for plain http on loopback (development)
+    # Asynchronous WS-Addressing replies (README, "Asynchronous replies"): the http(s) address prefixes a
+    # non-anonymous ReplyTo/FaultTo may name; empty (the default): every request is answered on its HTTP response.
+    async_reply_to: list = field(default_factory=list)
     log_level: str = "INFO"
     log_format: str = "json"             # json (one object a line, with the request id) or text
     base_url: str | None = None
@@ -144,6 +147,9 @@ class Settings:
             raise ValueError(f"port {self.port} is out of range")
         self._validate_feed()
         self._validate_policy()
+        from .async_reply import check_allow_list
+
+        check_allow_list(self.async_reply_to)
         self._validate_audit()
         if self.role == "repository" and not self.registry_url:
             raise ValueError("role repository needs registry_url (--registry-url http://host:port/xds/registry): "

@@ -34,6 +34,7 @@ class Envelope:
     message_id: str | None = None
     to: str | None = None
     reply_to: str | None = None
+    fault_to: str | None = None  # wsa:FaultTo's Address; asynchronous faults go there (xds/async_reply.py)
     root: etree._Element | None = None
 
     def header(self, tag: str) -> etree._Element | None:
@@ -79,9 +80,13 @@ def parse_envelope(data: bytes, understood: set[str] | None = None, max_bytes: i
             env.message_id = (h.text or "").strip()
         elif h.tag == C.q(C.NS_WSA, "To"):
             env.to = (h.text or "").strip()
-        elif h.tag == C.q(C.NS_WSA, "ReplyTo"):
+        elif h.tag in (C.q(C.NS_WSA, "ReplyTo"), C.q(C.NS_WSA, "FaultTo")):
             addr = h.find(C.q(C.NS_WSA, "Address"))
-            env.reply_to = (addr.text or "").strip() if addr is not None else None
+            value = (addr.text or "").strip() if addr is not None else None
+            if h.tag == C.q(C.NS_WSA, "ReplyTo"):
+                env.reply_to = value
+            else:
+                env.fault_to = value
     return env
 
 
@@ -123,9 +128,11 @@ def build_envelope(version: str, action: str | None, relates_to: str | None, pay
     return etree.tostring(env, xml_declaration=True, encoding="UTF-8")
 
 
-def build_fault(version: str, fault: SoapFault, relates_to: str | None = None) -> bytes:
+def build_fault(version: str, fault: SoapFault, relates_to: str | None = None, to: str | None = None) -> bytes:
     env, body = _envelope(version, "http://www.w3.org/2005/08/addressing/soap/fault", relates_to)
     ns = _ENV_NS[version]
+    if to:  # a fault sent on its own connection, to the request's FaultTo (xds/async_reply.py)
+        etree.SubElement(env[0], C.q(C.NS_WSA, "To")).text = to
     if version == SOAP12:
         f = etree.SubElement(body, C.q(ns, "Fault"))
         code = etree.SubElement(f, C.q(ns, "Code"))
@@ -135,10 +142,19 @@ def build_fault(version: str, fault: SoapFault, relates_to: str | None = None) -
             sub = etree.SubElement(code, C.q(ns, "Subcode"))
             sv = etree.SubElement(sub, C.q(ns, "Value"), nsmap=_SUBCODE_NS)
             sv.text = fault.subcode
+            # WS-Addressing's faults name a Subsubcode (wsa:InvalidAddressingHeader/wsa:InvalidAddress, ...).
+            subsub = getattr(fault, "subsubcode", None)
+            if subsub:
+                ssv = etree.SubElement(etree.SubElement(sub, C.q(ns, "Subcode")), C.q(ns, "Value"), nsmap=_SUBCODE_NS)
+                ssv.text = subsub
         reason = etree.SubElement(f, C.q(ns, "Reason"))
         text = etree.SubElement(reason, C.q(ns, "Text"))
         text.set("{http://www.w3.org/XML/1998/namespace}lang", "en")
         text.text = fault.reason
+        problem = getattr(fault, "problem_header", None)  # the header at fault, as WS-Addressing details it
+        if problem:
+            detail = etree.SubElement(f, C.q(ns, "Detail"))
+            etree.SubElement(detail, C.q(C.NS_WSA, "ProblemHeaderQName")).text = problem
     else:
         f = etree.SubElement(body, C.q(ns, "Fault"))
         code = etree.SubElement(f, "faultcode", nsmap=_SUBCODE_NS)

@@ -36,7 +36,7 @@ BREAK_THE_GLASS, CENTRE_15, NORMAL = "bris_de_glace", "centre_15", "normal"
 _MODES = {"bris_de_glace": BREAK_THE_GLASS, "centre_15": CENTRE_15, "EMERGENCY": BREAK_THE_GLASS,
           "ETREAT": BREAK_THE_GLASS}
 _ACTIONS = {"ITI-18": "query", "ITI-42": "submit", "ITI-43": "retrieve", "ITI-57": "update", "ITI-62": "delete",
-            "ITI-92": "update", "ITI-51": "query"}
+            "ITI-92": "update", "ITI-51": "query", "ITI-61": "submit"}
 _READS = ("ITI-18", "ITI-51", "ITI-43")
 _SUBJECT_ID = "urn:oasis:names:tc:xspa:1.0:subject:subject-id"
 
@@ -185,19 +185,23 @@ class Auditor:
 
     # --- the feed and the node --------------------------------------------------------------------------
     def feed(self, event) -> None:
-        """One ITI-8 message (registry.feed.FeedEvent)."""
+        """One ITI-8 message (registry.feed.FeedEvent), or one ITI-64 (its ADT^A43, TF-2b 3.64.5.1.2: the ids
+        of the A43 by role and the SubmissionSet the registry made)."""
         trigger = event.event.split("^")[1] if "^" in event.event else None
-        trigger = trigger if trigger in R.HL7_TRIGGER_ACTIONS else None
         outcome = {"accepted": 0, "invalid": 4, "denied": 8}.get(event.outcome, 12)
         description = " ".join(p for p in (event.ack_code, str(event.error_code or "")) if p) or None
+        if trigger == "A43":
+            which = dict(transaction="ITI-64", patient_links=tuple(getattr(event, "links", ()) or ()),
+                         submission_set_uid=getattr(event, "submission_set", None))
+        else:
+            which = dict(transaction="ITI-8", patient_id=event.patients[0] if event.patients else None,
+                         hl7_trigger=trigger if trigger in R.HL7_TRIGGER_ACTIONS else None)
         record = R.AuditEvent(
-            transaction="ITI-8", actor=R.REGISTRY, sequence=0, outcome=outcome,
-            outcome_description=None if outcome == 0 else description,
+            actor=R.REGISTRY, sequence=0, outcome=outcome, outcome_description=None if outcome == 0 else description,
             requestor=R.Node(user_id=f"{event.facility}|{event.application}", address=event.address),
             responder=R.Node(user_id=f"mllp://{self.source.address}", address=self.source.address,
                              alternative_user_id=self.source.pid),
-            tls_subject=event.subject, patient_id=event.patients[0] if event.patients else None,
-            hl7_trigger=trigger, message_control_id=event.control_id or None)
+            tls_subject=event.subject, message_control_id=event.control_id or None, **which)
         self._write([record], [])
 
     def _feed_v3(self, req, exc) -> None:
@@ -235,6 +239,17 @@ class Auditor:
                                                           alternative_user_id=self.source.pid),
                                    sequence=0, outcome=outcome, outcome_description=description)], [])
 
+    def access_rights(self, environ: dict, principal: Principal, patient: str, action: str, outcome: int = 0) -> None:
+        """A change of a patient's access rights (the portal, the administration interface): who made it,
+        for which patient, and which change (its name only, e.g. "block"; never the person blocked)."""
+        self._write([R.AuditEvent(
+            transaction=R.ACCESS_RIGHTS, actor=R.REGISTRY, sequence=0, outcome=outcome,
+            outcome_description=action[:40],
+            requestor=R.Node(user_id=principal.subject or principal.tls_subject or "unknown",
+                             address=environ.get("REMOTE_ADDR")),
+            responder=self._this(environ), human=human_of(principal),
+            tls_subject=principal.tls_subject or environ.get("xds.peer_subject"), patient_id=patient)], [])
+
     def authentication_failure(self, environ: dict, reason: str | None, transaction: str | None = None) -> None:
         """A refused request of the non-SOAP endpoints (xds/http_auth.py)."""
         self._write([R.SystemEvent(
@@ -271,7 +286,7 @@ class Auditor:
             out = [entry(p) for p in sorted(patients)]
         elif tx == "ITI-51":
             out = [entry(p) for p in sorted(set(facts.patient_ids))]
-        elif tx in ("ITI-42", "ITI-57", "ITI-92"):
+        elif tx in ("ITI-42", "ITI-61", "ITI-57", "ITI-92"):
             docs = [d for d in facts.documents if d.patient_id or facts.patient_id]
             out = [entry(d.patient_id or facts.patient_id, d.unique_id, d.title) for d in docs]
             if not out and facts.patient_id:

@@ -66,7 +66,7 @@ def _title(obj: etree._Element) -> str | None:
 
 
 def _submission(body: etree._Element, facts: Facts) -> None:
-    """ITI-41, ITI-42, ITI-57, ITI-92: the SubmissionSet's uniqueId and patient, the DocumentEntries'."""
+    """ITI-41, ITI-42, ITI-61, ITI-57, ITI-92: the SubmissionSet's uniqueId and patient, the DocumentEntries'."""
     registry_list = body.find(f".//{_r('RegistryObjectList')}")
     if registry_list is None:
         return
@@ -132,7 +132,7 @@ def _removals(body: etree._Element, facts: Facts) -> None:
 
 
 _READERS = {
-    "ITI-41": _submission, "ITI-42": _submission, "ITI-57": _submission, "ITI-92": _submission,
+    "ITI-41": _submission, "ITI-42": _submission, "ITI-61": _submission, "ITI-57": _submission, "ITI-92": _submission,
     "ITI-43": _document_requests, "ITI-86": _document_requests,
     "ITI-18": _query, "ITI-51": _query, "ITI-62": _removals,
 }

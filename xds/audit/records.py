@@ -13,15 +13,17 @@ ITI-43     Document Repository         DCM 110106 Export                R       
 ITI-43     Document Consumer (proxy)   DCM 110107 Import                C       patient?, documents
 ITI-18     Document Registry           DCM 110112 Query                 E       patient?, query
 ITI-51     Document Registry           DCM 110112 Query                 E       one per patient, query
+ITI-61     Document Registry           DCM 110107 Import                C       patient, submission set
 ITI-57     Document Registry           DCM 110110 Patient Record        U       patient, submission set
 ITI-92     Document Registry           DCM 110110 Patient Record        U       patient, submission set
 ITI-62     Document Registry           DCM 110110 Patient Record        D       patient?, removed objects
 ITI-86     Document Repository         DCM 110110 Patient Record        D       patient?, documents
 ITI-8      Document Registry           DCM 110110 Patient Record        C / U   patient (+ MSH-10)
 ITI-44     Document Registry           DCM 110110 Patient Record        C / U   patient (+ message id, II)
+ITI-64     Document Registry           DCM 110110 Patient Record        U       4 patient ids by role, submission set
 =========  ==========================  ===============================  ======  =====================
 
-(TF-2 3.41.5.1, 3.42.5.1, 3.43.6.1, 3.18.5.1, 3.51.5.1, 3.57.6.1, 3.92.5.1, 3.62.6.1, 3.86.6.1, 3.8.5.1.)  The Document
+(TF-2 3.41.5.1, 3.42.5.1, 3.61.5.1, 3.43.6.1, 3.18.5.1, 3.51.5.1, 3.57.6.1, 3.92.5.1, 3.62.6.1, 3.86.6.1, 3.8.5.1.)  The Document
 Consumer row of ITI-43 is for the routing path, where the Registry retrieves from a Repository on the
 consumer's behalf.  ITI-8 is Create for A01/A04/A05 and Update for A08/A40; ITI-44 (TF-2b 3.44.5.1) is
 Create for PRPA_IN201301UV02 and Update for PRPA_IN201302UV02/PRPA_IN201304UV02.
@@ -79,18 +81,25 @@ EV_PATIENT_RECORD = ("110110", DCM, "Patient Record")
 ROLE_SOURCE = ("110153", DCM, "Source Role ID")
 ROLE_DESTINATION = ("110152", DCM, "Destination Role ID")
 
+ACCESS_RIGHTS = "access-rights"
+OWN_CODES = "urn:xds-server:audit"
 TRANSACTION_NAMES = {
     "ITI-8": "Patient Identity Feed",
     "ITI-44": "Patient Identity Feed HL7 V3",
+    "ITI-64": "Notify XAD-PID Link Change",
     "ITI-18": "Registry Stored Query",
     "ITI-51": "Multi-Patient Query",
     "ITI-41": "Provide and Register Document Set-b",
     "ITI-42": "Register Document Set-b",
+    "ITI-61": "Register On-Demand Document Entry",
     "ITI-43": "Retrieve Document Set",
     "ITI-57": "Update Document Set",
     "ITI-92": "Restricted Update Document Set",
     "ITI-62": "Remove Metadata",
     "ITI-86": "Remove Documents",
+    # Not a transaction of the profile: a change of a patient's access rights (block, unblock, authorise,
+    # objections) made at the portal or the administration interface; coded in the server's own system.
+    ACCESS_RIGHTS: "Patient access rights change",
 }
 
 REPOSITORY = "Document Repository"
@@ -102,6 +111,7 @@ _EVENTS = {
     ("ITI-41", REPOSITORY): (EV_IMPORT, "C"),
     ("ITI-42", REGISTRY): (EV_IMPORT, "C"),
     ("ITI-42", REPOSITORY): (EV_EXPORT, "R"),   # the repository's own side of the hop it makes
+    ("ITI-61", REGISTRY): (EV_IMPORT, "C"),
     ("ITI-43", REPOSITORY): (EV_EXPORT, "R"),
     ("ITI-43", CONSUMER): (EV_IMPORT, "C"),
     ("ITI-18", REGISTRY): (EV_QUERY, "E"),
@@ -112,6 +122,8 @@ _EVENTS = {
     ("ITI-86", REPOSITORY): (EV_PATIENT_RECORD, "D"),
     ("ITI-8", REGISTRY): (EV_PATIENT_RECORD, None),
     ("ITI-44", REGISTRY): (EV_PATIENT_RECORD, None),
+    ("ITI-64", REGISTRY): (EV_PATIENT_RECORD, "U"),
+    (ACCESS_RIGHTS, REGISTRY): (EV_PATIENT_RECORD, "U"),
 }
 ACTORS = {tx: tuple(a for (t, a) in _EVENTS if t == tx) for tx in TRANSACTION_NAMES}
 
@@ -139,6 +151,7 @@ DETAIL_HOME_COMMUNITY_QUERY = "urn:ihe:iti:xca:2010:homeCommunityId"
 DETAIL_QUERY_ENCODING = "QueryEncoding"
 DETAIL_MSH10 = "MSH-10"
 DETAIL_V3_MESSAGE_ID = "II"   # ITI-44: the message's id, root^extension
+DETAIL_XPID_ROLE = "urn:ihe:iti:xpid:2017:patientIdentifierType"   # ITI-64: which id of the A43 it is
 DETAIL_RECORD_ID = "RecordId"
 DETAIL_SEQUENCE = "SequenceNumber"
 
@@ -245,6 +258,10 @@ class AuditEvent:
     home_community_id: str | None = None
     hl7_trigger: str | None = None            # ITI-8: A01, A04, A05, A08, A40; ITI-44: the interaction
     message_control_id: str | None = None     # ITI-8: MSH-10; ITI-44: the message id (root^extension)
+    # ITI-64: (patientIdentifierType, CX) of each id of the A43: localPatientId, subsumedPatientId,
+    # newPatientId, previousPatientId (TF-2b 3.64.5.1.2); submission_set_uid is then the new SubmissionSet's
+    # entryUUID, as that table asks.
+    patient_links: tuple[tuple[str, str], ...] = ()
     record_id: str = field(default_factory=_new_record_id)
 
     def __post_init__(self):
@@ -339,6 +356,19 @@ def _object(root, *, object_id: str | None, type_code: str, role: str | None, id
     return el
 
 
+def _link_objects(root, event: AuditEvent) -> None:
+    """ITI-64: one patient object per id of the A43, its role and MSH-10 as details; the ids that stop
+    naming the patient's documents are logically deleted, those that take them over created."""
+    roles = dict(event.patient_links)
+    moved = roles.get("newPatientId") != roles.get("previousPatientId")
+    lifecycle = {"localPatientId": "1" if "subsumedPatientId" in roles else None, "subsumedPatientId": "14",
+                 "newPatientId": "1" if moved else None, "previousPatientId": "14" if moved else None}
+    for role, patient in event.patient_links:
+        details = ((DETAIL_MSH10, event.message_control_id),) if event.message_control_id else ()
+        _object(root, object_id=patient, type_code=_PERSON, role=_ROLE_PATIENT, id_type=ID_PATIENT,
+                details=details + ((DETAIL_XPID_ROLE, role),), lifecycle=lifecycle.get(role))
+
+
 def _query_bytes(event: AuditEvent) -> bytes:
     """The AdhocQueryRequest of an ITI-18 as bytes: the one given, or one rebuilt from id and parameters."""
     request = event.query_request
@@ -382,7 +412,8 @@ def to_xml(event: AuditEvent, audit_source_id: str, enterprise_site_id: str | No
         "EventOutcomeIndicator": str(event.outcome),
     })
     _coded(ident, "EventID", event.event_id)
-    _coded(ident, "EventTypeCode", (tx, IHE_TRANSACTIONS, TRANSACTION_NAMES[tx]))
+    _coded(ident, "EventTypeCode", (tx, IHE_TRANSACTIONS if tx.startswith("ITI-") else OWN_CODES,
+                                    TRANSACTION_NAMES[tx]))
     if event.outcome_description:
         etree.SubElement(ident, "EventOutcomeDescription").text = event.outcome_description
     if event.human is not None:
@@ -429,7 +460,9 @@ def to_xml(event: AuditEvent, audit_source_id: str, enterprise_site_id: str | No
     for patient in event.patient_ids if tx == "ITI-51" else ():
         if patient != event.patient_id:
             _object(root, object_id=patient, type_code=_PERSON, role=_ROLE_PATIENT, id_type=ID_PATIENT)
-    if tx in ("ITI-41", "ITI-42", "ITI-57", "ITI-92") and event.submission_set_uid:
+    if tx == "ITI-64":
+        _link_objects(root, event)
+    if tx in ("ITI-41", "ITI-42", "ITI-61", "ITI-57", "ITI-92", "ITI-64") and event.submission_set_uid:
         _object(root, object_id=event.submission_set_uid, type_code=_SYSTEM, role=_ROLE_JOB,
                 id_type=ID_SUBMISSION_SET)
     if tx in ("ITI-43", "ITI-86"):

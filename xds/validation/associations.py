@@ -14,7 +14,10 @@ _UPDATE_ONLY_TYPES = (C.ASSOC_UPDATE_AVAILABILITY_STATUS, C.ASSOC_SUBMIT_ASSOCIA
 
 
 def check_associations(ctx: Context) -> None:
-    allowed = C.REGISTER_ASSOCIATION_TYPES + (_UPDATE_ONLY_TYPES if ctx.mode == Mode.UPDATE else ())
+    if ctx.mode == Mode.ON_DEMAND:
+        allowed = C.ON_DEMAND_ASSOCIATION_TYPES
+    else:
+        allowed = C.REGISTER_ASSOCIATION_TYPES + (_UPDATE_ONLY_TYPES if ctx.mode == Mode.UPDATE else ())
     for a in ctx.sub.associations:
         _check_type(ctx, a, allowed)
         _check_ends(ctx, a)
@@ -29,6 +32,9 @@ def check_associations(ctx: Context) -> None:
 def _check_type(ctx: Context, a: Association, allowed: tuple[str, ...]) -> None:
     if not a.type:
         ctx.report(a, "associationType", "is missing")
+    elif a.type not in allowed and ctx.mode == Mode.ON_DEMAND:
+        ctx.report(a, "associationType", f"'{a.type}' is not allowed in ITI-61, which takes HasMember and RPLC "
+                                         "(an On-Demand entry replacing another) only")
     elif a.type not in allowed:
         ctx.report(a, "associationType", f"'{a.type}' is not an association type {ctx.mode} accepts")
 

@@ -22,6 +22,7 @@ class Mode(StrEnum):
     REGISTER = "register"  # ITI-42
     PROVIDE = "provide"    # ITI-41: the repository fills hash, size and repositoryUniqueId
     UPDATE = "update"      # ITI-57
+    ON_DEMAND = "on-demand"  # ITI-61: On-Demand DocumentEntries only
 
 
 MODES = tuple(m.value for m in Mode)

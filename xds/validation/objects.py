@@ -104,6 +104,11 @@ def _check_entry_type(ctx: Context, de: DocumentEntry) -> None:
     if de.object_type not in C.DOCUMENT_ENTRY_TYPES:
         ctx.report(de, "objectType", f"'{de.object_type}' is neither the stable nor the on-demand DocumentEntry type",
                    E.UNMODIFIABLE_METADATA)
+    elif ctx.mode == Mode.ON_DEMAND:
+        # ITI-61 registers On-Demand entries only (ITI TF-2b 3.61.4.1.2); stable ones go by ITI-41/42.
+        if not de.is_on_demand:
+            ctx.report(de, "objectType", f"'{de.object_type}' is a stable DocumentEntry; ITI-61 registers "
+                                         f"On-Demand DocumentEntries ({C.OBJECT_TYPE_ON_DEMAND}) only")
     elif de.is_on_demand:
         # On-demand entries are registered by ITI-61, never by the transactions validated here (IPF rule 26).
         # An update makes new versions of registered stable entries, so there it is a change of objectType,
