@@ -104,7 +104,8 @@ class Services:
 
             self.signin.pages = Portal(self.app, self.signin, AccessStore(self.registry.store),
                                        audit_store=self.auditor.store if self.auditor is not None else None,
-                                       auditor=self.auditor, secure_cookies=settings.portal_secure_cookies)
+                                       auditor=self.auditor, secure_cookies=settings.portal_secure_cookies,
+                                       masking=settings.profile == "dmp" and settings.security == "vihf")
         self.http: HttpServer | None = None
         self.mllp = None
         # The source list serves ITI-8 (MLLP) and ITI-44 (SOAP): loaded whenever one of them can use it.

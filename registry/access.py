@@ -121,6 +121,13 @@ class AccessStore:
             conn.execute(PP.insert().values(patient_id=patient, person=person, relation=relation, since=since,
                                             until=until, updated=now))
 
+    def represented_by(self, person: str) -> list[str]:
+        """The patients whose legal representative this person is (the portal lists their records too)."""
+        with self.store.reading() as conn:
+            rows = conn.execute(select(PP.c.patient_id).where(PP.c.relation == REPRESENTATIVE,
+                                                              PP.c.person == person)).all()
+        return sorted({r[0] for r in rows})
+
     def remove_person(self, patient: str, relation: str, person: str) -> bool:
         patient = patient_key(patient)
         with self.store.transaction() as conn:

@@ -384,3 +384,15 @@ def _form(environ) -> dict[str, str]:
     except (UnicodeDecodeError, ValueError):
         raise _Refusal(400, "the form is not UTF-8 application/x-www-form-urlencoded") from None
     return {k: v[0] for k, v in values.items() if len(v) == 1}
+
+
+# For the portal's own pages (registry/portal): forms and query strings read, and refused, as here.
+FormError = _Refusal
+
+
+def read_form(environ) -> dict[str, str]:
+    return _form(environ)
+
+
+def read_query(environ, names: tuple[str, ...]) -> dict[str, str]:
+    return _query(environ, names)

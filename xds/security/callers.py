@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from .policy import ADMIN, NORMAL, PATIENT, PROFESSIONAL, SYSTEM, Caller
 from .principal import Principal
 
+PORTAL = "portal"   # Principal.mode of a patient signed in at the portal (xds/portal, registry/portal)
 VIHF_SECRET = "urn:oasis:names:tc:xspa:1.0:resource:patient:hl7:confidentiality-code"
 
 
@@ -30,12 +31,18 @@ def _has_role(principal: Principal, wanted: frozenset[str]) -> bool:
 
 
 def caller_of(principal: Principal | None, rules: CallerRules = CallerRules()) -> Caller:
-    """security = none without a TLS identity is the administrator (loopback only, see Settings.validate);
-    a TLS identity without assertion is a system, an administrator only when listed; an assertion makes a
-    professional, a patient by a patient role, an administrator by an administrator role."""
+    """A portal session is the patient it signed in; security = none without a TLS identity is the
+    administrator (loopback only, see Settings.validate); a TLS identity without assertion is a system, an
+    administrator only when listed; an assertion makes a professional, a patient by a patient role, an
+    administrator by an administrator role."""
     if principal is None or principal.mode == "none":
         return Caller(ADMIN)
     subjects = frozenset(s for s in (principal.tls_subject,) if s)
+    if principal.mode == PORTAL:
+        # Signed in at the patients' portal: the identity provider vouched for the person's own patient id
+        # (name_id); patient_id is the record the request is about (theirs, or a minor's they represent).
+        # The session carries nothing else: no role, structure or purpose of use a patient could claim.
+        return Caller(PATIENT, person=principal.name_id, patient=principal.patient_id)
     if principal.mode == "tls":
         kind = ADMIN if principal.tls_subject in rules.admin_subjects else SYSTEM
         return Caller(kind, person=principal.tls_subject, organisation=principal.tls_subject, subjects=subjects)

@@ -22,7 +22,8 @@ class Code:
 @dataclass(frozen=True)
 class Principal:
     # How the caller was authenticated: "none" (security = none), "tls" (a system known by its client
-    # certificate, no assertion), "xua" (a verified SAML assertion), or "vihf:<Authentification_Mode>".
+    # certificate, no assertion), "xua" (a verified SAML assertion), "vihf:<Authentification_Mode>", or
+    # "portal" (a patient signed in at the portal by OpenID Connect; patient_id is that patient).
     mode: str
     subject: str | None = None               # the person or system: subject-id, else the NameID, else the TLS subject
     name_id: str | None = None
