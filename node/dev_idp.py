@@ -380,13 +380,24 @@ class DevIdp:
                 f'autocomplete="current-password" required></p>'
                 f'<p><button type="submit" name="action" value="signin">Sign in</button> '
                 f'<button type="submit" name="action" value="cancel" formnovalidate>Cancel</button></p></form>')
-        return self._page(start_response, 200, "Sign in", body)
+        # The form's answer is a 302 to the client's redirect_uri (registered: _authorize checked it), and
+        # browsers apply form-action to a form's redirects too: with 'self' alone Chromium blocks the way
+        # back to the portal (another origin), and the sign-in never ends.
+        back = urlsplit(params.get("redirect_uri", ""))
+        targets = "'self'" + (f" {back.scheme}://{back.netloc}" if back.scheme in ("http", "https") and back.netloc
+                              and not any(c in back.netloc for c in " ;,'\"") else "")
+        return self._page(start_response, 200, "Sign in", body, form_action=targets)
 
-    def _page(self, start_response, status: int, title: str, body_html: str, extra: list | None = None):
-        body = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+    def _page(self, start_response, status: int, title: str, body_html: str, extra: list | None = None,
+              form_action: str = "'self'"):
+        body = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+                f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+                f'<title>{html.escape(title)}</title>'
                 f"</head><body><h1>{html.escape(title)}</h1>{body_html}</body></html>\n").encode("utf-8")
+        headers = [(k, v.replace("form-action 'self'", f"form-action {form_action}") if k == "Content-Security-Policy"
+                    else v) for k, v in _HEADERS]
         start_response(f"{status} {_REASONS.get(status, 'Error')}", [
-            ("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body))), *_HEADERS,
+            ("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body))), *headers,
             *(extra or [])])
         return [body]
 

@@ -230,7 +230,8 @@ def _signin(settings: Settings, engine):
                         patient_claim=settings.portal_patient_claim,
                         patient_id_format=settings.portal_patient_id_format, ca_file=settings.portal_ca,
                         session_ttl=settings.portal_session_ttl)
-    signin = SignIn(config, engine, settings.base_url, secure_cookies=settings.portal_secure_cookies)
+    signin = SignIn(config, engine, settings.base_url, secure_cookies=settings.portal_secure_cookies,
+                    after_logout="/portal/signed-out")
     signin.migrate()
     return signin
 

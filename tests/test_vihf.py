@@ -250,6 +250,23 @@ def structure_certificate(folder, ca, cn: str, *, signing: bool):
     return cert_path, key_path
 
 
+def test_a_token_relayed_by_the_registry_is_not_a_replay_there_but_is_from_anyone_else(tmp_path, pki):
+    """A host's registry (registry_subjects) passes each consumer's token on when it routes ITI-43; in one
+    process, or when the token came to this host before, the replay cache already holds it. The first
+    receiver checks replays; a relay is checked for signature and validity only (ISSUE-NOTES, each hop)."""
+    pki = dict(pki, relay=pki["ca"].issue("registry-relay"))
+    server = start(tmp_path / "relay", pki, registry_subjects=["O=XDS test,CN=registry-relay"])
+    try:
+        tok = token(pki)
+        assert not query(server, pki, tok).is_fault                      # the first use, by the card
+        for _ in range(2):
+            assert not query(server, pki, tok, who="relay").is_fault     # relayed, as often as it is routed
+        replayed = query(server, pki, tok, who="other")
+        assert fault(replayed) == "wsse:FailedAuthentication" and "used before" in replayed.raw.decode()
+    finally:
+        server.stop()
+
+
 def test_a_structure_signs_with_its_cachet_certificate_not_its_authentication_one(tmp_path, pki):
     ca = pki["ca"]
     cachet = structure_certificate(tmp_path, ca, "cachet", signing=True)

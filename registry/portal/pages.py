@@ -43,6 +43,7 @@ log = logging.getLogger("xds.portal.pages")
 
 PREFIX = "/portal"
 LANG_COOKIE = "xds_lang"
+SIGNED_OUT = PREFIX + "/signed-out"
 _PERSON = re.compile(r"[^\s<>\"'&]{1,64}")
 _HEADERS = [("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "same-origin"),
             ("X-Frame-Options", "DENY"),
@@ -93,6 +94,11 @@ class Portal:
             return [data]
         if path == PREFIX + "/lang":
             return self._switch_language(environ, start_response)
+        if path == SIGNED_OUT:
+            # Where logout ends (SignIn.after_logout): a page of this origin, because browsers apply the
+            # form's form-action to its redirects, and /portal/ would go on to the identity provider.
+            body = f'<p><a href="{PREFIX}/login?next={PREFIX}/">{e(text(lang, "sign_in_again"))}</a></p>'
+            return _html(start_response, 200, page(lang, text(lang, "signed_out"), body, self_path=SIGNED_OUT))
         session = self.signin.session_of(environ)
         if session is None:
             target = quote(path, safe="/") + (("?" + environ["QUERY_STRING"]) if environ.get("QUERY_STRING") else "")
@@ -323,7 +329,7 @@ class _Context:
                         f'<td class="professional" data-label="{e(self.t("col_professional"))}">{e(who)}'
                         f'{(" – " + e(r["profession"])) if r["profession"] else ""}</td>'
                         f'<td class="organisation" data-label="{e(self.t("col_organisation"))}">'
-                        f'{e(r["organisation"] or "")}</td>'
+                        f'{e(r["organisation"] or r["organisation_id"] or "")}</td>'
                         f'<td class="action" data-label="{e(self.t("col_action"))}">{e(action)}{mark}</td>'
                         f'<td class="document" data-label="{e(self.t("col_document"))}">'
                         f'{e(r["document_title"] or "")}</td></tr>')

@@ -101,6 +101,8 @@ _TEXT = {
     "object": ("M'opposer", "Object"),
     "withdraw": ("Retirer mon opposition", "Withdraw my objection"),
     "objection_done": ("Votre choix est enregistré.", "Your choice is saved."),
+    "signed_out": ("Vous êtes déconnecté·e", "You are signed out"),
+    "sign_in_again": ("Se reconnecter", "Sign in again"),
     # errors
     "not_found": ("Page introuvable", "Page not found"),
     "not_found_text": ("Cette page n'existe pas, ou elle ne vous est pas accessible.",

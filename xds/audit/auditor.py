@@ -20,7 +20,7 @@ from typing import Callable
 from xds import constants as C
 from xds.errors import SoapFault
 from xds.security.callers import CallerRules, caller_of
-from xds.security.policy import INVISIBLE_RL, patient_key
+from xds.security.policy import INVISIBLE_PATIENT, INVISIBLE_RL, patient_key
 from xds.security.principal import Principal
 from xds.security.saml import SecurityFault
 
@@ -276,8 +276,10 @@ class Auditor:
             who.update(person="administrator (security none)", person_id=None)
 
         def entry(patient, uid=None, title=None, codes=frozenset(), reveal_at=None):
+            # reveal_at is kept for every entry; it hides one from the patient only while INVISIBLE_PATIENT.
             return Access(patient_key=patient_key(patient), at=when, action=action, transaction=tx, mode=mode,
-                          outcome=result, document_uid=uid, document_title=title, reveal_at=reveal_at,
+                          outcome=result, document_uid=uid, document_title=title,
+                          reveal_at=reveal_at if INVISIBLE_PATIENT in codes else None,
                           secret=caller.secret or INVISIBLE_RL in codes, **who)
 
         out: list[Access] = []
@@ -288,7 +290,11 @@ class Auditor:
             out = [entry(p) for p in sorted(set(facts.patient_ids))]
         elif tx in ("ITI-42", "ITI-61", "ITI-57", "ITI-92"):
             docs = [d for d in facts.documents if d.patient_id or facts.patient_id]
-            out = [entry(d.patient_id or facts.patient_id, d.unique_id, d.title) for d in docs]
+            # The registered entries' confidentiality and reveal time, as the registry now holds them, so
+            # that the log names no document hidden from the patient (INVISIBLE_PATIENT) or representatives.
+            known = self.registry.documents([d.unique_id for d in docs]) if outcome == 0 and docs else {}
+            out = [entry(d.patient_id or facts.patient_id, d.unique_id, d.title,
+                         *(known[d.unique_id][3:5] if d.unique_id in known else ())) for d in docs]
             if not out and facts.patient_id:
                 out = [entry(facts.patient_id)]
         elif tx == "ITI-43":
