@@ -1,6 +1,7 @@
 """Assembles the actors a process runs and serves them over HTTP and MLLP."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -96,7 +97,7 @@ class Services:
                                                async_reply_to=settings.async_reply_to,
                                                async_ssl_context=settings.client_ssl_context()
                                                if settings.async_reply_to else None),
-                          health=lambda: {"role": settings.role}, routes=routes,
+                          health=self._health, routes=routes,
                           on_auth_refusal=self.auditor.authentication_failure if self.auditor is not None else None)
         if self.signin is not None:
             # The patients' pages, behind the sign-in; they run their transactions through this app.
@@ -153,7 +154,13 @@ class Services:
                                head_timeout=s.head_timeout, body_grace=s.body_grace, body_min_rate=s.body_min_rate,
                                body_window=s.body_window, max_connections=s.max_connections,
                                listen_backlog=s.listen_backlog)
-        self.http.start()
+        try:
+            self.http.start()
+        except OSError as exc:
+            if _in_use(exc):
+                raise PortInUse(f"cannot listen on {s.host}:{s.port}: the address is already in use (another "
+                                "server, or an earlier xds serve still running); choose another with --port") from None
+            raise
         if self.auditor is not None:
             self.auditor.system("application-start")
             if self.delivery is not None:
@@ -163,9 +170,24 @@ class Services:
             # sent to the registry endpoint reaches it like any other host.
             self.registry.store.add_repository(s.repository_id, self.url + "/xds/repository")
         if self.registry is not None and s.mllp_port is not None:
-            self.mllp = feed_listener(s, self.registry.store, self.feed_sources,
-                                      lambda event: self.feed_audit(event)).start()
+            try:
+                self.mllp = feed_listener(s, self.registry.store, self.feed_sources,
+                                          lambda event: self.feed_audit(event)).start()
+            except OSError as exc:
+                self.http.stop()
+                if _in_use(exc):
+                    raise PortInUse(f"cannot listen for the patient feed on {s.host}:{s.mllp_port}: the address is "
+                                    "already in use; choose another with --mllp-port") from None
+                raise
         return self
+
+    def _health(self) -> dict:
+        """GET /health: the role, and a round trip to the database (raises when it does not answer)."""
+        engine = self._database()
+        if engine is not None:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        return {"role": self.settings.role, "database": "ok"}
 
     def _database(self):
         """The process's database, for what the core keeps there (the replay cache)."""
@@ -234,6 +256,15 @@ def _signin(settings: Settings, engine):
                     after_logout="/portal/signed-out")
     signin.migrate()
     return signin
+
+
+class PortInUse(ValueError):
+    """A listening address another process holds: one line for the operator, not a traceback."""
+
+
+def _in_use(exc: OSError) -> bool:
+    # cheroot re-raises a failed bind as a bare socket.error whose errno is lost; only its text says why.
+    return exc.errno == errno.EADDRINUSE or "[Errno 98]" in str(exc) or "Address already in use" in str(exc)
 
 
 def policy_rules(settings: Settings) -> Rules:

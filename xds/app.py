@@ -233,7 +233,16 @@ class XdsApp:
         method = environ.get("REQUEST_METHOD", "GET")
         try:
             if path == "/health" and method == "GET":
-                return self._json(start_response, 200, {"status": "ok", **(self.health() if self.health else {})})
+                try:
+                    facts = self.health() if self.health else {}
+                except Exception as exc:  # the database (or whatever health checks) cannot answer
+                    log.warning(json.dumps({"event": "health", "outcome": "unavailable",
+                                            "reason": exc.__class__.__name__}))
+                    return self._json(start_response, 503, {"status": "unavailable",
+                                                            "reason": "the database does not answer"})
+                return self._json(start_response, 200, {"status": "ok", **facts})
+            if path == "/" and method == "GET":
+                return self._index(start_response)
             for prefix, route in self.routes.items():
                 if path == prefix or path.startswith(prefix + "/"):
                     if self.on_auth_refusal is not None:
@@ -422,6 +431,32 @@ class XdsApp:
         return writer.chunks()
 
     # --- WSDL and plain answers --------------------------------------------------------------------
+    def _index(self, start_response):
+        """GET /: what this server is and where its endpoints are, for a person who typed its address."""
+        import html
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            release = version("xds-server")
+        except PackageNotFoundError:
+            release = "unknown"
+        try:
+            role = (self.health() or {}).get("role", "") if self.health else ""
+        except Exception:
+            role = ""
+        items = [f'<li><a href="{html.escape(p)}?wsdl"><code>{html.escape(p)}</code></a> (SOAP; its WSDL: '
+                 f'<code>?wsdl</code>): {html.escape(", ".join(sorted(C.TRANSACTIONS.get(a, a) for a in e.operations)))}'
+                 f'</li>' for p, e in sorted(self.endpoints.items())]
+        items += [f"<li><code>{html.escape(p)}</code></li>" for p in sorted(self.routes)]
+        items.append('<li><a href="/health"><code>/health</code></a> (the server and its database)</li>')
+        body = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>xds {html.escape(role)}</title>'
+                f'</head><body><h1>XDS.b {html.escape(role)} server</h1><p>xds-server {html.escape(release)}, '
+                f'role <code>{html.escape(role)}</code>.</p><h2>Endpoints</h2><ul>{"".join(items)}</ul>'
+                f'</body></html>\n').encode("utf-8")
+        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body))),
+                                  ("X-Content-Type-Options", "nosniff")])
+        return [body]
+
     def _wsdl(self, environ, start_response, endpoint: Endpoint):
         import wsdl as wsdl_pkg
 
