@@ -31,6 +31,7 @@ from xds.client import SoapClient, TransportError
 from xds.ebrim import read_response_errors
 from xds.errors import XdsError
 from xds.security import issue
+from xds.builder import retrieve_request  # noqa: F401  (the CLI's and the benchmarks' name for it)
 
 REPOSITORY_PATH = "/xds/repository"
 PROGRESS_FROM = 8 * 1024 * 1024  # smaller transfers finish before a progress line would help
@@ -298,16 +299,6 @@ def _status(body, http_status: int, raw: bytes) -> tuple[str, list[XdsError]]:
         return "SOAP Fault", [XdsError(subcode or "Fault", reason)]
     rr = body if body.tag == C.q(C.NS_RS, "RegistryResponse") else body.find(C.q(C.NS_RS, "RegistryResponse"))
     return read_response_errors(rr if rr is not None else body)
-
-
-def retrieve_request(unique_id: str, repository_id: str, home: str | None = None) -> etree._Element:
-    req = etree.Element(C.q(C.NS_XDSB, "RetrieveDocumentSetRequest"), nsmap={"xdsb": C.NS_XDSB})
-    dr = etree.SubElement(req, C.q(C.NS_XDSB, "DocumentRequest"))
-    if home:
-        etree.SubElement(dr, C.q(C.NS_XDSB, "HomeCommunityId")).text = home
-    etree.SubElement(dr, C.q(C.NS_XDSB, "RepositoryUniqueId")).text = repository_id
-    etree.SubElement(dr, C.q(C.NS_XDSB, "DocumentUniqueId")).text = unique_id
-    return req
 
 
 def retrieve_document(url: str, unique_id: str, repository_id: str, out: str, timeout: float = 600.0,

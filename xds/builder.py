@@ -287,3 +287,14 @@ def remove_documents_request(*items: tuple[str, str]) -> etree._Element:
         etree.SubElement(dr, C.q(C.NS_XDSB, "RepositoryUniqueId")).text = repo
         etree.SubElement(dr, C.q(C.NS_XDSB, "DocumentUniqueId")).text = uid
     return req
+
+
+def retrieve_request(unique_id: str, repository_id: str, home: str | None = None) -> etree._Element:
+    """ITI-43 RetrieveDocumentSetRequest for one document."""
+    req = etree.Element(C.q(C.NS_XDSB, "RetrieveDocumentSetRequest"), nsmap={"xdsb": C.NS_XDSB})
+    dr = etree.SubElement(req, C.q(C.NS_XDSB, "DocumentRequest"))
+    if home:
+        etree.SubElement(dr, C.q(C.NS_XDSB, "HomeCommunityId")).text = home
+    etree.SubElement(dr, C.q(C.NS_XDSB, "RepositoryUniqueId")).text = repository_id
+    etree.SubElement(dr, C.q(C.NS_XDSB, "DocumentUniqueId")).text = unique_id
+    return req

@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 from xds.portal.signin import FormError, local_path, read_form, read_query
 from xds.security import policy as P
-from xds.security.callers import PORTAL
+from xds.security.callers import PORTAL, caller_of
 from xds.security.principal import Principal
 
 from ..admin import BadRequest, apply_change
@@ -135,10 +135,10 @@ class Portal:
                                                           csrf=session.csrf_token, self_path=path))
 
     def _may_open(self, session, state: P.AccessState) -> bool:
-        if not state.exists:
-            return False
-        person = session.patient_id
-        return P.same_patient(person, state.patient) or (person in state.representatives and state.minor)
+        """Whoever may read the whole access state (the patient, a minor's legal representative: the
+        policy's own "show") may open the record."""
+        caller = caller_of(_principal(session, state.patient))
+        return state.exists and bool(P.may_manage(caller, state, "show"))
 
     def _home(self, environ, start_response, session, lang):
         own = session.patient_id
@@ -175,8 +175,7 @@ class _Context:
     def __init__(self, portal: Portal, environ, session, lang: str, patient: str, state: P.AccessState):
         self.portal, self.environ, self.session, self.lang = portal, environ, session, lang
         self.patient, self.state = patient, state
-        self.principal = Principal(mode=PORTAL, subject=session.patient_id, name_id=session.patient_id,
-                                   patient_id=patient, issuer=session.issuer)
+        self.principal = _principal(session, patient)
         self.record = Record(portal.app, self.principal, environ)
 
     def t(self, key: str, *args: str) -> str:
@@ -264,17 +263,16 @@ class _Context:
         except PortalError as exc:
             log.warning(json.dumps({"event": "portal_retrieve", "outcome": "refused", "codes": list(exc.codes)}))
             raise _not_found() from None
-        try:
-            if isinstance(data, str):  # a spooled file
-                with open(data, "rb") as fh:
-                    data = fh.read()
-        finally:
+        if isinstance(data, str):   # a spooled file: streamed, not read into memory
+            size, body = os.path.getsize(data), _chunks(data, cleanup)
+        else:
             if cleanup is not None:
                 cleanup()
+            size, body = len(data), [data]
         name = _file_name(doc)
-        start_response("200 OK", [("Content-Type", _safe_mime(mime)), ("Content-Length", str(len(data))),
+        start_response("200 OK", [("Content-Type", _safe_mime(mime)), ("Content-Length", str(size)),
                                   ("Content-Disposition", f"attachment; filename=\"{name}\""), *_HEADERS])
-        return [data]
+        return body
 
     def mask(self, start_response, entry_uuid: str):
         form = self._form()
@@ -414,7 +412,7 @@ class _Context:
 
     def _change(self, action: str, change: dict) -> bool:
         """One access change, decided by the policy as at the administration interface, and audited."""
-        caller = P.Caller(P.PATIENT, person=self.session.patient_id, patient=self.patient)
+        caller = caller_of(self.principal)
         decision = P.may_manage(caller, self.portal.access.state(self.patient), action, change.get("person"))
         auditor = self.portal.auditor
         if not decision:
@@ -454,6 +452,12 @@ class _Context:
 
 
 # --- helpers ------------------------------------------------------------------------------------------
+def _principal(session, patient: str) -> Principal:
+    """The signed-in person, about this patient's record: what every transaction and decision is asked with."""
+    return Principal(mode=PORTAL, subject=session.patient_id, name_id=session.patient_id, patient_id=patient,
+                     issuer=session.issuer)
+
+
 def _lang(environ) -> str:
     try:
         asked = read_query(environ, ("lang",)).get("lang")
@@ -479,6 +483,17 @@ def _html(start_response, status: int, body: bytes):
     start_response(f"{status} {reasons.get(status, 'Error')}", [
         ("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body))), *_HEADERS])
     return [body]
+
+
+def _chunks(path: str, cleanup, size: int = 1 << 20):
+    """A spooled document's bytes, then its cleanup (also when the client goes away: the server closes us)."""
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(size):
+                yield chunk
+    finally:
+        if cleanup is not None:
+            cleanup()
 
 
 def _date_html(dtm: str) -> str:

@@ -127,19 +127,10 @@ class Record:
         docs = [d for d in (_doc(el) for el in payload.iter(_rim("ExtrinsicObject"))) if d is not None]
         return sorted(docs, key=lambda d: (d.date, d.entry_uuid), reverse=True)
 
-    def document(self, patient: str, entry_uuid: str) -> Doc | None:
-        return next((d for d in self.documents(patient) if d.entry_uuid == entry_uuid), None)
-
     def retrieve(self, doc: Doc):
         """The document's bytes through the registry's routing path (ITI-43): (mime type, bytes or a file
         path, cleanup)."""
-        req = etree.Element(C.q(C.NS_XDSB, "RetrieveDocumentSetRequest"), nsmap={"xdsb": C.NS_XDSB})
-        dr = etree.SubElement(req, C.q(C.NS_XDSB, "DocumentRequest"))
-        if doc.home:
-            etree.SubElement(dr, C.q(C.NS_XDSB, "HomeCommunityId")).text = doc.home
-        etree.SubElement(dr, C.q(C.NS_XDSB, "RepositoryUniqueId")).text = doc.repository_id or ""
-        etree.SubElement(dr, C.q(C.NS_XDSB, "DocumentUniqueId")).text = doc.unique_id
-        resp = self._call(C.ACTION_RETRIEVE, req)
+        resp = self._call(C.ACTION_RETRIEVE, builder.retrieve_request(doc.unique_id, doc.repository_id or "", doc.home))
         parts = {cid: (ctype, data) for cid, ctype, data in resp.attachments}
         for response in resp.payload.iter(C.q(C.NS_XDSB, "DocumentResponse")):
             include = response.find(f".//{{{C.NS_XOP}}}Include")
