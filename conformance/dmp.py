@@ -612,7 +612,7 @@ def metadata_changes(before: etree._Element, after: etree._Element) -> list[str]
 
 class OwnServer:
     """``xds serve --profile dmp --security none --lenient --implied-references`` on a free loopback port,
-    with a temporary data folder that holds the patients fed before it starts. ``implied_references``
+    with a temporary data folder, and the patients fed once it listens. ``implied_references``
     False starts it strict about ebRIM's parent references, as a lab's server may be."""
 
     def __init__(self, patients: list[str], *, habilitation_matrix: str = HABILITATION_MATRIX,
@@ -640,11 +640,6 @@ class OwnServer:
         data = os.path.join(self.dir, "data")
         env = {k: v for k, v in os.environ.items() if not k.startswith("XDS_")}  # only what is said here
         env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        fed = subprocess.run(self.command("patient", "--data", data, "add", *self.patients), cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=timeout)
-        if fed.returncode:
-            self.stop()
-            raise RuntimeError(f"xds patient add failed: {(fed.stderr or fed.stdout).strip()}")
         self.out = os.path.join(self.dir, "serve.out")
         self.err = os.path.join(self.dir, "serve.err")
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
@@ -656,6 +651,12 @@ class OwnServer:
                 found = re.search(r"^xds: \S+ on (https?://\S+)$", f.read(), re.M)
             if found:
                 self.url = found.group(1)
+                # Fed through the server's administration endpoint, as an operator would.
+                fed = subprocess.run(self.command("patient", "add", *self.patients, "--url", self.url), cwd=REPO,
+                                     env=env, capture_output=True, text=True, timeout=timeout)
+                if fed.returncode:
+                    self.stop()
+                    raise RuntimeError(f"xds patient add failed: {(fed.stderr or fed.stdout).strip()}")
                 return self
             if self.proc.poll() is not None:
                 break

@@ -42,15 +42,21 @@ class AccessError(Exception):
 
 # --- the request -------------------------------------------------------------------------------------
 
-def access_url(base: str, patient: str) -> str:
-    """base: http(s)://host:port, optionally with a path (a reverse proxy's prefix, or /admin/access)."""
+def admin_url(base: str, prefix: str, patient: str | None = None) -> str:
+    """An administration endpoint's URL (prefix: /admin/access, /admin/patients), with the patient id
+    URL-encoded after it. base: http(s)://host:port, optionally with a path (a reverse proxy's prefix, or
+    the endpoint itself)."""
     parts = urlsplit(base)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{base}: give an http:// or https:// URL of the registry")
     root = base.split("?", 1)[0].split("#", 1)[0].rstrip("/")
-    if not root.endswith(PREFIX):
-        root += PREFIX
-    return f"{root}/{quote(patient, safe='')}"
+    if not root.endswith(prefix):
+        root += prefix
+    return root + (f"/{quote(patient, safe='')}" if patient else "")
+
+
+def access_url(base: str, patient: str) -> str:
+    return admin_url(base, PREFIX, patient)
 
 
 def bearer(assertion: bytes) -> str:

@@ -10,7 +10,7 @@ from xds import settings as settings_mod
 def _settings(args) -> settings_mod.Settings:
     overrides = {k: getattr(args, k, None) for k in ("role", "host", "port", "db", "data", "mllp_port",
                                                       "repository_id", "registry_url", "profile", "tls_cert", "tls_key", "tls_ca", "registry_timeout",
-                                                      "require_known_repositories", "mime_bare_lf", "lenient", "implied_references",
+                                                      "require_known_repositories", "mime_bare_lf", "require_ws_addressing", "workers", "lenient", "implied_references",
                                                       "security", "allow_anonymous", "xua_trust", "xua_audiences",
                                                       "feed_sources", "allow_plain_mllp", "habilitation_matrix",
                                                       "admin_subjects", "registry_subjects", "audit_repository",
@@ -18,6 +18,8 @@ def _settings(args) -> settings_mod.Settings:
                                                       "async_reply_to")}
     if getattr(args, "no_patient_check", False):
         overrides["check_patients"] = False
+    if getattr(args, "no_metrics", False):
+        overrides["metrics"] = False
     return settings_mod.load(getattr(args, "config", None), overrides=overrides)
 
 
@@ -25,6 +27,23 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML settings file (also XDS_CONFIG)")
     p.add_argument("--db", help="SQLAlchemy URL, e.g. postgresql+psycopg2://user@host/db (default: SQLite in --data)")
     p.add_argument("--data", help="data folder (default ./xds-data)")
+
+
+def options_anywhere(parent: argparse.ArgumentParser, sub) -> None:
+    """Let the options of `parent` also come after its subcommand (`xds repository add X Y --db URL` as well
+    as `xds repository --db URL add X Y`). The copies default to SUPPRESS so that a value given before the
+    subcommand is not overwritten by the subcommand's default."""
+    import copy
+
+    for leaf in sub.choices.values():
+        taken = {o for a in leaf._actions for o in a.option_strings}
+        for action in parent._actions:
+            if not action.option_strings or action.dest == "help" or taken & set(action.option_strings):
+                continue
+            twin = copy.copy(action)
+            twin.default = argparse.SUPPRESS
+            twin.container = leaf
+            leaf._add_action(twin)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--role", choices=settings_mod.ROLES)
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes serving the port (default: one per core; 1: a single process)")
     p.add_argument("--mllp-port", type=int, help="listen for the ITI-8 patient identity feed (HL7 v2 over MLLP; "
                                                  "over mutual TLS when --tls-cert is given)")
     p.add_argument("--feed-sources", metavar="FILE",
@@ -44,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="without TLS, take the feed on a non-loopback address anyway (needs --feed-sources)")
     p.add_argument("--no-patient-check", action="store_true",
                    help="accept submissions for patients the feed has not announced")
+    p.add_argument("--no-metrics", action="store_true", help="do not serve GET /metrics (Prometheus); it answers 404")
     p.add_argument("--profile", help="metadata validation profile: ihe (default) or dmp (French DMP)")
     p.add_argument("--lenient", action="store_true", default=None,
                    help="profile dmp: report metadata that contradicts the CDA header as warnings (test platforms "
@@ -67,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="a name of this service that an AudienceRestriction may carry (repeatable)")
     p.add_argument("--mime-bare-lf", action="store_true", default=None,
                    help="accept MTOM bodies whose MIME boundary lines and part headers end in bare LF, not CRLF")
+    p.add_argument("--require-ws-addressing", action="store_true", default=None,
+                   help="refuse SOAP requests without wsa:Action and wsa:MessageID headers (the WSDLs require "
+                        "them; by default an action in the Content-Type is enough)")
     p.add_argument("--implied-references", action="store_true", default=None,
                    help="accept a nested Classification or ExternalIdentifier without classifiedObject / "
                         "registryObject as its enclosing object's (with a warning), as the DMP's examples send them")
@@ -89,23 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--notification-webhook", metavar="URL",
                    help="POST break-the-glass and centre 15 notifications (JSON) to this URL")
 
-    p = sub.add_parser("patient", help="manage the patient ids the registry accepts")
-    _add_common(p)
-    p.add_argument("--profile", help="the ids' form: ihe (default, id^^^&OID&ISO) or dmp (an INS, which may add "
-                                     "^NH and a CX.7 date)")
-    psub = p.add_subparsers(dest="patient_command", required=True)
-    pa = psub.add_parser("add", help="accept a patient id (CX: id^^^&OID&ISO)")
-    pa.add_argument("patient_id", nargs="+")
-    pm = psub.add_parser("merge", help="merge SUBSUMED into SURVIVING")
-    pm.add_argument("subsumed")
-    pm.add_argument("surviving")
-    for command in (pa, pm):
-        command.add_argument("--mllp", metavar="HOST:PORT",
-                             help="send ITI-8 (A01, or A40 to merge) to this feed instead of writing the database; "
-                                  "over TLS when the settings name tls_cert or tls_ca")
-        command.add_argument("--application", default="XDS_CLI", help="MSH-3 sending application (default XDS_CLI)")
-        command.add_argument("--facility", default="XDS", help="MSH-4 sending facility (default XDS)")
-    psub.add_parser("list", help="list known patient ids")
+    p = sub.add_parser("patient", help="the patient ids the registry accepts: add, merge, list, show (through "
+                                       "the server: its administration endpoint, or --mllp its ITI-8 feed)")
+    from .patient import add_arguments as patient_arguments
+
+    patient_arguments(p)
 
     from .transfer import add_client_arguments
 
@@ -116,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", help="server or repository endpoint (default http://HOST:PORT of the settings; "
                                  "https when they name tls_cert)")
     p.add_argument("--mime", help="mimeType of every file (default: guessed from the file name)")
+    p.add_argument("--json", action="store_true", help="print the uniqueIds, entryUUIDs, SubmissionSet and "
+                                                       "repository as JSON")
+    p.add_argument("--registry", dest="query_registry", metavar="URL",
+                   help="with --json: the registry to ask for the repositoryUniqueId (default: the server of --url)")
+    from .submit_metadata import add_metadata_arguments
+
+    add_metadata_arguments(p)
     add_client_arguments(p)
 
     p = sub.add_parser("retrieve", help="fetch a document from a repository (ITI-43)")
@@ -132,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     from .query import add_arguments as query_arguments
 
     query_arguments(p)
+
+    p = sub.add_parser("validate", help="check messages offline (ITI-41, -42, -57, -18, ...) against the "
+                                        "server's own rules, each problem with its code and location")
+    from .validate import add_arguments as validate_arguments
+
+    validate_arguments(p)
 
     p = sub.add_parser("access", help="the registry's access states of patients: authorise, block, treating "
                                       "doctor, objections, ... (`xds access -h`)")
@@ -164,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     rc.add_argument("--hashes", action="store_true", help="read every document back and check its SHA-1")
     rc.add_argument("--registry-url", help="the registry of a repository-only host (default: its settings)")
     rc.add_argument("--repository-id", help="this repository's repositoryUniqueId (default: its settings)")
+    options_anywhere(p, rsub)
 
     p = sub.add_parser("db", help="database schema migrations (Alembic) for this process's actors")
     _add_common(p)
@@ -171,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     dsub = p.add_subparsers(dest="db_command", required=True)
     dsub.add_parser("upgrade", help="bring the schema to the latest revision (xds serve also does this)")
     dsub.add_parser("current", help="print the schema revision of each actor")
+    options_anywhere(p, dsub)
 
     p = sub.add_parser("conformance", help="run NIST XDS test kit plans against any registry/repository")
     from conformance.cli import add_arguments as conformance_arguments
@@ -199,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         from conformance.cli import run_command
 
         return run_command(args)
+    if args.command == "validate":
+        from .validate import command as validate_command
+
+        return validate_command(args)
     if args.command == "sts":
         from .sts import command as sts_command
 
@@ -221,9 +253,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     if args.command == "patient":
-        return _patient(args, s)
+        from .patient import command as patient_command
+
+        return patient_command(args, s)
     if args.command == "repository":
-        return _repository(args, s)
+        try:
+            return _repository(args, s)
+        except NoDatabase as exc:
+            print(f"xds: {exc}", file=sys.stderr)
+            return 2
     if args.command == "db":
         return _db(args, s)
     if args.command in ("submit", "retrieve"):
@@ -245,97 +283,52 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _registry_store(s):
-    """The registry's store in the settings' database, its schema brought up to date."""
+class NoDatabase(Exception):
+    """The settings name no database that `xds serve` or `xds db upgrade` made (or not at this code's schema)."""
+
+
+def existing_engine(url: str, tree: str):
+    """An engine on the settings' database, which must exist at the current schema: only `xds serve` and
+    `xds db upgrade` create or change one, so that a command run in the wrong folder says so instead of
+    working on a new, empty registry."""
     import os
 
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from xds import migrate
+    from xds.db import make_engine
+
+    parsed = make_url(url)
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "sqlite":
+        path = parsed.database or ""
+        if not path or path == ":memory:" or not os.path.isfile(path):
+            raise NoDatabase(f"no {tree} database at {path or shown} (`xds serve` or `xds db upgrade` creates it; "
+                             "--data or --db names another)")
+    engine = make_engine(url)
+    try:
+        revision = migrate.current(engine, tree)
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise NoDatabase(f"cannot open the {tree} database {shown}: {exc.__class__.__name__}: "
+                         f"{str(exc.orig if getattr(exc, 'orig', None) else exc).splitlines()[0]}") from None
+    heads = migrate.heads(tree)
+    if revision not in heads:
+        engine.dispose()
+        raise NoDatabase(f"the {tree} database {shown} is " + (f"at schema revision {revision}, this version needs "
+                         f"{', '.join(heads)}: run `xds db upgrade`" if revision else
+                         "not an xds database (no schema): `xds serve` or `xds db upgrade` makes one"))
+    return engine
+
+
+def _registry_store(s):
+    """The registry's store in the settings' existing database."""
     from registry.store import RegistryStore
 
-    os.makedirs(s.data, exist_ok=True)
-    store = RegistryStore(s.db_url)
-    store.migrate()
-    return store
-
-
-def _patient(args, s) -> int:
-    if getattr(args, "mllp", None):
-        return _patient_feed(args, s)
-    named = args.patient_id if args.patient_command == "add" else \
-        [args.subsumed, args.surviving] if args.patient_command == "merge" else []
-    if _bad_patient_ids(named, s):
-        return 2
-    store = _registry_store(s)
-    if args.patient_command == "add":
-        for pid in args.patient_id:
-            store.add_patient(pid)
-            print(f"added {pid}")
-    elif args.patient_command == "merge":
-        store.merge_patient(args.subsumed, args.surviving)
-        print(f"merged {args.subsumed} into {args.surviving}")
-    else:
-        for pid, active, merged in store.list_patients():
-            print(pid + ("" if active else f"  (merged into {merged})" if merged else "  (inactive)"))
-    return 0
-
-
-def _bad_patient_ids(ids, s) -> bool:
-    """Whether any id fails the profile's rule for naming a patient (the DMP's INS may carry CX.5 NH and
-    a CX.7 date); the registry keys patients on CX.1 + CX.4 whatever follows."""
-    from xds.validation.profiles import get_profile
-
-    check = get_profile(s.profile).checker("queryPatientId")
-    bad = False
-    for pid in ids:
-        problems = check(pid)
-        if problems:
-            print(f"xds: {pid} is not an XDS patient id (profile {s.profile}): {'; '.join(problems)}", file=sys.stderr)
-            bad = True
-    return bad
-
-
-def _patient_feed(args, s) -> int:
-    """`xds patient add|merge --mllp`: the change as the registry's feed takes it, ACK by ACK."""
-    from registry.feed import adt_message
-    from .feed import send_patients
-
-    if args.patient_command == "add":
-        ids, messages = args.patient_id, [adt_message("A01", pid, application=args.application,
-                                                      facility=args.facility) for pid in args.patient_id]
-    else:
-        ids = [args.subsumed, args.surviving]
-        messages = [adt_message("A40", args.surviving, subsumed_id=args.subsumed, application=args.application,
-                                facility=args.facility)]
-    if _bad_patient_ids(ids, s):
-        return 2
-    try:
-        replies = send_patients(s, args.mllp, messages)
-    except (OSError, ValueError) as exc:
-        print(f"xds: {args.mllp}: {exc}", file=sys.stderr)
-        return 1
-    done = [f"added {pid}" for pid in ids] if args.patient_command == "add" else \
-        [f"merged {args.subsumed} into {args.surviving}"]
-    failed = 0
-    for line, reply in zip(done, replies):
-        code, text = _ack_result(reply)
-        if code == "AA":
-            print(line)
-        else:
-            failed += 1
-            print(f"xds: refused ({code}): {text}", file=sys.stderr)
-    return 1 if failed else 0
-
-
-def _ack_result(reply: str) -> tuple[str, str]:
-    """MSA-1 and the fullest reason an ACK gives (ERR-8 when there is one, else MSA-3)."""
-    from registry.feed import parse_message, field_of, Hl7ParseError
-
-    try:
-        msg = parse_message(reply)
-    except Hl7ParseError as exc:
-        return "??", f"unreadable acknowledgement: {exc}"
-    msa, err = msg.first("MSA"), msg.first("ERR")
-    text = msg.unescape(field_of(err, 8)) or msg.unescape(field_of(msa, 3))
-    return field_of(msa, 1), text
+    engine = existing_engine(s.db_url, "registry")
+    engine.dispose()
+    return RegistryStore(s.db_url)
 
 
 def _db(args, s) -> int:
@@ -344,15 +337,22 @@ def _db(args, s) -> int:
     from xds import migrate
     from xds.db import make_engine
 
-    os.makedirs(s.data, exist_ok=True)
+    if args.db_command == "upgrade":
+        os.makedirs(s.data, exist_ok=True)
     targets = []
     if s.role in ("all", "registry"):
         targets.append(("registry", s.db_url))
     if s.role in ("all", "repository"):
         targets.append(("repository", s.repository_db or s.db_url))
     for tree, url in targets:
-        engine = make_engine(url)
-        if args.db_command == "upgrade":
+        if args.db_command != "upgrade":
+            try:
+                engine = existing_engine(url, tree)
+            except NoDatabase as exc:
+                print(f"{tree}: {exc}")
+                continue
+        else:
+            engine = make_engine(url)
             migrate.upgrade(engine, tree)
         print(f"{tree}: {migrate.current(engine, tree) or '(empty)'} (head {', '.join(migrate.heads(tree))})")
         engine.dispose()
@@ -392,6 +392,9 @@ def _repository_check(args, s) -> int:
     from registry.store import RegistryStore
     from repository.service import RepositoryActor
 
+    if not s.registry_url:
+        existing_engine(s.db_url, "registry").dispose()
+    existing_engine(s.repository_db or s.db_url, "repository").dispose()
     registry = None if s.registry_url else RegistryActor(RegistryStore(s.db_url))
     actor = RepositoryActor.from_settings(s, registry)
     report = actor.check(repair=args.repair, hashes=args.hashes)

@@ -7,9 +7,11 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 
 from registry.access import AccessStore
 from registry.admin import PREFIX as ADMIN_PREFIX, AccessAdmin
+from registry.admin_patients import PREFIX as PATIENTS_PREFIX, PatientAdmin
 from registry.config import RegistryConfig
 from registry.feed import no_audit
 from registry.feed_v3 import pix_endpoint
@@ -21,6 +23,7 @@ from xds.audit.auditor import Auditor, AuditSource, RegistryFacts
 from xds.audit.http import ADMIN_PREFIX as AUDIT_PREFIX, PATIENT_PREFIX as PATIENT_LOG_PREFIX, AuditAdmin, PatientLog
 from xds.audit.store import AuditStore
 from xds.cheroot_adapter import HttpServer
+from xds.metrics import Metrics
 from xds.security import modes
 from xds.security.callers import CallerRules
 from xds.security.matrix import load_matrix
@@ -35,15 +38,34 @@ log = logging.getLogger("xds.server")
 _SYSTEMS_TTL = 5.0  # seconds the directory's certificate subjects are taken as read
 
 
+@dataclass(frozen=True)
+class WorkerRole:
+    """Which of the `xds serve` worker processes this is (node/workers.py). The primary (index 0) alone runs
+    what must happen once per node: the patient feed listener, audit delivery, the repository's settlement
+    job, and on its first start the clean-up of what a crash left (spooled parts, staged files), which the
+    other workers must not do while a request of another process may be writing them."""
+
+    index: int = 0
+    count: int = 1
+    first_start: bool = True  # False for a primary started again after it died: others are serving
+    reuse_port: bool = False
+
+    @property
+    def primary(self) -> bool:
+        return self.index == 0
+
+
 class Services:
     """Everything one `xds serve` process runs."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, worker: WorkerRole = WorkerRole()):
         self.settings = settings
+        self.worker = worker
         os.makedirs(settings.data, exist_ok=True)
         spool = os.path.join(settings.data, "spool")
         os.makedirs(spool, exist_ok=True)
-        _clean_spool(spool)
+        if worker.primary and worker.first_start:
+            _clean_spool(spool)
         self.registry = None
         self.repository = None
         self._systems: tuple[float, set[str]] = (0.0, set())  # (read again after, subjects): _known_system
@@ -72,6 +94,12 @@ class Services:
         self.delivery = None
         if self.auditor is not None:
             self._start_audit(settings)
+        # GET /metrics (xds/metrics.py): the pools and the audit outbox are read at each scrape.
+        self.metrics = Metrics(
+            [("registry", self.registry.store.engine if self.registry else None),
+             ("repository", self.repository.store.engine if self.repository else None)],
+            audit_store=self.auditor.store if self.auditor is not None else None,
+            audit_delivery=bool(settings.audit_repository or settings.notification_webhook)) if settings.metrics else None
         authenticator = modes.authenticator(settings, self._known_system, self._database())
         routes = {}
         if self.registry is not None:
@@ -79,6 +107,10 @@ class Services:
             routes[ADMIN_PREFIX] = AccessAdmin(AccessStore(self.registry.store), authenticator,
                                                CallerRules.from_settings(settings),
                                                self.auditor.access_rights if self.auditor is not None else None)
+            # The registry's patient ids (registry/admin_patients.py), the server side of `xds patient`.
+            routes[PATIENTS_PREFIX] = PatientAdmin(self.registry.store, authenticator,
+                                                   CallerRules.from_settings(settings), settings.profile,
+                                                   self.auditor.patient_ids if self.auditor is not None else None)
         self.signin = None
         if self.registry is not None and settings.portal_issuer:
             self.signin = _signin(settings, self.registry.store.engine)
@@ -93,8 +125,9 @@ class Services:
         self.app = XdsApp(endpoints, AppConfig(spool_dir=spool, max_request_bytes=settings.max_request_bytes,
                                                max_document_bytes=settings.max_document_bytes,
                                                base_url=settings.base_url, mime_bare_lf=settings.mime_bare_lf,
+                                               require_ws_addressing=settings.require_ws_addressing,
                                                authenticator=authenticator, auditor=self.auditor,
-                                               async_reply_to=settings.async_reply_to,
+                                               async_reply_to=settings.async_reply_to, metrics=self.metrics,
                                                async_ssl_context=settings.client_ssl_context()
                                                if settings.async_reply_to else None),
                           health=self._health, routes=routes,
@@ -116,6 +149,8 @@ class Services:
             self.registry.feed_sources = self.feed_sources  # ITI-44: without a list, administrators only
         # Called with a registry.feed.FeedEvent for every accepted and refused ITI-8 message.
         self.feed_audit = self.auditor.feed if self.auditor is not None else no_audit
+        if self.metrics is not None:
+            self.feed_audit = self.metrics.counting_feed(self.feed_audit)
 
     def _start_audit(self, settings: Settings) -> None:
         store = AuditStore(self._database())
@@ -126,7 +161,8 @@ class Services:
             router = self.registry._router
             if router is not None:
                 router.hop_audit = self._routed_hop
-        if settings.audit_repository or settings.notification_webhook:
+        # One deliverer per node: the other workers' records wait in the shared outbox for the primary's.
+        if (settings.audit_repository or settings.notification_webhook) and self.worker.primary:
             from xds.audit.delivery import Delivery
 
             self.delivery = Delivery(store, self.auditor.source, destination=settings.audit_repository,
@@ -147,13 +183,14 @@ class Services:
     def start(self) -> "Services":
         """Bind and serve in background threads (tests, and `serve` below)."""
         s = self.settings
-        if self.repository is not None:
-            self.repository.start()  # finishes what a crash left before any new request stages a file
+        if self.repository is not None and self.worker.primary:
+            # Finishes what a crash left before any new request stages a file.
+            self.repository.start(recover=self.worker.first_start)
         self.http = HttpServer(self.app, s.host, s.port, threads=s.threads, tls=s.tls,
                                server_name="xds", shutdown_timeout=10, max_header_bytes=s.max_header_bytes,
                                head_timeout=s.head_timeout, body_grace=s.body_grace, body_min_rate=s.body_min_rate,
                                body_window=s.body_window, max_connections=s.max_connections,
-                               listen_backlog=s.listen_backlog)
+                               listen_backlog=s.listen_backlog, reuse_port=self.worker.reuse_port)
         try:
             self.http.start()
         except OSError as exc:
@@ -161,6 +198,8 @@ class Services:
                 raise PortInUse(f"cannot listen on {s.host}:{s.port}: the address is already in use (another "
                                 "server, or an earlier xds serve still running); choose another with --port") from None
             raise
+        if not self.worker.primary:
+            return self
         if self.auditor is not None:
             self.auditor.system("application-start")
             if self.delivery is not None:
@@ -187,7 +226,8 @@ class Services:
         if engine is not None:
             with engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
-        return {"role": self.settings.role, "database": "ok"}
+        return {"role": self.settings.role, "database": "ok", "worker": self.worker.index,
+                "workers": self.worker.count}
 
     def _database(self):
         """The process's database, for what the core keeps there (the replay cache)."""
@@ -228,7 +268,7 @@ class Services:
             self.repository.close()  # its settlement job
         if self.registry is not None:
             self.registry.close()  # then the threads it forwards ITI-43 on
-        if self.auditor is not None and self.auditor.store is not None:
+        if self.auditor is not None and self.auditor.store is not None and self.worker.primary:
             try:
                 self.auditor.system("application-stop")
             except Exception:

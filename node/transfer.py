@@ -11,6 +11,7 @@ import base64
 import contextlib
 import datetime as _dt
 import http.client
+import json
 import mimetypes
 import os
 import re
@@ -201,6 +202,7 @@ class TransferResult:
     unique_ids: list[tuple[str, str]] = field(default_factory=list)  # (file, uniqueId)
     mime_type: str | None = None
     size: int | None = None
+    submitted: "Submitted | None" = None
 
     @property
     def ok(self) -> bool:
@@ -242,32 +244,81 @@ def provide_and_register(submit_objects: etree._Element, documents: dict[str, by
     return pnr, attachments
 
 
-def provide_request(patient_id: str, files: list[tuple[str, str]]):
-    """ITI-41 metadata for (path, mimeType) pairs: one SubmissionSet, one DocumentEntry per file.
+@dataclass
+class Submitted:
+    """What one ITI-41 request says, for the `--json` answer: ids are made here (entryUUIDs as urn:uuid:
+    ids, which a registry keeps), so the client knows them without asking."""
+    submission_set: dict
+    documents: list[dict]  # {"file", "entryUUID", "uniqueId", "mimeType", "size"}
 
-    Returns the request, its attachments [(cid, mimeType, path)] and the (path, uniqueId) of each entry.
-    """
-    objects = [builder.submission_set(patient_id), builder.submission_set_marker()]
-    unique_ids, documents, types = [], {}, {}
-    for i, (path, mime) in enumerate(files, 1):
-        ident, uid = f"Document{i:02d}", builder.new_oid()
-        objects.append(builder.document_entry(patient_id, id=ident, unique_id=uid, mime_type=mime,
-                                              title=os.path.basename(path)[:128] or "Document",
-                                              creation_time=_dtm(path)))
-        objects.append(builder.association("SubmissionSet01", ident, id=f"ssde{i}"))
-        unique_ids.append((path, uid))
+
+def _entry_meta(path: str, mime: str, given: dict) -> dict:
+    from .submit_metadata import document_defaults
+
+    return {**document_defaults(path, mime), **given}
+
+
+def provide_request(patient_id: str, files: list[tuple[str, str]] | list[tuple[str, str, dict]],
+                    submission: dict | None = None):
+    """ITI-41 metadata for (path, mimeType[, metadata]) triples: one SubmissionSet, one DocumentEntry per file;
+    metadata as node/submit_metadata.py reads it, over the defaults that fit each file.
+
+    Returns the request, its attachments [(cid, mimeType, path)] and what was submitted (Submitted)."""
+    ss = dict(submission or {})
+    ss_id, ss_uid = f"urn:uuid:{uuid.uuid4()}", builder.new_oid()
+    ss_kwargs = {"id": ss_id, "unique_id": ss_uid, "title": ss.get("title", "Submission")}
+    for key, arg in (("source_id", "source_id"), ("content_type_code", "content_type"),
+                     ("author_person", "author_person"), ("author_institution", "author_institutions")):
+        if key in ss:
+            ss_kwargs[arg] = ss[key]
+    objects = [builder.submission_set(patient_id, **ss_kwargs), builder.submission_set_marker(ss_id)]
+    documents, types, described = {}, {}, []
+    for i, item in enumerate(files, 1):
+        path, mime = item[0], item[1]
+        meta = _entry_meta(path, mime, item[2] if len(item) > 2 else {})
+        mime = meta.get("mime_type", mime)
+        ident, uid = f"urn:uuid:{uuid.uuid4()}", builder.new_oid()
+        codes = {"class": meta["class_code"], "type": meta["type_code"], "format": meta["format_code"]}
+        for key, name in (("practice_setting_code", "practice"), ("facility_type_code", "hcft")):
+            if key in meta:
+                codes[name] = meta[key]
+        for key, name in (("confidentiality_code", "confidentiality"), ("event_code", "event")):
+            if key in meta:
+                codes[name] = meta[key]
+        kwargs = dict(id=ident, unique_id=uid, mime_type=mime, title=meta["title"][:256],
+                      creation_time=meta.get("creation_time") or _dtm(path), codes=codes,
+                      service_start=meta.get("service_start"), service_stop=meta.get("service_stop"),
+                      legal_authenticator=meta.get("legal_authenticator"))
+        for key, arg in (("language", "language"), ("author_person", "author_person"),
+                         ("author_institution", "author_institutions"), ("author_role", "author_roles"),
+                         ("author_specialty", "author_specialties")):
+            if key in meta:
+                kwargs[arg] = meta[key]
+        entry = builder.document_entry(patient_id, **kwargs)
+        if meta.get("comments"):
+            builder.name(entry, meta["comments"], "Description")
+        objects.append(entry)
+        objects.append(builder.association(ss_id, ident, id=f"urn:uuid:{uuid.uuid4()}"))
         documents[ident], types[ident] = path, mime
+        described.append({"file": path, "entryUUID": ident, "uniqueId": uid, "mimeType": mime,
+                          "size": os.path.getsize(path), "title": meta["title"][:256],
+                          "typeCode": _code_json(meta["type_code"]), "formatCode": _code_json(meta["format_code"])})
     pnr, attachments = provide_and_register(builder.submit_objects_request(objects), documents,
                                             content_types=types)
-    return pnr, attachments, unique_ids
+    return pnr, attachments, Submitted({"entryUUID": ss_id, "uniqueId": ss_uid}, described)
+
+
+def _code_json(code) -> dict:
+    return {"code": code[0], "scheme": code[1], "display": code[2]}
 
 
 def provide_files(url: str, patient_id: str, paths: list[str], mime: str | None = None,
                   timeout: float = 600.0, progress_stream=None, *, ssl_context=None,
-                  assertion: bytes | None = None) -> TransferResult:
-    """assertion: a saml2:Assertion's bytes, sent unchanged in wsse:Security."""
-    files = [(p, mime or guess_mime(p)) for p in paths]
-    pnr, parts, unique_ids = provide_request(patient_id, files)
+                  assertion: bytes | None = None, metadata=None, submission: dict | None = None) -> TransferResult:
+    """assertion: a saml2:Assertion's bytes, sent unchanged in wsse:Security. metadata: path -> the
+    metadata of that file (node/submit_metadata.py); submission: the SubmissionSet's."""
+    files = [(p, mime or guess_mime(p), (metadata or {}).get(p, {})) for p in paths]
+    pnr, parts, submitted = provide_request(patient_id, files, submission)
     client = SoapClient(endpoint_url(url), timeout, ssl_context)
     writer = mtom.MtomWriter()
     total = sum(os.path.getsize(p) for p in paths)
@@ -286,7 +337,9 @@ def provide_files(url: str, patient_id: str, paths: list[str], mime: str | None 
     if reply.mtom is not None:
         reply.mtom.cleanup()
     status, errors = _status(reply.envelope.body if reply.envelope is not None else None, reply.status, reply.raw)
-    return TransferResult(status, errors, unique_ids if status == C.RESPONSE_SUCCESS else [])
+    ok = status == C.RESPONSE_SUCCESS
+    return TransferResult(status, errors, [(d["file"], d["uniqueId"]) for d in submitted.documents] if ok else [],
+                          submitted=submitted)
 
 
 def _status(body, http_status: int, raw: bytes) -> tuple[str, list[XdsError]]:
@@ -377,26 +430,73 @@ def _print_errors(errors: list[XdsError]) -> None:
 
 
 def submit_command(args, settings) -> int:
+    from .submit_metadata import MetadataError, resolve
+
     url = args.url or default_url(settings)
     for p in args.files:
         if not os.path.isfile(p):
             print(f"xds: {p} is not a file", file=sys.stderr)
             return 2
     try:
+        metadata, submission = resolve(args, args.files)
+    except MetadataError as exc:
+        print(f"xds: {exc}", file=sys.stderr)
+        return 2
+    try:
         context, assertion = client_identity(args, settings, args.patient)
     except ClientSetupError as exc:
         print(f"xds: {exc}", file=sys.stderr)
         return exc.exit_code
     try:
-        result = provide_files(url, args.patient, args.files, args.mime, ssl_context=context, assertion=assertion)
+        result = provide_files(url, args.patient, args.files, args.mime, ssl_context=context, assertion=assertion,
+                               metadata=metadata, submission=submission)
     except Exception as exc:  # a CLI answers with one line, not a trace
         print(f"xds: submit to {url} failed: {exc}", file=sys.stderr)
         return 1
+    if getattr(args, "json", False):
+        print(json.dumps(submit_json(result, url, args, context, assertion), indent=2, ensure_ascii=False))
+        return 0 if result.ok else 1
     print(last_segment(result.status, ""))
     _print_errors(result.errors)
     for path, uid in result.unique_ids:
         print(f"{uid}\t{path}")
     return 0 if result.ok else 1
+
+
+def submit_json(result: TransferResult, url: str, args, context, assertion) -> dict:
+    """What `xds submit --json` prints: the ids of what was stored and where. The repositoryUniqueId is the
+    registry's answer to a GetDocuments of the new uniqueIds (the repository gives it to the entries), asked
+    of --registry, or of the same server as --url."""
+    answer = {"status": last_segment(result.status, ""), "ok": result.ok,
+              "errors": [{"code": e.code, "message": e.message, "location": e.location,
+                          "severity": "error" if e.is_error else "warning"} for e in result.errors]}
+    submitted = result.submitted
+    if not result.ok or submitted is None:
+        return answer
+    answer["submission_set"] = submitted.submission_set
+    answer["documents"] = submitted.documents
+    repository = {"url": endpoint_url(url), "repositoryUniqueId": None}
+    registry = getattr(args, "query_registry", None) or _server_root(url)
+    try:
+        from .query import run_query
+
+        uids = ", ".join(f"'{d['uniqueId']}'" for d in submitted.documents)
+        found = run_query(registry, C.SQ_GET_DOCUMENTS, [("$XDSDocumentEntryUniqueId", f"({uids})")],
+                          ssl_context=context, assertion=assertion, timeout=30)
+        held = {o.get("repositoryUniqueId") for o in found.objects if o.get("repositoryUniqueId")}
+        if found.ok and len(held) == 1:
+            repository["repositoryUniqueId"] = held.pop()
+        elif not found.ok:
+            repository["note"] = f"the registry at {registry} did not say ({last_segment(found.status, '')})"
+    except Exception as exc:
+        repository["note"] = f"the registry at {registry} could not be asked: {exc}"
+    answer["repository"] = repository
+    return answer
+
+
+def _server_root(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def retrieve_command(args, settings) -> int:

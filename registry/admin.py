@@ -14,11 +14,10 @@ change is the access policy's may_manage. `xds access` is the command-line clien
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
-from urllib.parse import unquote, urlsplit
 
 from xds import http_auth
+from xds.http_json import BadRequest, answer as _answer, path_id, read_json
 from xds.security import policy as P
 from xds.security.callers import CallerRules, caller_of
 from .access import AUTHORISED, BLOCKED, REPRESENTATIVE, AccessStore
@@ -33,10 +32,6 @@ ACTIONS = ("grant", "revoke", "block", "unblock", "treating-doctor", "object", "
            "unrepresent", "set")
 
 
-class BadRequest(Exception):
-    pass
-
-
 class AccessAdmin:
     def __init__(self, access: AccessStore, authenticator, callers: CallerRules = CallerRules(), audit=None):
         self.access = access
@@ -46,7 +41,7 @@ class AccessAdmin:
 
     def __call__(self, environ, start_response):
         method = environ.get("REQUEST_METHOD", "GET")
-        patient = _patient_of(environ)
+        patient = path_id(environ, PREFIX)
         if not patient:
             return _answer(start_response, 404, {"error": f"name the patient: {PREFIX}/<patient id, URL-encoded>"})
         if method not in ("GET", "POST"):
@@ -64,7 +59,7 @@ class AccessAdmin:
             if method == "GET":
                 action, change = "show", {}
             else:
-                change = _read_json(environ)
+                change = read_json(environ, MAX_BODY, '{"action": "grant", "person": "..."}')
                 action = change.get("action")
                 if action not in ACTIONS:
                     raise BadRequest(f"action must be one of {', '.join(ACTIONS)}")
@@ -133,35 +128,6 @@ def _iso(t: float | None) -> str | None:
     return None if t is None else _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def _patient_of(environ) -> str:
-    """The patient id of the request path, decoded once. PATH_INFO comes decoded already (cheroot keeps
-    only %2F), so decoding it again reads an id's own "%41" as "A": the raw target is decoded instead."""
-    target = environ.get("REQUEST_URI")
-    if target is None:
-        return (environ.get("PATH_INFO") or "")[len(PREFIX):].strip("/")
-    return unquote(urlsplit(target).path[len(PREFIX):].strip("/"))
-
-
-def _read_json(environ) -> dict:
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        raise BadRequest("Content-Length is not a number") from None
-    if length <= 0:
-        raise BadRequest("POST a JSON object, e.g. {\"action\": \"grant\", \"person\": \"...\"}")
-    if length > MAX_BODY:
-        raise BadRequest(f"the request body is larger than {MAX_BODY} bytes")
-    stream = environ.get("xds.input") or environ["wsgi.input"]
-    raw = stream.read(length)
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the request body is not JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return data
-
-
 def _person(change: dict) -> str:
     person = change.get("person")
     if not isinstance(person, str) or not person.strip() or len(person) > 256:
@@ -193,15 +159,3 @@ def _time(change: dict, name: str) -> int | None:
         raise BadRequest(f"{name} must be an ISO 8601 date or date-time, or epoch seconds, between the years 1 "
                          "and 9999")
     return int(t)
-
-
-def _answer(start_response, code: int, data: dict):
-    body = json.dumps(data).encode()
-    reasons = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-               405: "Method Not Allowed"}
-    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-               ("Cache-Control", "no-store")]
-    if code == 401:
-        headers.append(("WWW-Authenticate", 'Bearer realm="xds"'))
-    start_response(f"{code} {reasons.get(code, 'Error')}", headers)
-    return [body]

@@ -48,12 +48,7 @@ def register(store: RegistryStore, request: etree._Element, config: RegistryConf
     """
     guard = guard or admin_guard()
     sub, found = read_submission(request, config, mode)
-    for ref in sub.object_refs:
-        # A submission may name the classification schemes and object types it uses (ebRS 3.0; the
-        # NIST kit's DICOM sample does): the registry has those already and stores nothing for them.
-        if ref not in MODEL_IDS:
-            found.add(f"ObjectRef {ref} names no classification scheme, node or object type of the XDS model; "
-                      f"{TRANSACTION_OF.get(mode, 'ITI-42')} registers objects, not references to them", ref)
+    check_object_refs(sub, mode, found)
     found.raise_if_errors()
     warnings, submitted_uuids = prepare_for_storage(sub, config)
     try:
@@ -82,6 +77,16 @@ def read_submission(request: etree._Element, config: RegistryConfig, mode: Mode)
     found.items += validate_submission(sub, mode, config.profile,
                                        implied_references=config.implied_references).items
     return sub, found
+
+
+def check_object_refs(sub: Submission, mode: Mode, found: ErrorList) -> None:
+    """Add to found the ObjectRefs of a submission that name something else than the XDS model's ids."""
+    for ref in sub.object_refs:
+        # A submission may name the classification schemes and object types it uses (ebRS 3.0; the
+        # NIST kit's DICOM sample does): the registry has those already and stores nothing for them.
+        if ref not in MODEL_IDS:
+            found.add(f"ObjectRef {ref} names no classification scheme, node or object type of the XDS model; "
+                      f"{TRANSACTION_OF.get(mode, 'ITI-42')} registers objects, not references to them", ref)
 
 
 def prepare_for_storage(sub: Submission, config: RegistryConfig) -> tuple[list[XdsError], list[str]]:

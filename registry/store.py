@@ -176,10 +176,25 @@ class RegistryStore:
             q = q.with_for_update()
         return [(ObjectRow(*r[:7]), r.xml) for r in conn.execute(q)]
 
-    def list_patients(self) -> list[tuple[str, bool, str | None]]:
+    def list_patients(self, after: str | None = None, limit: int | None = None) -> list[tuple[str, bool, str | None]]:
+        """(id, active, merged into) in id order; a page of them after an id, for registries too large to
+        list at once."""
+        t = S.patient
+        q = select(t.c.patient_id, t.c.active, t.c.merged_into).order_by(t.c.patient_id)
+        if after is not None:
+            q = q.where(t.c.patient_id > after)
+        if limit is not None:
+            q = q.limit(limit)
         with self.reading() as c:
-            return [tuple(r) for r in c.execute(select(S.patient.c.patient_id, S.patient.c.active,
-                                                       S.patient.c.merged_into).order_by(S.patient.c.patient_id))]
+            return [tuple(r) for r in c.execute(q)]
+
+    def patient_row(self, patient_id: str) -> tuple[str, bool, str | None] | None:
+        """(id, active, merged into) of one patient by its key, or None when the registry never heard of it."""
+        t = S.patient
+        with self.reading() as c:
+            row = c.execute(select(t.c.patient_id, t.c.active, t.c.merged_into)
+                            .where(t.c.patient_id == patient_key(patient_id))).first()
+        return tuple(row) if row is not None else None
 
     @contextlib.contextmanager
     def _conn(self, conn: Connection | None) -> Iterator[Connection]:

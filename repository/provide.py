@@ -7,9 +7,11 @@ behind, and an unanswered ITI-42 is settled by asking the registry before the so
 from __future__ import annotations
 
 import binascii
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 from lxml import etree
 
@@ -18,7 +20,7 @@ from xds import errors as E
 from xds import faults, mtom
 from xds.ebrim import parse_submission, to_element
 from xds.errors import ErrorList, XdsError, XdsException
-from xds.model import DocumentEntry
+from xds.model import DocumentEntry, Submission
 from xds.validation import Mode, cda, validate_submission
 from .blobs import BlobStore, Staged
 from .forward import RegistryLink, RegistryUnanswered
@@ -87,20 +89,12 @@ class Provide:
 
     def _run(self, body, message, xop, staged: list[Staged], forward: list[etree._Element],
              principal=None) -> list[XdsError]:
-        contents = self._read_documents(body, xop, staged)
+        contents = read_documents(body, xop, lambda ident, text: self._stage_inline(ident, text, staged))
         sub = parse_submission(body)
-        errors = ErrorList(E.REPOSITORY_METADATA_ERROR)
-        # The validator's codes stay as they are: a Document Source reads them like a registry's.
-        errors.items += validate_submission(sub, Mode.PROVIDE, self.profile,
-                                           implied_references=self.implied_references).items
-        pairs = self._match(sub.document_entries, contents, errors)
-        self._check_unique_ids(pairs, errors)
-        for de, content in pairs:
-            self._check_content(de, content, errors)
-        if self.profile == "dmp":
-            # PROFILE.md B-24, B-30, B-31: each CDA against its metadata, before anything is stored.
-            for de, content in pairs:
-                self._check_cda(de, content, body, errors)
+        pairs, errors = check_documents(body, sub, contents, profile=self.profile, lenient=self.lenient,
+                                        implied_references=self.implied_references,
+                                        repository_id=self.repository_id,
+                                        max_document_bytes=self.max_document_bytes)
         errors.raise_if_errors()
 
         stored = self.store.get_many(de.unique_id for de, _ in pairs if de.unique_id)
@@ -186,104 +180,10 @@ class Provide:
                 # Moved into the store: the spool's cleanup must not unlink a name another request may reuse.
                 message.take(att.cid)
 
-    # --- reading the Documents ------------------------------------------------------------
-    def _read_documents(self, body, attachments, staged: list[Staged]) -> dict[str, _Content]:
-        contents: dict[str, _Content] = {}
-        problems = ErrorList(E.REPOSITORY_ERROR)
-        for el in body.iterchildren(DOCUMENT_TAG):
-            ident = (el.get("id") or "").strip()
-            if not ident:
-                problems.add("an xdsb:Document has no id attribute, so no DocumentEntry can describe it", "Document")
-                continue
-            if ident in contents:
-                problems.add(f"two xdsb:Document elements have id {ident}", ident)
-                continue
-            att = attachments.get(el)
-            if att is not None:
-                contents[ident] = _Content(ident, attachment=att)
-            elif el.find(_XOP_INCLUDE) is not None:
-                problems.add(f"Document {ident} holds an xop:Include but the request is not MTOM", ident)
-            else:
-                content = _Content(ident, staged=self._stage_inline(ident, el.text or ""))
-                staged.append(content.staged)
-                contents[ident] = content
-        problems.raise_if_errors()
-        return contents
-
-    def _stage_inline(self, ident: str, text: str) -> Staged:
-        return self.blobs.stage(_decode_base64(text, ident, self.max_document_bytes), move=False)
-
-    # --- checks ---------------------------------------------------------------------------
-    def _match(self, entries: list[DocumentEntry], contents: dict[str, _Content],
-               errors: ErrorList) -> list[tuple[DocumentEntry, _Content]]:
-        stable = {de.id: de for de in entries if de.object_type == C.OBJECT_TYPE_STABLE}
-        pairs = []
-        for de_id, de in stable.items():
-            content = contents.get(de_id)
-            if content is None:
-                errors.add(f"{_label(de)} has no xdsb:Document with "
-                           f"id {de_id} in the request", de_id, E.MISSING_DOCUMENT)
-            else:
-                pairs.append((de, content))
-        for ident in contents:
-            if ident not in stable:
-                errors.add(f"xdsb:Document '{ident}' has no stable DocumentEntry with id {ident} in the metadata",
-                           ident, E.MISSING_DOCUMENT_METADATA)
-        return pairs
-
-    def _check_unique_ids(self, pairs, errors: ErrorList) -> None:
-        if any(e.code == E.REPOSITORY_DUPLICATE_UNIQUE_ID_IN_MESSAGE for e in errors.items):
-            return  # the validator has said it already
-        seen: dict[str, str] = {}
-        for de, _ in pairs:
-            uid = de.unique_id
-            if uid and uid in seen:
-                errors.add(f"DocumentEntries '{seen[uid]}' and '{de.id}' both have uniqueId {uid}", uid,
-                           E.REPOSITORY_DUPLICATE_UNIQUE_ID_IN_MESSAGE)
-            elif uid:
-                seen[uid] = de.id
-
-    def _check_content(self, de: DocumentEntry, content: _Content, errors: ErrorList) -> None:
-        label = _label(de)
-        given_size = de.slot1("size")
-        if given_size is not None and given_size.strip().isdigit() and int(given_size) != content.size:
-            errors.add(f"{label} has size {given_size.strip()} but its document is {content.size} bytes",
-                       de.id, E.REPOSITORY_METADATA_ERROR)
-        given_hash = de.slot1("hash")
-        if given_hash is not None and given_hash.strip().lower() != content.sha1:
-            errors.add(f"{label} has hash {given_hash.strip()} but its document's SHA-1 is {content.sha1}",
-                       de.id, E.REPOSITORY_METADATA_ERROR)
-        given_repo = de.slot1("repositoryUniqueId")
-        if given_repo is not None and given_repo.strip() != self.repository_id:
-            # ITI TF-2b 3.41.4.1.3: the repository adds or replaces repositoryUniqueId (_fill_slots);
-            # only hash and size are the source's word against the bytes.
-            errors.warn(f"{label} has repositoryUniqueId {given_repo.strip()}; this repository is "
-                        f"{self.repository_id} and registered the document under its own id", de.id,
-                        E.REPOSITORY_METADATA_ERROR)
-
-    def _check_cda(self, de: DocumentEntry, content: _Content, body, errors: ErrorList) -> None:
-        """The CDA header coherence checks of the dmp profile: errors, or warnings when lenient."""
-        if not cda.wants_check(de, self._document_bytes(content, body, cda.HEAD_BYTES)):
-            return
-        if content.size > cda.MAX_BYTES:
-            problems = cda.too_large(content.size)
-        else:
-            problems = cda.check(de, self._document_bytes(content, body, cda.MAX_BYTES))
-        cda.report(errors, de, problems, lenient=self.lenient)
-
-    def _document_bytes(self, content: _Content, body, limit: int) -> bytes:
-        """Up to limit bytes of a document: its MTOM part, or its inline base64 decoded again."""
-        if content.attachment is not None:
-            with content.attachment.open() as f:
-                return f.read(limit)
-        text = next((el.text or "" for el in body.iterchildren(DOCUMENT_TAG)
-                     if (el.get("id") or "").strip() == content.id), "")
-        out = bytearray()
-        for block in _decode_base64(text, content.id, self.max_document_bytes):
-            out += block
-            if len(out) >= limit:
-                break
-        return bytes(out[:limit])
+    def _stage_inline(self, ident: str, text: str, staged: list[Staged]) -> Staged:
+        content = self.blobs.stage(_decode_base64(text, ident, self.max_document_bytes), move=False)
+        staged.append(content)
+        return content
 
     @staticmethod
     def _check_stored(pairs, stored: dict[str, DocumentRow], errors: ErrorList) -> None:
@@ -302,6 +202,141 @@ class Provide:
         de.set_slot("size", [str(content.size)])
         de.set_slot("repositoryUniqueId", [self.repository_id])
         to_element(de)  # into the request forwarded to the registry
+
+
+# --- the checks of a request against its documents, before anything is stored ----------------
+def read_documents(body: etree._Element, attachments: dict[etree._Element, mtom.Attachment],
+                   stage_inline: Callable[[str, str], Staged]) -> dict[str, _Content]:
+    """The request's xdsb:Documents by id; raises XdsException (XDSRepositoryError) for Documents that no
+    entry could describe. attachments: the MTOM part of each xop:Include's parent; stage_inline turns an
+    inline Document's base64 text into its Staged copy (or, offline, into its SHA-1 and size alone)."""
+    contents: dict[str, _Content] = {}
+    problems = ErrorList(E.REPOSITORY_ERROR)
+    for el in body.iterchildren(DOCUMENT_TAG):
+        ident = (el.get("id") or "").strip()
+        if not ident:
+            problems.add("an xdsb:Document has no id attribute, so no DocumentEntry can describe it", "Document")
+            continue
+        if ident in contents:
+            problems.add(f"two xdsb:Document elements have id {ident}", ident)
+            continue
+        att = attachments.get(el)
+        if att is not None:
+            contents[ident] = _Content(ident, attachment=att)
+        elif el.find(_XOP_INCLUDE) is not None:
+            problems.add(f"Document {ident} holds an xop:Include but the request is not MTOM", ident)
+        else:
+            contents[ident] = _Content(ident, staged=stage_inline(ident, el.text or ""))
+    problems.raise_if_errors()
+    return contents
+
+
+def digest_inline(ident: str, text: str, limit: int) -> Staged:
+    """An inline Document's SHA-1 and size, as staging would find them, without keeping its bytes
+    (`xds validate`): a Staged that names no stored copy."""
+    sha1 = hashlib.sha1()
+    size = 0
+    for block in _decode_base64(text, ident, limit):
+        sha1.update(block)
+        size += len(block)
+    return Staged("", size, sha1.hexdigest())
+
+
+def check_documents(body: etree._Element, sub: Submission, contents: dict[str, _Content], *,
+                    profile: str | None, lenient: bool, implied_references: bool, repository_id: str | None,
+                    max_document_bytes: int) -> tuple[list[tuple[DocumentEntry, _Content]], ErrorList]:
+    """Every problem of an ITI-41 that the request alone shows: its metadata, each Document against its
+    entry (presence, hash, size) and, under the dmp profile, each CDA header against its metadata.
+    repository_id None (offline): the repositoryUniqueId the source gives is not compared."""
+    errors = ErrorList(E.REPOSITORY_METADATA_ERROR)
+    # The validator's codes stay as they are: a Document Source reads them like a registry's.
+    errors.items += validate_submission(sub, Mode.PROVIDE, profile, implied_references=implied_references).items
+    pairs = _match(sub.document_entries, contents, errors)
+    _check_unique_ids(pairs, errors)
+    for de, content in pairs:
+        _check_content(de, content, errors, repository_id)
+    if profile == "dmp":
+        # PROFILE.md B-24, B-30, B-31: each CDA against its metadata, before anything is stored.
+        for de, content in pairs:
+            _check_cda(de, content, body, errors, lenient, max_document_bytes)
+    return pairs, errors
+
+
+def _match(entries: list[DocumentEntry], contents: dict[str, _Content],
+           errors: ErrorList) -> list[tuple[DocumentEntry, _Content]]:
+    stable = {de.id: de for de in entries if de.object_type == C.OBJECT_TYPE_STABLE}
+    pairs = []
+    for de_id, de in stable.items():
+        content = contents.get(de_id)
+        if content is None:
+            errors.add(f"{_label(de)} has no xdsb:Document with "
+                       f"id {de_id} in the request", de_id, E.MISSING_DOCUMENT)
+        else:
+            pairs.append((de, content))
+    for ident in contents:
+        if ident not in stable:
+            errors.add(f"xdsb:Document '{ident}' has no stable DocumentEntry with id {ident} in the metadata",
+                       ident, E.MISSING_DOCUMENT_METADATA)
+    return pairs
+
+
+def _check_unique_ids(pairs, errors: ErrorList) -> None:
+    if any(e.code == E.REPOSITORY_DUPLICATE_UNIQUE_ID_IN_MESSAGE for e in errors.items):
+        return  # the validator has said it already
+    seen: dict[str, str] = {}
+    for de, _ in pairs:
+        uid = de.unique_id
+        if uid and uid in seen:
+            errors.add(f"DocumentEntries '{seen[uid]}' and '{de.id}' both have uniqueId {uid}", uid,
+                       E.REPOSITORY_DUPLICATE_UNIQUE_ID_IN_MESSAGE)
+        elif uid:
+            seen[uid] = de.id
+
+
+def _check_content(de: DocumentEntry, content: _Content, errors: ErrorList, repository_id: str | None) -> None:
+    label = _label(de)
+    given_size = de.slot1("size")
+    if given_size is not None and given_size.strip().isdigit() and int(given_size) != content.size:
+        errors.add(f"{label} has size {given_size.strip()} but its document is {content.size} bytes",
+                   de.id, E.REPOSITORY_METADATA_ERROR)
+    given_hash = de.slot1("hash")
+    if given_hash is not None and given_hash.strip().lower() != content.sha1:
+        errors.add(f"{label} has hash {given_hash.strip()} but its document's SHA-1 is {content.sha1}",
+                   de.id, E.REPOSITORY_METADATA_ERROR)
+    given_repo = de.slot1("repositoryUniqueId")
+    if repository_id is not None and given_repo is not None and given_repo.strip() != repository_id:
+        # ITI TF-2b 3.41.4.1.3: the repository adds or replaces repositoryUniqueId (Provide._fill_slots);
+        # only hash and size are the source's word against the bytes.
+        errors.warn(f"{label} has repositoryUniqueId {given_repo.strip()}; this repository is "
+                    f"{repository_id} and registered the document under its own id", de.id,
+                    E.REPOSITORY_METADATA_ERROR)
+
+
+def _check_cda(de: DocumentEntry, content: _Content, body, errors: ErrorList, lenient: bool, limit: int) -> None:
+    """The CDA header coherence checks of the dmp profile: errors, or warnings when lenient."""
+    if not cda.wants_check(de, _document_bytes(content, body, cda.HEAD_BYTES, limit)):
+        return
+    if content.size > cda.MAX_BYTES:
+        problems = cda.too_large(content.size)
+    else:
+        problems = cda.check(de, _document_bytes(content, body, cda.MAX_BYTES, limit))
+    cda.report(errors, de, problems, lenient=lenient)
+
+
+def _document_bytes(content: _Content, body, wanted: int, limit: int) -> bytes:
+    """Up to wanted bytes of a document: its MTOM part, or its inline base64 decoded again (at most limit
+    bytes long, the repository's max_document_bytes)."""
+    if content.attachment is not None:
+        with content.attachment.open() as f:
+            return f.read(wanted)
+    text = next((el.text or "" for el in body.iterchildren(DOCUMENT_TAG)
+                 if (el.get("id") or "").strip() == content.id), "")
+    out = bytearray()
+    for block in _decode_base64(text, content.id, limit):
+        out += block
+        if len(out) >= wanted:
+            break
+    return bytes(out[:wanted])
 
 
 def _decode_base64(text: str, ident: str, limit: int):

@@ -49,9 +49,11 @@ class RepositoryActor:
                                 config.implied_references)
         self._job: SettlementJob | None = None
 
-    def start(self) -> None:
-        """Finish what a previous run left (see recover), then settle periodically."""
-        self.recover()
+    def start(self, recover: bool = True) -> None:
+        """Finish what a previous run left (see recover), then settle periodically. recover False: other
+        processes of this node are serving, so staged files may be theirs (settling alone is safe)."""
+        if recover:
+            self.recover()
         if self.config.settle_interval > 0 and self._job is None:
             self._job = SettlementJob(self.ledger, self.config.settle_interval, self.check,
                                       self.config.check_interval).start()

@@ -118,11 +118,12 @@ def world(tmp_path_factory):
                            "--registry-url", reg.url + "/xds/registry", "--registry-timeout", "10", *tls(name),
                            "--registry-subject", REGISTRY_DN, "--admin-subject", ADMIN_DN,
                            env={**common, "XDS_XUA_SYSTEMS": REGISTRY_DN})
+    cli("db", "--db", db, "--data", reg.data, "--role", "registry", "upgrade")  # only serve and db upgrade make one
     for name, rid in (("host-a", REPO_A), ("host-b", REPO_B)):
         cli("repository", "--db", db, "--data", reg.data, "add", rid, hosts[name].url + "/xds/repository",
             "--subject", HOST_DN[name])
-    # The patients, in the form the dmp profile demands of every patientId (CX.5 NH, B-1). `xds patient add`
-    # refuses that form (it allows nothing after CX.4), so they are written through the registry's store.
+    # The patients, in the form the dmp profile demands of every patientId (CX.5 NH, B-1), written through the
+    # registry's store before it starts.
     store = RegistryStore(db)
     for patient in PATIENTS.values():
         store.add_patient(patient)

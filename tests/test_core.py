@@ -234,17 +234,6 @@ def run_cli(*args, cwd):
                           env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
 
 
-def test_cli_patient_add_list_merge(tmp_path):
-    r = run_cli("patient", "--data", str(tmp_path), "add", "P1^^^&1.2.3&ISO", cwd=tmp_path)
-    assert r.returncode == 0 and "added P1^^^&1.2.3&ISO" in r.stdout
-    r = run_cli("patient", "--data", str(tmp_path), "add", "P2^^^1.2.3", cwd=tmp_path)
-    assert r.returncode == 2 and "not an XDS patient id" in r.stderr
-    r = run_cli("patient", "--data", str(tmp_path), "merge", "P1^^^&1.2.3&ISO", "P3^^^&1.2.3&ISO", cwd=tmp_path)
-    assert r.returncode == 0
-    r = run_cli("patient", "--data", str(tmp_path), "list", cwd=tmp_path)
-    assert "P1^^^&1.2.3&ISO  (merged into P3^^^&1.2.3&ISO)" in r.stdout and "P3^^^&1.2.3&ISO" in r.stdout
-
-
 def test_cli_serve_on_embedded_defaults(tmp_path):
     """The README's server command: SQLite and ./xds-data under the working directory."""
     import http.client

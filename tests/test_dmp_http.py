@@ -184,11 +184,11 @@ def dmp(request, tmp_path_factory):
         for name, proc, rid in (("strict", strict, M.DMP_REPOSITORY), ("lenient", lenient, LENIENT_REPOSITORY)):
             db = database(proc)
             proc.args += ["--db", db]
-            cli("patient", "--db", db, "--data", proc.data, "add", *FED)
             db_engine = engine(db)
             sides[name] = Side(proc.url + "/xds/repository", proc.url + "/xds/registry", proc.url + "/xds/repository",
                                rid, db_engine, db_engine, proc.data, True)
         procs = [strict, lenient]
+        fed = [strict.url, lenient.url]
     else:
         registry = Serve(tmp, "registry", "--role", "registry")
         db = database(registry)
@@ -197,7 +197,7 @@ def dmp(request, tmp_path_factory):
                                   "--registry-url", registry.url + "/xds/registry"), M.DMP_REPOSITORY),
                  "lenient": (Serve(tmp, "host-lenient", "--role", "repository", "--repository-id", LENIENT_REPOSITORY,
                                    "--registry-url", registry.url + "/xds/registry", "--lenient"), LENIENT_REPOSITORY)}
-        cli("patient", "--db", db, "--data", registry.data, "add", *FED)
+        cli("db", "--db", db, "--data", registry.data, "--role", "registry", "upgrade")  # for the directory
         registry_engine = engine(db)
         sides = {}
         for name, (host, rid) in hosts.items():
@@ -207,6 +207,7 @@ def dmp(request, tmp_path_factory):
                                host.url + "/xds/repository", rid, registry_engine, engine(host.sqlite_url), host.data,
                                False)
         procs = [registry, *(h for h, _ in hosts.values())]
+        fed = [registry.url]
     started = []
     try:
         for p in procs:
@@ -214,6 +215,8 @@ def dmp(request, tmp_path_factory):
             started.append(p)
         for p in procs:
             p.wait_ready()
+        for url in fed:  # through each registry's administration endpoint (the loopback administrator)
+            cli("patient", "add", *FED, "--url", url)
         yield Deployment(f"{kind}-{backend}", sides["strict"], sides["lenient"], engines)
     finally:
         for p in started:

@@ -524,9 +524,12 @@ def test_xds_patient_over_the_tls_feed(registry, pki, tmp_path):
     address = f"127.0.0.1:{registry.port}"
     old, new = pid(OID_A), pid(OID_A)
 
+    folder = tmp_path / "cli"
+    folder.mkdir()
+
     def xds(*args):
-        return subprocess.run([sys.executable, "-m", "node.cli", "patient", "--data", str(tmp_path / "cli"), *args],
-                              cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+        return subprocess.run([sys.executable, "-m", "node.cli", "patient", *args], cwd=folder,
+                              capture_output=True, text=True, timeout=60, env={**env, "PYTHONPATH": ROOT})
 
     r = xds("add", old, "--mllp", address, "--application", "ADT_A", "--facility", "HOSP_A")
     assert r.returncode == 0 and f"added {old}" in r.stdout, r.stderr
@@ -537,4 +540,4 @@ def test_xds_patient_over_the_tls_feed(registry, pki, tmp_path):
     r = xds("add", other, "--mllp", address)  # claims XDS_CLI / XDS, which feed-a may not
     assert r.returncode == 1 and "refused (AR)" in r.stderr and "sending application 'XDS_CLI'" in r.stderr
     assert other not in patients(registry)
-    assert not (tmp_path / "cli").exists()  # it talked to the server, not to a local database
+    assert list(folder.iterdir()) == []  # it talked to the server, not to a local database

@@ -250,3 +250,38 @@ def test_iti18_bad_query_fails_with_code_and_parameter(server):
     err = reply.body.find(".//rs:RegistryError", NS)
     assert err.get("errorCode") == "XDSStoredQueryMissingParam"
     assert "$XDSDocumentEntryPatientId" in err.get("codeContext")
+
+
+# --- referenceIdList (CXi, ITI TF-3 4.2.3.1.7) ----------------------------------------------------------
+
+GLOBAL_IDS = ["urn:uuid:6b2ea1e8-1d6e-4e1f-9d0a-3c1f4b2a9e77^^^^urn:ihe:iti:xds:2013:uniqueId",
+              "urn:oid:1.2.3.4.5.6^^^^urn:ihe:iti:xds:2013:accession",
+              "URN:OID:1.2.250.1.999^^^^urn:ihe:iti:xds:2013:referral"]
+NOT_GLOBAL = ["A1234^^^^urn:ihe:iti:xds:2013:accession",                 # a local id needs its authority
+              "urn:uuid:not-a-uuid^^^^urn:ihe:iti:xds:2013:uniqueId",     # claims to be global, is not
+              "urn:oid:1.2.x^^^^urn:ihe:iti:xds:2013:accession"]
+
+
+@pytest.mark.parametrize("value", GLOBAL_IDS)
+def test_a_globally_unique_reference_id_needs_no_assigning_authority(server, value):
+    pid = new_pid()
+    server.registry.store.add_patient(pid)
+    reply = register_call(server, builder.simple_submission(pid, doc_kwargs={"reference_ids": [value]}))
+    assert reply.body.get("status") == C.RESPONSE_SUCCESS, etree.tostring(reply.body)
+
+
+@pytest.mark.parametrize("value", NOT_GLOBAL)
+def test_any_other_reference_id_without_assigning_authority_is_refused(server, value):
+    pid = new_pid()
+    server.registry.store.add_patient(pid)
+    reply = register_call(server, builder.simple_submission(pid, doc_kwargs={"reference_ids": [value]}))
+    assert reply.body.get("status") == C.RESPONSE_FAILURE
+    err = reply.body.find(".//rs:RegistryError", NS)
+    assert err.get("errorCode") == "XDSRegistryMetadataError"
+    assert "referenceIdList" in err.get("codeContext") and "unless CX.1 is a globally unique" in err.get("codeContext")
+    found = SoapClient(server.url + "/xds/registry").call(C.ACTION_QUERY, builder.find_documents_request(pid))
+    assert found.body.find(f".//{{{C.NS_RIM}}}ExtrinsicObject") is None  # nothing was stored
+    # The same id with its assigning authority is taken.
+    scoped = value.replace("^^^^", "^^^&1.2.3.4&ISO^", 1)
+    reply = register_call(server, builder.simple_submission(pid, doc_kwargs={"reference_ids": [scoped]}))
+    assert reply.body.get("status") == C.RESPONSE_SUCCESS, etree.tostring(reply.body)

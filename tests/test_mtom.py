@@ -379,10 +379,10 @@ def test_error_duplicate_content_id(tmp_path):
 
 def test_error_bad_transfer_encoding_and_base64(tmp_path):
     ct, body = _fixture(tmp_path)
-    at = body.rindex(b"Content-Transfer-Encoding: binary", 0, body.index(b"B" * 9000))
-    qp = body[:at] + body[at:].replace(b"binary", b"quoted-printable", 1)
+    at = body.rindex(b"Content-Transfer-Encoding: Binary", 0, body.index(b"B" * 9000))
+    qp = body[:at] + body[at:].replace(b"Binary", b"quoted-printable", 1)
     _fails(tmp_path, qp, ct, "uses Content-Transfer-Encoding 'quoted-printable'")
-    b64 = body[:at] + body[at:].replace(b"binary", b"base64", 1)
+    b64 = body[:at] + body[at:].replace(b"Binary", b"base64", 1)
     _fails(tmp_path, b64, ct, r"MIME part #3 <.*> is not valid base64")
 
 

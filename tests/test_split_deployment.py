@@ -90,25 +90,28 @@ def deployment(tmp_path_factory, request):
     db = pgserver.create_database(_pg_admin_url(), f"xds_split_{os.getpid()}_{next(_dbs)}")
     ca = Authority(str(tmp))
     rogue = Authority(str(tmp), "Rogue CA")
-    certs = {n: ca.issue(n) for n in ("registry", "repo-a", "repo-b", "repo-x", "consumer")}
+    certs = {n: ca.issue(n) for n in ("registry", "repo-a", "repo-b", "repo-x", "consumer", "admin")}
     certs["rogue"] = rogue.issue("rogue")
 
     def tls(name):
         cert, key = certs[name]
         return ["--tls-cert", cert, "--tls-key", key, "--tls-ca", ca.path]
 
-    reg = Proc(tmp, "registry", "--role", "registry", "--db", db, *tls("registry"), "--require-known-repositories")
+    reg = Proc(tmp, "registry", "--role", "registry", "--db", db, *tls("registry"), "--require-known-repositories",
+               "--admin-subject", "O=XDS test,CN=admin")
     repos = {}
     for name, rid in (("repo-a", REPO_A), ("repo-b", REPO_B), ("repo-x", REPO_X)):
         repos[name] = Proc(tmp, name, "--role", "repository", "--repository-id", rid,
                            "--registry-url", reg.url + "/xds/registry", "--registry-timeout", "5", *tls(name))
-    # The directory knows A and B (by their certificate subjects); X has a good certificate but is unknown.
+    # Only serve and db upgrade make a database. The directory knows A and B (by their certificate subjects);
+    # X has a good certificate but is unknown.
+    reg.cli("db", "--db", db, "--data", reg.data, "--role", "registry", "upgrade")
     reg.cli("repository", "--db", db, "--data", reg.data, "add", REPO_A, repos["repo-a"].url + "/xds/repository",
             "--subject", "O=XDS test,CN=repo-a")
     reg.cli("repository", "--db", db, "--data", reg.data, "add", REPO_B, repos["repo-b"].url + "/xds/repository",
             "--subject", "O=XDS test,CN=repo-b")
-    reg.cli("patient", "--db", db, "--data", reg.data, "add", PID)
     procs = [reg.start()] + [p.start() for p in repos.values()]
+    reg.cli("patient", "add", PID, "--url", reg.url, *tls("admin"))  # through the registry, as its administrator
     yield {"registry": reg, **repos, "ca": ca, "certs": certs, "db": db}
     for p in procs:
         p.stop()

@@ -13,7 +13,13 @@ When the server publishes them it uses:
 * ``schema_text(name, base_url, endpoint_path)`` for ``GET <endpoint>?xsd=X.xsd``,
   with the same rewriting of the imports inside the schema.
 
-Both raise ``ValueError`` for a malformed name or base URL and
+Both take ``variant=``: ``"zeep"`` (``GET <endpoint>?wsdl=zeep``) serves the
+same WSDL with schemas typed for toolkits that do not follow XML Schema
+substitution groups (zeep, suds): ``rim-zeep.xsd`` stands in for ``rim.xsd``,
+and every import carries ``&variant=zeep`` so that the schemas which import
+rim.xsd get the variant too.  The messages on the wire are the same.
+
+Both raise ``ValueError`` for a malformed name, base URL or variant and
 ``FileNotFoundError`` for a well-formed name that is not one of ours, so a
 caller can answer 404 for either.
 """
@@ -26,6 +32,7 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "PLACEHOLDER_BASE_URL",
+    "VARIANTS",
     "WSDL_ENDPOINTS",
     "schema_names",
     "schema_text",
@@ -41,6 +48,11 @@ WSDL_ENDPOINTS = {
     "registry.wsdl": "/xds/registry",
     "repository.wsdl": "/xds/repository",
     "pix.wsdl": "/xds/pix",
+}
+
+#: Schema variants: variant name -> {standard file: the file served in its place}.
+VARIANTS = {
+    "zeep": {"rim.xsd": "rim-zeep.xsd"},
 }
 
 # A plain file name: no directory part, no "..", no leading dot.
@@ -115,17 +127,28 @@ def _endpoint(base_url: str | None, endpoint_path: str) -> str:
     return (base_url or "") + endpoint_path
 
 
-def _rewrite_schema_locations(data: bytes, endpoint: str) -> bytes:
+def _check_variant(variant: str | None) -> dict[str, str]:
+    if variant is None:
+        return {}
+    if not isinstance(variant, str) or variant not in VARIANTS:
+        raise ValueError(f"unknown WSDL variant {variant!r}; known: {', '.join(sorted(VARIANTS))}")
+    return VARIANTS[variant]
+
+
+def _rewrite_schema_locations(data: bytes, endpoint: str, variant: str | None = None) -> bytes:
     prefix = _xml_attr_escape(endpoint + "?xsd=")
+    # The variant travels in every import, since query.xsd (say) is the same file in both but
+    # must import the variant's rim.xsd when it is read as part of the variant.
+    suffix = _xml_attr_escape(f"&variant={variant}") if variant else b""
 
     def repl(m: re.Match) -> bytes:
         quote, file_name = m.group(1), m.group(2)
-        return b"schemaLocation=" + quote + prefix + file_name + quote
+        return b"schemaLocation=" + quote + prefix + file_name + suffix + quote
 
     return _SCHEMA_LOCATION.sub(repl, data)
 
 
-def wsdl_text(name: str, base_url: str, endpoint_path: str | None = None) -> bytes:
+def wsdl_text(name: str, base_url: str, endpoint_path: str | None = None, variant: str | None = None) -> bytes:
     """The WSDL document ``name`` as served from ``base_url``.
 
     ``name`` is ``"registry.wsdl"`` or ``"repository.wsdl"`` (the suffix may be
@@ -133,8 +156,9 @@ def wsdl_text(name: str, base_url: str, endpoint_path: str | None = None) -> byt
     literal ``http://localhost:8080``.  ``endpoint_path`` is the path the WSDL
     and its schemas are served under (default: the endpoint the WSDL
     describes, e.g. ``/xds/registry``); schema imports are pointed at
-    ``<base_url><endpoint_path>?xsd=NAME``.
+    ``<base_url><endpoint_path>?xsd=NAME`` (``...&variant=V`` with a ``variant``).
     """
+    _check_variant(variant)
     if isinstance(name, str) and "." not in name:
         name += ".wsdl"
     name = _check_name(name, ".wsdl")
@@ -146,22 +170,25 @@ def wsdl_text(name: str, base_url: str, endpoint_path: str | None = None) -> byt
             raise ValueError(f"no default endpoint path for {name!r}; pass endpoint_path")
     endpoint = _endpoint(base, endpoint_path)
     data = data.replace(PLACEHOLDER_BASE_URL.encode("ascii"), _xml_attr_escape(base))
-    return _rewrite_schema_locations(data, endpoint)
+    return _rewrite_schema_locations(data, endpoint, variant)
 
 
-def schema_text(name: str, base_url: str | None = None, endpoint_path: str | None = None) -> bytes:
+def schema_text(name: str, base_url: str | None = None, endpoint_path: str | None = None,
+                variant: str | None = None) -> bytes:
     """The XML Schema document ``name`` (e.g. ``"rim.xsd"``).
 
     Without ``endpoint_path`` the file is returned as stored (imports are
     relative file names).  With it, each import is pointed at
     ``<base_url><endpoint_path>?xsd=NAME`` (``base_url`` may be omitted,
-    giving a host-relative reference).
+    giving a host-relative reference).  With ``variant``, the variant's file
+    stands in for ``name`` where it has one, and imports carry the variant.
     """
+    replaced = _check_variant(variant)
     name = _check_name(name, ".xsd")
-    data = _read(name)
+    data = _read(replaced.get(name, name))
     if endpoint_path is None:
         if base_url is not None:
             raise ValueError("base_url given without endpoint_path")
         return data
     base = _normalize_base_url(base_url) if base_url is not None else None
-    return _rewrite_schema_locations(data, _endpoint(base, endpoint_path))
+    return _rewrite_schema_locations(data, _endpoint(base, endpoint_path), variant)

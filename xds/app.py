@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 from lxml import etree
 
 from . import constants as C
-from . import async_reply, logs, mtom, pipeline, soap
+from . import async_reply, logs, metrics, mtom, pipeline, soap
 from .ebrim import registry_response
 from .errors import SoapFault, XdsError
 from .security.principal import ANONYMOUS, Principal
@@ -145,6 +145,9 @@ class AppConfig:
     max_mtom_bytes: int = 8 * 1024 ** 3            # a whole MTOM request
     base_url: str | None = None
     mime_bare_lf: bool = False                     # accept MTOM framing with bare LF line ends
+    # The WSDLs require wsa:Action and wsa:MessageID on every request; by default a request that names its
+    # action only in the Content-Type (or SOAPAction) is taken too, as many Document Sources send it.
+    require_ws_addressing: bool = False
     # The pipeline's layers (xds/pipeline.py): who is calling, what they may do, who is told.
     authenticator: object = field(default_factory=NoSecurity)
     policy_for: Callable | None = None
@@ -153,6 +156,8 @@ class AppConfig:
     # none, every request is answered on its HTTP response), and the TLS context for https ones.
     async_reply_to: list[str] = field(default_factory=list)
     async_ssl_context: object = None
+    # xds.metrics.Metrics: counted as the outermost layer and served at GET /metrics; None: neither.
+    metrics: object = None
 
 
 def _answer_status(payload: etree._Element) -> etree._Element | None:
@@ -195,8 +200,12 @@ class XdsApp:
         self.config = config or AppConfig()
         self.health = health
         c = self.config
-        self._pipeline = pipeline.compose(pipeline.default_layers(c.authenticator, c.policy_for, c.auditor),
-                                          lambda req: req.operation.handler(req))
+        layers = pipeline.default_layers(c.authenticator, c.policy_for, c.auditor)
+        if c.metrics is not None:
+            # Outermost, so that the latency and the outcome include audit and authentication.
+            layers = [c.metrics.layer()] + layers
+            c.metrics.expect(C.TRANSACTIONS.get(a, "") for e in endpoints for a in e.operations)
+        self._pipeline = pipeline.compose(layers, lambda req: req.operation.handler(req))
         # wsse:Security is understood only where an authentication layer processes it.
         self._understood = {soap.WSSE_SECURITY} if c.authenticator.mode != "none" else set()
         self._replies = async_reply.Replies(c.async_ssl_context)  # its workers start with the first use
@@ -241,6 +250,11 @@ class XdsApp:
                     return self._json(start_response, 503, {"status": "unavailable",
                                                             "reason": "the database does not answer"})
                 return self._json(start_response, 200, {"status": "ok", **facts})
+            if path == "/metrics" and method == "GET" and self.config.metrics is not None:
+                content_type, body = self.config.metrics.exposition(environ.get("HTTP_ACCEPT", ""))
+                start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                                          ("Cache-Control", "no-store")])
+                return [body]
             if path == "/" and method == "GET":
                 return self._index(start_response)
             for prefix, route in self.routes.items():
@@ -270,6 +284,9 @@ class XdsApp:
         version = soap.SOAP11 if mime == "text/xml" else soap.SOAP12
         message = None
         env = None
+        action = None
+        if self.config.metrics is not None:
+            environ[metrics.STARTED_KEY] = time.perf_counter()
         try:
             if mime == "multipart/related":
                 message, envelope_bytes = self._read_mtom(environ, content_type)
@@ -287,6 +304,13 @@ class XdsApp:
                 (environ.get("HTTP_SOAPACTION") or "").strip().strip('"') or None
             if not action:
                 raise SoapFault("the request has no WS-Addressing Action header", subcode="a:MessageAddressingHeaderRequired")
+            if self.config.require_ws_addressing:
+                missing = [name for name, value in (("wsa:Action", env.action), ("wsa:MessageID", env.message_id))
+                           if not value]
+                if missing:
+                    raise SoapFault(f"the request has no {' and no '.join(missing)} header: this server requires "
+                                    "WS-Addressing 1.0 on every request (require_ws_addressing)",
+                                    subcode="a:MessageAddressingHeaderRequired")
             op = endpoint.operations.get(action)
             if op is None:
                 raise SoapFault(f"action {action} is not served at {endpoint.path}; served here: "
@@ -313,6 +337,8 @@ class XdsApp:
             return self._answer(start_response, env.version, op.response_action, env.message_id, resp, use_mtom)
         except SoapFault as fault:
             log.warning(json.dumps({"event": "soap_fault", "reason": fault.reason}))
+            if self.config.metrics is not None and not environ.get(metrics.COUNTED_KEY):
+                self.config.metrics.fault(action, environ.get(metrics.STARTED_KEY))
             status, ctype, body = _fault_response(env.version if env else version, fault,
                                                   env.message_id if env else None)
             start_response(status, [("Content-Type", f"{ctype}; charset=UTF-8"), ("Content-Length", str(len(body)))])
@@ -444,11 +470,18 @@ class XdsApp:
             role = (self.health() or {}).get("role", "") if self.health else ""
         except Exception:
             role = ""
+        # The zeep variant (wsdl/__init__.py, VARIANTS) is offered for the endpoints whose schemas import rim.xsd.
+        variant = {"registry.wsdl", "repository.wsdl"}
         items = [f'<li><a href="{html.escape(p)}?wsdl"><code>{html.escape(p)}</code></a> (SOAP; its WSDL: '
-                 f'<code>?wsdl</code>): {html.escape(", ".join(sorted(C.TRANSACTIONS.get(a, a) for a in e.operations)))}'
+                 f'<code>?wsdl</code>'
+                 + (f', for zeep and suds: <a href="{html.escape(p)}?wsdl=zeep"><code>?wsdl=zeep</code></a>'
+                    if e.wsdl in variant else '')
+                 + f'): {html.escape(", ".join(sorted(C.TRANSACTIONS.get(a, a) for a in e.operations)))}'
                  f'</li>' for p, e in sorted(self.endpoints.items())]
         items += [f"<li><code>{html.escape(p)}</code></li>" for p in sorted(self.routes)]
         items.append('<li><a href="/health"><code>/health</code></a> (the server and its database)</li>')
+        if self.config.metrics is not None:
+            items.append('<li><a href="/metrics"><code>/metrics</code></a> (Prometheus)</li>')
         body = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>xds {html.escape(role)}</title>'
                 f'</head><body><h1>XDS.b {html.escape(role)} server</h1><p>xds-server {html.escape(release)}, '
                 f'role <code>{html.escape(role)}</code>.</p><h2>Endpoints</h2><ul>{"".join(items)}</ul>'
@@ -464,9 +497,12 @@ class XdsApp:
         base = self.config.base_url or _base_url(environ)
         try:
             if "wsdl" in qs and endpoint.wsdl:
-                body = wsdl_pkg.wsdl_text(endpoint.wsdl, base, endpoint.path)
+                # ?wsdl is the standard WSDL; ?wsdl=zeep the same one with the schemas typed for the
+                # toolkits that do not follow substitution groups (wsdl/__init__.py, VARIANTS).
+                body = wsdl_pkg.wsdl_text(endpoint.wsdl, base, endpoint.path, variant=qs["wsdl"][0] or None)
             elif "xsd" in qs:
-                body = wsdl_pkg.schema_text(qs["xsd"][0], base, endpoint.path)
+                body = wsdl_pkg.schema_text(qs["xsd"][0], base, endpoint.path,
+                                            variant=qs.get("variant", [""])[0] or None)
             else:
                 return self._plain(start_response, "405 Method Not Allowed",
                                    f"{endpoint.path} is a SOAP endpoint: POST requests, or GET ?wsdl\n",

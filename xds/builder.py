@@ -108,7 +108,11 @@ def document_entry(patient_id: str, *, id: str = "Document01", unique_id: str | 
                    author_institution: str | None = "Hopital^^^^^^^^^1.2.3.4",
                    reference_ids: Sequence[str] = (), extra_slots: dict | None = None,
                    object_type: str = C.OBJECT_TYPE_STABLE, source_patient_id: str | None = None,
-                   legal_authenticator: str | None = None) -> etree._Element:
+                   legal_authenticator: str | None = None,
+                   author_roles: Sequence[str] = ("Medecin",),
+                   author_specialties: Sequence[str] = ("G15_10/SM26^Medecine generale^1.2.250.1.213.1.1.4.5",),
+                   author_institutions: Sequence[str] | None = None) -> etree._Element:
+    """author_institutions, when given, replaces the single author_institution."""
     codes = {**DEFAULT_CODES, **(codes or {})}
     eo = etree.Element(rim("ExtrinsicObject"), nsmap={"rim": RIM}, id=id, mimeType=mime_type, objectType=object_type)
     slot(eo, "creationTime", [creation_time])
@@ -132,9 +136,10 @@ def document_entry(patient_id: str, *, id: str = "Document01", unique_id: str | 
     for k, v in (extra_slots or {}).items():
         slot(eo, k, v)
     name(eo, title)
-    if author_person or author_institution:
-        author(eo, C.DE_AUTHOR, author_person, [author_institution] if author_institution else [],
-               roles=["Medecin"], specialties=["G15_10/SM26^Medecine generale^1.2.250.1.213.1.1.4.5"])
+    institutions = list(author_institutions) if author_institutions is not None else \
+        [author_institution] if author_institution else []
+    if author_person or institutions:
+        author(eo, C.DE_AUTHOR, author_person, institutions, roles=author_roles, specialties=author_specialties)
     classification(eo, C.DE_CLASS_CODE, codes["class"])
     for c in codes["confidentiality"]:
         classification(eo, C.DE_CONFIDENTIALITY_CODE, c)
@@ -152,15 +157,16 @@ def document_entry(patient_id: str, *, id: str = "Document01", unique_id: str | 
 def submission_set(patient_id: str, *, id: str = "SubmissionSet01", unique_id: str | None = None,
                    source_id: str = "1.2.250.1.999.7", submission_time: str | None = None,
                    content_type: CodeT | None = None, author_person: str | None = "123^Martin^Paul",
-                   extra_slots: dict | None = None) -> etree._Element:
+                   extra_slots: dict | None = None, title: str = "Submission",
+                   author_institutions: Sequence[str] = ("Hopital^^^^^^^^^1.2.3.4",)) -> etree._Element:
     rp = etree.Element(rim("RegistryPackage"), nsmap={"rim": RIM}, id=id)
     rp.set("objectType", C.OBJECT_TYPE_REGISTRY_PACKAGE)
     slot(rp, "submissionTime", [submission_time or now_dtm()])
     for k, v in (extra_slots or {}).items():
         slot(rp, k, v)
-    name(rp, "Submission")
+    name(rp, title)
     if author_person:
-        author(rp, C.SS_AUTHOR, author_person, ["Hopital^^^^^^^^^1.2.3.4"])
+        author(rp, C.SS_AUTHOR, author_person, list(author_institutions))
     classification(rp, C.SS_CONTENT_TYPE_CODE, content_type or DEFAULT_CODES["content_type"])
     external_id(rp, C.SS_UNIQUE_ID, unique_id or new_oid(), "XDSSubmissionSet.uniqueId")
     external_id(rp, C.SS_SOURCE_ID, source_id, "XDSSubmissionSet.sourceId")

@@ -79,7 +79,8 @@ class HttpServer:
     def __init__(self, app, host: str, port: int, *, threads: int = 16, tls: TlsFiles | None = None,
                  server_name: str = "xds", shutdown_timeout: float = 10, max_header_bytes: int = 64 * 1024,
                  head_timeout: float = 10.0, body_grace: float = 10.0, body_min_rate: int = 1024,
-                 body_window: float = 10.0, max_connections: int = 1024, listen_backlog: int = 1024):
+                 body_window: float = 10.0, max_connections: int = 1024, listen_backlog: int = 1024,
+                 reuse_port: bool = False):
         limits = Limits(head_timeout=head_timeout, body_grace=body_grace, body_min_rate=body_min_rate,
                         body_window=body_window, max_connections=_fd_room(max_connections),
                         listen_backlog=listen_backlog, max_header_bytes=max_header_bytes)
@@ -87,7 +88,8 @@ class HttpServer:
         self.limits = limits
         self._server = _Server((host, port), with_contract(app), limits, numthreads=threads,
                                server_name=server_name, shutdown_timeout=shutdown_timeout,
-                               request_queue_size=listen_backlog, timeout=limits.idle_timeout)
+                               request_queue_size=listen_backlog, timeout=limits.idle_timeout,
+                               reuse_port=reuse_port)  # several worker processes on one port (node/workers.py)
         # The request line and the header block each: cheroot answers 414 and 413 beyond it (0 = unbounded).
         self._server.max_request_header_size = max_header_bytes
         if tls is not None:

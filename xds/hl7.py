@@ -221,11 +221,26 @@ def check_cxi(s: object) -> list[str]:
     return problems
 
 
+def globally_unique_id(value: str) -> bool:
+    """A urn:uuid: or urn:oid: id, well-formed: unique without an assigning authority."""
+    lowered = value.lower()
+    if lowered.startswith("urn:uuid:"):
+        return bool(_UUID.fullmatch(lowered[len("urn:uuid:"):]))
+    return lowered.startswith("urn:oid:") and is_oid(value[len("urn:oid:"):])
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _check_cxi_authority(cx: CX) -> list[str]:
-    # Unlike a patient id, a reference id may be scoped by a local namespace alone.
+    # Unlike a patient id, a reference id may be scoped by a local namespace alone; and ITI TF-3 4.2.3.1.7
+    # (CXi) lets a globally unique id (a UUID or OID as a URN) go without an assigning authority at all.
     uid, id_type = cx.aa_universal_id, cx.aa_universal_id_type
     if not (cx.aa_namespace or uid or id_type):
-        return ["CX.4 assigning authority is required (a namespace id, or a universal id and its type)"]
+        if globally_unique_id(cx.id):
+            return []
+        return ["CX.4 assigning authority is required (a namespace id, or a universal id and its type) unless "
+                "CX.1 is a globally unique urn:uuid: or urn:oid: id"]
     problems = []
     if id_type and not uid:
         problems.append(f"CX.4 universal id type is '{id_type}' but the universal id is empty")

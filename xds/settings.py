@@ -46,7 +46,9 @@ class Settings:
     max_document_bytes: int = 4 * 1024 ** 3
     implied_references: bool = False     # nested Classification/ExternalIdentifier may omit classifiedObject/registryObject
     mime_bare_lf: bool = False           # accept MTOM framing (boundary lines, part headers) in bare LF, not CRLF
+    require_ws_addressing: bool = False  # refuse SOAP requests without wsa:Action and wsa:MessageID headers
     threads: int = 16                    # HTTP workers; a connection takes one only from its complete request head to its answer
+    workers: int = 0                     # processes of `xds serve` on one port (node/workers.py); 0: one per core
     max_header_bytes: int = 64 * 1024    # bound on the request line and on the header block (414 / 413 beyond)
     # Slow and many clients (README, "Slow and many clients"):
     head_timeout: float = 10             # seconds for the TLS handshake and the request head to arrive (else 408, closed)
@@ -100,8 +102,13 @@ class Settings:
     async_reply_to: list = field(default_factory=list)
     log_level: str = "INFO"
     log_format: str = "json"             # json (one object a line, with the request id) or text
+    metrics: bool = True                 # GET /metrics (Prometheus, unauthenticated, no patient data); off: 404
     base_url: str | None = None
     extra: dict = field(default_factory=dict)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
 
     @property
     def db_url(self) -> str:
@@ -124,6 +131,8 @@ class Settings:
         return client_context(self.tls, ca=self.tls_ca)
 
     def validate(self) -> None:
+        if not 0 <= self.workers <= 256:
+            raise ValueError(f"workers must be between 0 (one per core) and 256, not {self.workers}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together")
         if self.require_known_repositories and not self.tls_ca:

@@ -250,6 +250,20 @@ class Auditor:
             responder=self._this(environ), human=human_of(principal),
             tls_subject=principal.tls_subject or environ.get("xds.peer_subject"), patient_id=patient)], [])
 
+    def patient_ids(self, environ: dict, principal: Principal, patients: list[str], trigger: str,
+                    outcome: int = 0) -> None:
+        """An administrator's change of the registry's patient ids (/admin/patients): one record per id
+        added (trigger A01), one for the surviving id of a merge (A40), as the ITI-8 feed's records."""
+        named = patients[-1:] if trigger == "A40" else patients
+        self._write([R.AuditEvent(
+            transaction=R.PATIENT_IDS, actor=R.REGISTRY, sequence=0, outcome=outcome,
+            outcome_description=None if outcome == 0 else "refused",
+            requestor=R.Node(user_id=principal.subject or principal.tls_subject or "unknown",
+                             address=environ.get("REMOTE_ADDR")),
+            responder=self._this(environ), human=human_of(principal), hl7_trigger=trigger,
+            tls_subject=principal.tls_subject or environ.get("xds.peer_subject"), patient_id=pid)
+            for pid in named or [None]], [])
+
     def authentication_failure(self, environ: dict, reason: str | None, transaction: str | None = None) -> None:
         """A refused request of the non-SOAP endpoints (xds/http_auth.py)."""
         self._write([R.SystemEvent(

@@ -17,12 +17,12 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import time
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from xds import http_auth
+from xds.http_json import BadRequest, answer as _answer
 from xds.security import policy as P
 from xds.security.callers import CallerRules, caller_of
 
@@ -34,22 +34,6 @@ log = logging.getLogger("xds.audit")
 ADMIN_PREFIX = "/admin/audit"
 PATIENT_PREFIX = "/patient/log"
 MAX_LIMIT = 10000
-
-
-class BadRequest(Exception):
-    pass
-
-
-def _answer(start_response, code: int, data):
-    body = json.dumps(data, default=str).encode()
-    reasons = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-               405: "Method Not Allowed"}
-    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-               ("Cache-Control", "no-store")]
-    if code == 401:
-        headers.append(("WWW-Authenticate", 'Bearer realm="xds"'))
-    start_response(f"{code} {reasons.get(code, 'Error')}", headers)
-    return [body]
 
 
 def _query(environ) -> dict[str, str]:

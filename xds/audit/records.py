@@ -82,6 +82,7 @@ ROLE_SOURCE = ("110153", DCM, "Source Role ID")
 ROLE_DESTINATION = ("110152", DCM, "Destination Role ID")
 
 ACCESS_RIGHTS = "access-rights"
+PATIENT_IDS = "patient-identity"
 OWN_CODES = "urn:xds-server:audit"
 TRANSACTION_NAMES = {
     "ITI-8": "Patient Identity Feed",
@@ -100,6 +101,8 @@ TRANSACTION_NAMES = {
     # Not a transaction of the profile: a change of a patient's access rights (block, unblock, authorise,
     # objections) made at the portal or the administration interface; coded in the server's own system.
     ACCESS_RIGHTS: "Patient access rights change",
+    # Neither: an administrator adding or merging patient ids through /admin/patients (`xds patient`).
+    PATIENT_IDS: "Patient identity administration",
 }
 
 REPOSITORY = "Document Repository"
@@ -124,6 +127,7 @@ _EVENTS = {
     ("ITI-44", REGISTRY): (EV_PATIENT_RECORD, None),
     ("ITI-64", REGISTRY): (EV_PATIENT_RECORD, "U"),
     (ACCESS_RIGHTS, REGISTRY): (EV_PATIENT_RECORD, "U"),
+    (PATIENT_IDS, REGISTRY): (EV_PATIENT_RECORD, None),  # as ITI-8: A01 creates, A40 updates
 }
 ACTORS = {tx: tuple(a for (t, a) in _EVENTS if t == tx) for tx in TRANSACTION_NAMES}
 

@@ -89,9 +89,20 @@ class MtomWriter:
                 f"Content-ID: <{self.root_cid}>\r\n\r\n").encode("latin-1")
 
     def _part_head(self, part: _OutPart) -> bytes:
+        # "Binary", capitalised, on purpose (the root above keeps "binary": nothing strips it).
+        # zeep 4.x (zeep/wsdl/attachments.py, Attachment.content) compares the header with the exact
+        # string "binary" and then calls content.strip(b"\r\n"), so a document that begins or ends
+        # with CR or LF bytes loses them (an ITI-43 PDF came back 583 of 584 bytes); requests_toolbelt,
+        # which splits the body for it, already hands over the exact octets. RFC 2045 6.1 says the
+        # values of this header are not case sensitive, so "Binary" means the same to every MIME
+        # reader (ours lower-cases it; node-soap ignores it) and zeep takes the bytes as they are.
+        # Dropping the header (7bit by default, RFC 2045 6.1) or sending 8bit would also pass zeep,
+        # but both mislabel arbitrary octets, and .NET's XmlMtomReader (WCF) refuses either on an
+        # XOP part: it requires the header, with the value binary (after lower-casing it).
+        # Only the header changes: the part's bytes are written as they are, never re-encoded.
         return (f"\r\n--{self.boundary}\r\n"
                 f"Content-Type: {part.content_type}\r\n"
-                f"Content-Transfer-Encoding: binary\r\n"
+                f"Content-Transfer-Encoding: Binary\r\n"
                 f"Content-ID: <{part.cid}>\r\n\r\n").encode("latin-1")
 
     def _tail(self) -> bytes:
