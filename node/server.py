@@ -218,6 +218,8 @@ class Services:
                     raise PortInUse(f"cannot listen for the patient feed on {s.host}:{s.mllp_port}: the address is "
                                     "already in use; choose another with --mllp-port") from None
                 raise
+            log.info("ITI-8 feed (MLLP%s) on %s:%s", " over mutual TLS" if self.mllp.tls else "", s.host,
+                     self.mllp.port)
         return self
 
     def _health(self) -> dict:
@@ -320,11 +322,12 @@ def policy_rules(settings: Settings) -> Rules:
 def serve(settings: Settings) -> None:
     if settings.security == "none":
         log.warning("security = none: requests are not authenticated beyond TLS; use --security xua|vihf")
+    if settings.worker_count > 1:
+        from .workers import serve_workers
+
+        return serve_workers(settings)
     services = Services(settings).start()
     log.info("serving role=%s on %s (db %s)", settings.role, services.url, _safe_url(settings.db_url))
-    if services.mllp is not None:
-        log.info("ITI-8 feed (MLLP%s) on %s:%s", " over mutual TLS" if services.mllp.tls else "", settings.host,
-                 services.mllp.port)
     print(f"xds: {settings.role} on {services.url}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -37,6 +37,9 @@ def new_association(source: str, target: str, type_: str, ss_status: str | None)
                        target=target, slots=[Slot("SubmissionSetStatus", [ss_status])] if ss_status else [])
 
 
+_UNREAD = object()
+
+
 class SubmissionChecks:
     """The checks of one submission against the registry's state.
 
@@ -54,24 +57,33 @@ class SubmissionChecks:
         self.local = sub.by_id()  # the submission's own objects and associations, by id
         self.ss: SubmissionSet = sub.submission_sets[0]
 
-    def ids_are_new(self) -> None:
-        """No id the submitter chose is already taken by an object or association of the registry."""
+    def ids_are_new(self, taken: set[str] | None = None) -> None:
+        """No id the submitter chose is already taken by an object or association of the registry.
+        taken: those of them the registry holds, when already read (RegistryStore.lock_and_prefetch)."""
         if not self.submitted_uuids:
             return
-        taken = set(self.store.objects(self.conn, self.submitted_uuids))
-        taken |= set(self.store.associations(self.conn, self.submitted_uuids))
+        if taken is None:
+            taken = set(self.store.objects(self.conn, self.submitted_uuids))
+            taken |= set(self.store.associations(self.conn, self.submitted_uuids))
         for i in self.submitted_uuids:
             if i in taken:
                 self.errors.add(f"object id {i} is already used by an object in the registry; "
                                 f"new objects need new ids", i)
 
-    def patient_known(self) -> None:
-        """The SubmissionSet's patientId was announced by the identity feed (when the registry checks)."""
+    def patient_known(self, state: tuple[bool, str | None] | None | object = _UNREAD) -> None:
+        """The SubmissionSet's patientId was announced by the identity feed (when the registry checks).
+        state: the patient's (active, merged into), or None when unknown, when already read."""
         if not self.config.check_patients:
             return
         pid = self.ss.patient_id
-        if pid and not self.store.patient_known(self.conn, pid):
-            merged = self.store.merged_into(self.conn, pid)
+        if not pid:
+            return
+        if state is _UNREAD:
+            known = self.store.patient_known(self.conn, pid)
+            merged = None if known else self.store.merged_into(self.conn, pid)
+        else:
+            known, merged = (bool(state[0]), state[1]) if state else (False, None)
+        if not known:
             why = f"; it was merged into {merged}" if merged else ""
             self.errors.add(f"patientId {pid} of SubmissionSet {self.ss.id} is not known to the registry{why}",
                             self.ss.id, E.UNKNOWN_PATIENT_ID)

@@ -209,6 +209,9 @@ class _HidingStore:
     def lock_for_removal(self, conn, ids):
         return self._store.lock_for_removal(conn, [i for i in ids if i not in self._hidden])
 
+    def lock_and_prefetch(self, conn, unique_ids, patient_id, ids):
+        return self._store.lock_and_prefetch(conn, unique_ids, patient_id, [i for i in ids if i not in self._hidden])
+
 
 def admin_guard() -> RegistryGuard:
     """For calls from inside the server (and tests of the transactions alone): the administrator."""

@@ -39,8 +39,12 @@ TRANSACTION_OF = {Mode.REGISTER: "ITI-42", Mode.PROVIDE: "ITI-41", Mode.ON_DEMAN
 
 def register(store: RegistryStore, request: etree._Element, config: RegistryConfig,
              mode: Mode = Mode.REGISTER, commit_before: _dt.datetime | None = None,
-             guard: RegistryGuard | None = None) -> list[XdsError]:
+             guard: RegistryGuard | None = None, registered: dict | None = None) -> list[XdsError]:
     """Register a SubmitObjectsRequest. Returns warnings; raises XdsException on failure.
+
+    registered: filled, once committed, with what the patient's access log says of each new DocumentEntry,
+    uniqueId -> (patient, uniqueId, title, confidentiality codes, reveal_at), as the registry now holds it
+    (the audit layer would otherwise read it back: RegistryStore.audit_facts).
 
     commit_before: the instant after which the sender (a repository) may settle this submission as
     not registered; past it the transaction is rolled back instead of committed.
@@ -54,7 +58,8 @@ def register(store: RegistryStore, request: etree._Element, config: RegistryConf
     try:
         with store.transaction() as conn:
             view = guard.hiding(store, conn, named_ids(sub))
-            _Registration(view, conn, sub, config, submitted_uuids, guard, mode).run()
+            registration = _Registration(view, conn, sub, config, submitted_uuids, guard, mode)
+            registration.run()
             faults.point("registry-stored")
             # Checked last, with the uniqueIds locked: a settlement lookup, which takes the same locks,
             # sees this submission committed, or knows it never will be.
@@ -64,6 +69,8 @@ def register(store: RegistryStore, request: etree._Element, config: RegistryConf
     except XdsException as exc:
         raise XdsException.of(named_as_sent(sub, exc.errors)) from None
     faults.point("registry-committed")
+    if registered is not None:
+        registered.update(registration.registered)
     return warnings + found.warnings
 
 
@@ -119,6 +126,11 @@ def _extra_metadata(sub: Submission, config: RegistryConfig) -> list[XdsError]:
     return warnings
 
 
+def _title_of(o) -> str | None:
+    """The first non-empty LocalizedString of its Name, as the stored XML's (RegistryStore._title)."""
+    return next((n.value for n in o.names if n.value), None)
+
+
 class _Registration:
     """ITI-42's rules that need the registry's state, then its writes, in the one transaction."""
 
@@ -132,12 +144,16 @@ class _Registration:
         self.ss: SubmissionSet = self.checks.ss
         self.now = now_dtm()
         self.new_associations: list[Association] = []
+        self.registered: dict[str, tuple] = {}
 
     def run(self) -> None:
         entries = [o for o in self.sub.objects if isinstance(o, (DocumentEntry, SubmissionSet, Folder))]
-        holders = self.store.lock_and_find(self.conn, [o.unique_id for o in entries if o.unique_id])
-        self.checks.ids_are_new()
-        self.checks.patient_known()
+        # One round trip on PostgreSQL for the locks and the first three checks' reads.
+        holders, patient, taken = self.store.lock_and_prefetch(
+            self.conn, [o.unique_id for o in entries if o.unique_id], self.ss.patient_id,
+            self.checks.submitted_uuids)
+        self.checks.ids_are_new(taken)
+        self.checks.patient_known(patient)
         self.checks.unique_ids(entries, holders)
         self.errors.raise_if_errors()
         self.guard.check_feed(self.conn, {o.patient_id for o in entries if o.patient_id}, self.ss.id)
@@ -149,8 +165,12 @@ class _Registration:
         deprecate, touched = self._lifecycle(refs)
         self.errors.raise_if_errors()
 
-        self.store.insert_submission(self.conn, entries, self.sub.associations + self.new_associations, self.now,
-                                     origin=self.guard.origin())
+        origins = self.store.insert_submission(self.conn, entries, self.sub.associations + self.new_associations,
+                                               self.now, origin=self.guard.origin())
+        self.registered = {o.unique_id: (o.patient_id, o.unique_id, _title_of(o),
+                                         frozenset(c.code for c in o.codes(C.DE_CONFIDENTIALITY_CODE)),
+                                         origins.get(o.id, {}).get("reveal_at"))
+                           for o in entries if isinstance(o, DocumentEntry) and o.unique_id}
         if deprecate:
             self.store.set_status(self.conn, deprecate, C.STATUS_DEPRECATED)
         if touched:

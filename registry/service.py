@@ -110,7 +110,9 @@ class RegistryActor:
             self._check_submitter(req)
         deadline = req.envelope.header(C.COMMIT_DEADLINE)
         commit_before = parse_utc(deadline.text, "CommitDeadline") if deadline is not None else None
-        warnings = register(self.store, req.body, self.config, commit_before=commit_before, guard=self._guard(req))
+        req.registered = {}  # the audit layer's facts of the new entries (xds/audit/auditor.py)
+        warnings = register(self.store, req.body, self.config, commit_before=commit_before, guard=self._guard(req),
+                            registered=req.registered)
         return SoapResponse(registry_response(warnings))
 
     def register_on_demand(self, req: SoapRequest) -> SoapResponse:
@@ -119,7 +121,9 @@ class RegistryActor:
         held to ITI-42's rule: a host of the directory, registering for its own repositories only."""
         if self.config.require_known_repositories:
             self._check_submitter(req, "ITI-61")
-        warnings = register(self.store, req.body, self.config, mode=Mode.ON_DEMAND, guard=self._guard(req))
+        req.registered = {}
+        warnings = register(self.store, req.body, self.config, mode=Mode.ON_DEMAND, guard=self._guard(req),
+                            registered=req.registered)
         return SoapResponse(registry_response(warnings))
 
     def registered_documents(self, req: SoapRequest) -> SoapResponse:

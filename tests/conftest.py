@@ -8,6 +8,11 @@ from tests import helpers, pgserver
 _pg = None
 _dbs = itertools.count()
 
+# The `xds serve` processes the tests start run one process each unless a test asks for workers
+# (tests/test_workers.py, and the README quick start, which runs the default of one per core): the other
+# tests are about what one server does, and the crash tests kill exactly the process they name.
+os.environ.setdefault("XDS_WORKERS", "1")
+
 
 def _pg_admin_url():
     global _pg

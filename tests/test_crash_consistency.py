@@ -39,7 +39,9 @@ class Node(Proc):
     without a crash point."""
 
     def __init__(self, tmp, name: str, *args: str, db: str | None = None):
-        super().__init__(tmp, name, "--no-patient-check", *args, *(["--db", db] if db else []))
+        # One process: a crash point kills the process that reaches it, which must be the whole server (with
+        # workers, the supervisor would start the dead worker again: tests/test_workers.py).
+        super().__init__(tmp, name, "--no-patient-check", "--workers", "1", *args, *(["--db", db] if db else []))
         self.db = db
 
     def start(self, crash_at: str | None = None) -> "Node":

@@ -32,6 +32,9 @@ log = logging.getLogger("xds.app")
 
 # The request body: an object with read(n), and readinto(memoryview) when the server can fill a buffer.
 INPUT_KEY = "xds.input"
+# Offered by a server that can send a file's bytes itself (sendfile): a callable (path, offset, length)
+# whose result the application may yield among its body's bytes chunks. Absent: every chunk is bytes.
+FILE_REGION_KEY = "xds.file_region"
 # The subject of the client certificate verified during the TLS handshake; absent without one.
 from .http_auth import PEER_KEY, REFUSAL_KEY  # noqa: E402 (the verified client certificate subject, set by the HTTP adapter)
 
@@ -79,6 +82,8 @@ class SoapRequest:
     # An in-process caller already authenticated by its own layer (XdsApp.call: the patients' portal,
     # signed in by OpenID Connect). Never set for a request read off the network.
     authenticated: Principal | None = None
+    # Set by the registry's ITI-42/ITI-61 handler: what it registered, for the audit layer (registry/register.py).
+    registered: dict | None = None
 
     @property
     def body(self) -> etree._Element:
@@ -334,7 +339,8 @@ class XdsApp:
             _log_outcome(action, env.message_id, resp.payload)
             use_mtom = resp.mtom if resp.mtom is not None else (
                 op.mtom_response if op.mtom_response is not None else message is not None)
-            return self._answer(start_response, env.version, op.response_action, env.message_id, resp, use_mtom)
+            return self._answer(start_response, env.version, op.response_action, env.message_id, resp, use_mtom,
+                                environ.get(FILE_REGION_KEY))
         except SoapFault as fault:
             log.warning(json.dumps({"event": "soap_fault", "reason": fault.reason}))
             if self.config.metrics is not None and not environ.get(metrics.COUNTED_KEY):
@@ -425,17 +431,19 @@ class XdsApp:
             raise SoapFault(f"the request body's HTTP framing is malformed: {exc}") from None
         return message, message.root
 
-    def _answer(self, start_response, version, action, relates_to, resp: SoapResponse, use_mtom: bool):
+    def _answer(self, start_response, version, action, relates_to, resp: SoapResponse, use_mtom: bool,
+                file_region=None):
         if resp.cleanup is None:
-            return self._answer_body(start_response, version, action, relates_to, resp, use_mtom)
+            return self._answer_body(start_response, version, action, relates_to, resp, use_mtom, file_region)
         try:
-            body = self._answer_body(start_response, version, action, relates_to, resp, use_mtom)
+            body = self._answer_body(start_response, version, action, relates_to, resp, use_mtom, file_region)
         except BaseException:
             resp.cleanup()
             raise
         return _then(body, resp.cleanup)
 
-    def _answer_body(self, start_response, version, action, relates_to, resp: SoapResponse, use_mtom: bool):
+    def _answer_body(self, start_response, version, action, relates_to, resp: SoapResponse, use_mtom: bool,
+                     file_region=None):
         if not use_mtom:
             body = soap.build_envelope(version, action, relates_to, resp.payload)
             start_response("200 OK", [("Content-Type", f"{soap.CONTENT_TYPE[version]}; charset=UTF-8"),
@@ -454,7 +462,8 @@ class XdsApp:
         if n is not None:
             headers.append(("Content-Length", str(n)))
         start_response("200 OK", headers)
-        return writer.chunks()
+        # The parts stay files up to the server when it sends files itself (FILE_REGION_KEY).
+        return writer.chunks(file_region)
 
     # --- WSDL and plain answers --------------------------------------------------------------------
     def _index(self, start_response):

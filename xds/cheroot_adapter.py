@@ -10,6 +10,9 @@ adapter"); serving with another WSGI server means writing another module that pr
   app.PEER_KEY ("xds.peer_subject"): the subject of the client certificate verified during the TLS
   handshake (RFC 2253-like DN), absent when there is none; the INPUT_KEY stream raises
   app.MalformedBody for broken HTTP framing (answered 400);
+* optionally, app.FILE_REGION_KEY ("xds.file_region"): a callable (path, offset, length) whose result the
+  application may yield among its bytes chunks, for the server to send from the file itself (here: with
+  sendfile, on plain HTTP only); a server without it leaves the key out and gets bytes only;
 * HttpServer(..., max_header_bytes=): the bound on the request line and on the header block;
 * HttpServer(..., head_timeout=, body_grace=, body_min_rate=, body_window=, max_connections=,
   listen_backlog=): slow and many clients (README, "Slow and many clients").
@@ -43,7 +46,7 @@ from dataclasses import dataclass
 from cheroot import errors, makefile, server, wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-from .app import INPUT_KEY, PEER_KEY, MalformedBody
+from .app import FILE_REGION_KEY, INPUT_KEY, PEER_KEY, MalformedBody
 from .tls import TlsFiles, server_context
 
 log = logging.getLogger("xds.http")
@@ -107,6 +110,12 @@ class HttpServer:
     def port(self) -> int:
         return self._server.bind_addr[1]
 
+    @property
+    def file_regions(self) -> tuple[int, int]:
+        """(regions, bytes) sent straight from files with sendfile since start."""
+        c = self._server.file_regions
+        return c.count, c.bytes
+
     def stop(self) -> None:
         self._server.stop()  # finishes requests in flight within shutdown_timeout
         if self._thread is not None:
@@ -152,6 +161,8 @@ class _Server(wsgi.Server):
     def __init__(self, bind_addr, wsgi_app, limits: Limits, **kwargs):
         super().__init__(bind_addr, wsgi_app, **kwargs)
         self.limits = limits
+        self.gateway = _Gateway
+        self.file_regions = _Counter()  # file regions sent with sendfile, for tests and diagnostics
 
     def prepare(self):
         super().prepare()  # binds, listens with request_queue_size, starts the workers
@@ -322,6 +333,103 @@ class _Request(server.HTTPRequest):
             super().respond()
         finally:
             side.end()
+
+
+class _Counter:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.count = 0
+        self.bytes = 0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.count += 1
+            self.bytes += n
+
+
+# --- the response, its document parts sent from their files ------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileRegion:
+    """length bytes of the file at path from offset, to be sent by the kernel (FILE_REGION_KEY)."""
+
+    path: str
+    offset: int
+    length: int
+
+
+def _sendfile_capable(sock) -> bool:
+    # Over TLS the kernel would send the file unencrypted (this Python has no kernel TLS), and
+    # SSLSocket.sendfile only reads the file into send(): such a connection keeps the bytes path.
+    # socket.sendfile refuses a non-blocking socket; workers get theirs with a timeout (_hand_over).
+    return type(sock) is socket.socket and sock.gettimeout() != 0
+
+
+class _Gateway(wsgi.Gateway_10):
+    """cheroot's WSGI 1.0 gateway, which also sends FileRegion chunks with sendfile.
+
+    cheroot writes a bytes chunk through a pure-Python buffered writer that copies it twice before
+    send() copies it into the kernel; a region goes from the page cache to the socket in the kernel.
+    """
+
+    def get_environ(self):
+        env = super().get_environ()
+        if _sendfile_capable(self.req.conn.socket):
+            env[FILE_REGION_KEY] = FileRegion
+        return env
+
+    def respond(self):
+        # cheroot's respond(), but a FileRegion is not bytes and must not be refused for it.
+        response = self.req.server.wsgi_app(self.env, self.start_response)
+        try:
+            for chunk in response:
+                if type(chunk) is FileRegion:
+                    self._send_region(chunk)
+                elif chunk:
+                    if not isinstance(chunk, bytes):
+                        raise ValueError("WSGI Applications must yield bytes")
+                    self.write(chunk)
+        finally:
+            self.req.ensure_headers_sent()
+            if hasattr(response, "close"):
+                response.close()
+
+    def _send_region(self, region: FileRegion) -> None:
+        if not self.started_response:
+            raise RuntimeError("WSGI write called before start_response.")
+        if region.length <= 0:
+            return
+        length = region.length
+        rbo = self.remaining_bytes_out
+        if rbo is not None and length > rbo:
+            if not self.req.sent_headers:
+                self.req.simple_response("500 Internal Server Error", "The requested resource returned more "
+                                         "bytes than the declared Content-Length.")
+                raise ValueError("Response body exceeds the declared Content-Length.")
+            length = rbo  # as cheroot's write(): the client gets what was announced, then the error
+        req = self.req
+        conn = req.conn
+        with open(region.path, "rb") as f:
+            req.ensure_headers_sent()
+            wfile = conn.wfile
+            wfile.flush()  # whatever was written before goes out first
+            if req.chunked_write:
+                wfile.write(f"{length:x}\r\n".encode("ascii"))
+                wfile.flush()
+            # socket.sendfile waits at most the socket's timeout (idle_timeout) for each write, like send().
+            sent = conn.socket.sendfile(f, region.offset, length)
+            if sent != length:
+                raise OSError(f"{region.path} ended after {sent} of the {length} bytes to send from it")
+            if req.chunked_write:
+                wfile.write(b"\r\n")
+        if isinstance(getattr(wfile, "bytes_written", None), int):
+            wfile.bytes_written += length
+        req.server.file_regions.add(length)
+        if rbo is not None:
+            self.remaining_bytes_out = rbo - length
+            if length < region.length:
+                raise ValueError("Response body exceeds the declared Content-Length.")
 
 
 class _Connection(server.HTTPConnection):

@@ -1,7 +1,7 @@
 """Database engines for SQLite (embedded default) and PostgreSQL (production).
 
 A PostgreSQL restart (or anything that ends the server's sessions) leaves the pool holding dead
-connections. Two things keep that from reaching a request, whether or not pool_pre_ping is on:
+connections. Two things keep that from reaching a request, without the pre-ping's round trip:
 a connection is checked for the server's close when it leaves the pool, and a read-only unit of
 work whose connection dies under it is run once more (`retry_read`). Writes are not run again.
 """
@@ -62,7 +62,9 @@ def make_engine(url: str, **kwargs) -> Engine:
 
         _disable_pysqlite_begin(engine)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pre-ping: it costs every checkout a round trip (SELECT 1), and the checkout check below and
+    # retry_read already keep a dead connection from a request (tests/test_pg_restart.py).
+    kwargs.setdefault("pool_pre_ping", False)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     engine = create_engine(url, **kwargs)

@@ -151,7 +151,8 @@ class Auditor:
                 peer=R.Node(user_id=req.peer_subject or "unknown", address=req.environ.get("REMOTE_ADDR"))))
         accesses: list[Access] = []
         if self.registry is not None and req.actor == R.REGISTRY and exc is None:
-            accesses = self._accesses(tx, principal, facts, payload, outcome, getattr(req, "audit_before", None))
+            accesses = self._accesses(tx, principal, facts, payload, outcome, getattr(req, "audit_before", None),
+                                      getattr(req, "registered", None))
         self._write(records, accesses)
 
     def must_record(self, req) -> bool:
@@ -273,7 +274,8 @@ class Auditor:
             peer=R.Node(user_id=environ.get("xds.peer_subject") or "unknown", address=environ.get("REMOTE_ADDR")))], [])
 
     # --- the patient's log ------------------------------------------------------------------------------
-    def _accesses(self, tx, principal, facts: F.Facts, payload, outcome: int, before) -> list[Access]:
+    def _accesses(self, tx, principal, facts: F.Facts, payload, outcome: int, before,
+                  registered: dict | None = None) -> list[Access]:
         action = _ACTIONS.get(tx)
         if action is None:
             return []
@@ -306,7 +308,9 @@ class Auditor:
             docs = [d for d in facts.documents if d.patient_id or facts.patient_id]
             # The registered entries' confidentiality and reveal time, as the registry now holds them, so
             # that the log names no document hidden from the patient (INVISIBLE_PATIENT) or representatives.
-            known = self.registry.documents([d.unique_id for d in docs]) if outcome == 0 and docs else {}
+            # registered: what the registration itself stored (ITI-42, ITI-61), saving a read of it.
+            known = {} if outcome != 0 or not docs else registered if registered else \
+                self.registry.documents([d.unique_id for d in docs])
             out = [entry(d.patient_id or facts.patient_id, d.unique_id, d.title,
                          *(known[d.unique_id][3:5] if d.unique_id in known else ())) for d in docs]
             if not out and facts.patient_id:
