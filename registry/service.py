@@ -175,10 +175,12 @@ class RegistryActor:
         return SoapResponse(registry_response(update_document_set(self.store, req.body, self.config,
                                                                   self._guard(req), restricted)))
 
-    def register_element(self, request, commit_before=None, principal=None) -> list:
-        """In-process ITI-42, for a repository running in the same process: principal is the ITI-41 caller's."""
+    def register_element(self, request, commit_before=None, principal=None, registered: dict | None = None) -> list:
+        """In-process ITI-42, for a repository running in the same process: principal is the ITI-41 caller's;
+        registered: filled with what was registered (register.register), for the audit of the hop."""
         guard = self.guard_of(principal) if principal is not None else None
-        return register(self.store, request, self.config, commit_before=commit_before, guard=guard)
+        return register(self.store, request, self.config, commit_before=commit_before, guard=guard,
+                        registered=registered)
 
     def retrievable(self, principal, unique_ids: list[str]) -> set[str]:
         """For a repository in the same process: which of these documents the caller may retrieve."""

@@ -41,9 +41,9 @@ class InProcessRegistry:
         self.actor = actor
 
     def register(self, request: etree._Element, commit_before: _dt.datetime,
-                 forward: Sequence[etree._Element] = (), principal=None) -> list[XdsError]:
+                 forward: Sequence[etree._Element] = (), principal=None, registered: dict | None = None) -> list[XdsError]:
         # The caller was authenticated by this very process: its principal goes to the registry's policy.
-        return self.actor.register_element(request, commit_before, principal)
+        return self.actor.register_element(request, commit_before, principal, registered)
 
     def registered(self, repository_id: str, unique_ids: Sequence[str] = (), after: str | None = None,
                    limit: int | None = None) -> Registered:
@@ -99,8 +99,12 @@ class AuditedRegistry:
 
     def register(self, request: etree._Element, commit_before: _dt.datetime,
                  forward: Sequence[etree._Element] = (), principal=None) -> list[XdsError]:
+        registered: dict = {}
         try:
-            errors = self.link.register(request, commit_before, forward, principal)
+            if self.in_process:  # what the registry stored, for the registry's side of the record
+                errors = self.link.register(request, commit_before, forward, principal, registered)
+            else:
+                errors = self.link.register(request, commit_before, forward, principal)
         except XdsException as exc:
             self._record(request, principal, 12 if isinstance(exc, (RegistryUnanswered, RegistryUnreachable)) else 8,
                          " ".join(sorted({e.code for e in exc.errors if e.is_error}))[:200] or None)
@@ -108,10 +112,11 @@ class AuditedRegistry:
         except Exception:
             self._record(request, principal, 12, "internal error")
             raise
-        self._record(request, principal, 0, None)
+        self._record(request, principal, 0, None, registered)
         return errors
 
-    def _record(self, request, principal, outcome: int, description: str | None) -> None:
+    def _record(self, request, principal, outcome: int, description: str | None,
+                registered: dict | None = None) -> None:
         from xds.audit.facts import of_request
         from xds.security.principal import Principal
 
@@ -119,7 +124,8 @@ class AuditedRegistry:
         self.auditor.hop("ITI-42", principal=principal or Principal(mode="tls"), destination=self.destination,
                          outcome=outcome, description=description, patient_id=facts.patient_id,
                          submission_set_uid=facts.submission_set_uid,
-                         registry_side=self.in_process, request=request if principal is not None else None)
+                         registry_side=self.in_process, request=request if principal is not None else None,
+                         registered=registered)
 
     def registered(self, repository_id: str, unique_ids: Sequence[str] = (), after: str | None = None,
                    limit: int | None = None) -> Registered:

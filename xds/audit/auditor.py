@@ -162,7 +162,7 @@ class Auditor:
     # --- the calls this side makes -------------------------------------------------------------------
     def hop(self, transaction: str, *, principal: Principal, destination: str, outcome: int,
             description: str | None = None, patient_id: str | None = None, submission_set_uid: str | None = None,
-            documents=(), registry_side: bool = False, request=None) -> None:
+            documents=(), registry_side: bool = False, request=None, registered: dict | None = None) -> None:
         """A call this side made to another actor. For both actors in one process the repository's ITI-42
         also stands for the registry's side of it (registry_side), patient's log included."""
         this = R.Node(user_id=self._url("/xds/repository" if transaction == "ITI-42" else "/xds/registry"),
@@ -181,7 +181,8 @@ class Auditor:
                 user_id=self._url("/xds/registry"), address=self.source.address,
                 alternative_user_id=self.source.pid), record_id=R._new_record_id()))
             if self.registry is not None and request is not None:
-                accesses = self._accesses("ITI-42", principal, F.of_request("ITI-42", request), None, outcome, None)
+                accesses = self._accesses("ITI-42", principal, F.of_request("ITI-42", request), None, outcome, None,
+                                          registered)
         self._write(records, accesses)
 
     # --- the feed and the node --------------------------------------------------------------------------
