@@ -22,297 +22,35 @@ the average answers (target: p99 on <= 1.5x p99 off).
 from __future__ import annotations
 
 import argparse
-import calendar
-import io
+import http.client
 import os
 import random
-import re
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
-import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from lxml import etree  # noqa: E402
 
-from registry import schema as S  # noqa: E402
 from registry.config import RegistryConfig  # noqa: E402
 from registry.guard import RegistryGuard  # noqa: E402
 from registry.query import stored_query  # noqa: E402
 from registry.store import RegistryStore  # noqa: E402
-from xds import builder  # noqa: E402
 from xds import constants as C  # noqa: E402
 from xds.security import policy as P  # noqa: E402
 
 RIM = C.NS_RIM
-LOINC = "2.16.840.1.113883.6.1"
-CLASS_CODES = [f"CL{i:02d}^^{LOINC}" for i in range(10)]
-TYPE_CODES = [f"TY{i:02d}^^{LOINC}" for i in range(20)]
-FORMAT_CODES = [f"urn:fmt:{i}^^1.3.6.1.4.1.19376.1.2.3" for i in range(5)]
-PRACTICE_CODES = [f"PS{i}^^1.2.250.1.213.1.1.4.9" for i in range(8)]
-HCFT_CODES = [f"HF{i}^^1.2.250.1.213.1.1.4.9" for i in range(5)]
-CONF_CODES = ["N^^2.16.840.1.113883.5.25"] * 16 + ["R^^2.16.840.1.113883.5.25"] * 3 + ["V^^2.16.840.1.113883.5.25"]
-EVENT_CODES = [f"EV{i:02d}^^1.2.250.1.213.2.2" for i in range(30)]
-AUTHORS = [f"{i}^Name{i}^Given{i % 97}^^^^^^&1.2.250.1.71.4.2.1&ISO" for i in range(2000)]
-STATUS_WEIGHTS = [(C.STATUS_APPROVED, 95), (C.STATUS_DEPRECATED, 5)]
-
-# The access policy's data. Submitters: ORG1 (the measured professional's structure) submits a fifth of
-# the SubmissionSets, the other 49 structures the rest; PS1 is one of ORG1's five people.
-ORG1, PS1 = "ORG1", "PS1"
-OTHER_ORGS = [f"ORG{i}" for i in range(2, 51)]
-ORG1_PEOPLE = [f"PS{i}" for i in range(1, 6)]
-# DMP confidentiality codes added to a few entries (beside their HL7 code), with their rates.
-DMP_CODE_RATES = [(P.MASQUE_PS, 0.04), (P.INVISIBLE_PATIENT, 0.01), (P.INVISIBLE_RL, 0.005)]
-# The habilitation matrix: profession "10" may consult 15 of the 20 typeCodes.
-PROFESSION = "10"
-MATRIX = P.Matrix({PROFESSION: frozenset(TYPE_CODES[:15])})
-POLICY_RULES = P.Rules(dmp=True, matrix=MATRIX, check_resource_id=True)
-
-
-def esc(v: str) -> str:
-    return v.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
-
-
-def patient_id(n: int) -> str:
-    return f"B{n:07d}^^^&1.2.250.1.213.1.4.10&ISO"
-
-
-def dtm(rnd: random.Random, lo=2010, hi=2025) -> str:
-    return "%04d%02d%02d%02d%02d%02d" % (rnd.randrange(lo, hi), rnd.randrange(1, 13), rnd.randrange(1, 29),
-                                         rnd.randrange(24), rnd.randrange(60), rnd.randrange(60))
-
-
-# --- templates -------------------------------------------------------------------------------------
-# One DocumentEntry, SubmissionSet and Folder are built with the project's builder, then turned
-# into format strings so that a million rows cost string formatting, not tree building.
-
-def _split(code: str) -> tuple[str, str, str]:
-    c, _, s = code.split("^")
-    return (c, s, c)
-
-
-def _de_template(dmp: bool = False) -> str:
-    """dmp: the entry carries a DMP confidentiality code too (@DMP@, @DMPS@)."""
-    conf = [("@CONF@", "@CONFS@", "x")] + ([("@DMP@", "@DMPS@", "x")] if dmp else [])
-    codes = {"class": ("@CLASS@", "@CLASSS@", "x"), "type": ("@TYPE@", "@TYPES@", "x"),
-             "format": ("@FMT@", "@FMTS@", "x"), "hcft": ("@HF@", "@HFS@", "x"),
-             "practice": ("@PS@", "@PSS@", "x"), "confidentiality": conf,
-             "event": [("@EV@", "@EVS@", "x")]}
-    el = builder.document_entry("@PID@", id="@ID@", unique_id="@UID@", codes=codes, creation_time="@CT@",
-                                service_start="@SST@", service_stop="@SSP@", author_person="@AUTHOR@",
-                                hash="da39a3ee5e6b4b0d3255bfef95601890afd80709", size=1234,
-                                repository_unique_id="1.2.250.1.999.3.1", title="Compte rendu")
-    el.set("lid", "@ID@")
-    el.set("status", C.STATUS_APPROVED)
-    for i, sub in enumerate(el.iter(f"{{{RIM}}}Classification", f"{{{RIM}}}ExternalIdentifier")):
-        sub.set("id", f"@SUB{i}@")
-    return _fmt(etree.tostring(el, encoding="unicode"))
-
-
-def _ss_template() -> str:
-    el = builder.submission_set("@PID@", id="@ID@", unique_id="@UID@", submission_time="@ST@")
-    el.set("lid", "@ID@")
-    el.set("status", C.STATUS_APPROVED)
-    for i, sub in enumerate(el.iter(f"{{{RIM}}}Classification", f"{{{RIM}}}ExternalIdentifier")):
-        sub.set("id", f"@SUB{i}@")
-    return _fmt(etree.tostring(el, encoding="unicode"))
-
-
-def _fd_template() -> str:
-    el = builder.folder("@PID@", id="@ID@", unique_id="@UID@")
-    el.set("lid", "@ID@")
-    el.set("status", C.STATUS_APPROVED)
-    for i, sub in enumerate(el.iter(f"{{{RIM}}}Classification", f"{{{RIM}}}ExternalIdentifier")):
-        sub.set("id", f"@SUB{i}@")
-    return _fmt(etree.tostring(el, encoding="unicode"))
-
-
-def _assoc_template() -> str:
-    el = builder.association("@SRC@", "@TGT@", id="@ID@")
-    el.set("status", C.STATUS_APPROVED)
-    return _fmt(etree.tostring(el, encoding="unicode"))
-
-
-def _fmt(xml: str) -> str:
-    xml = xml.replace("{", "{{").replace("}", "}}")
-    return re.sub(r"@([A-Z0-9]+)@", lambda m: "{" + m.group(1).lower() + "}", xml)
-
-
-def _sub_ids(n: int) -> dict:
-    return {f"sub{i}": "urn:uuid:" + str(uuid.uuid4()) for i in range(n)}
-
-
-# --- loading --------------------------------------------------------------------------------------------
-
-class Copier:
-    """Buffers rows per table and COPYs them in batches."""
-
-    def __init__(self, raw_conn, batch: int = 20000):
-        self.raw, self.batch = raw_conn, batch
-        self.buf: dict[str, tuple[list[str], io.StringIO, int]] = {}
-
-    def add(self, table: str, cols: list[str], row: tuple) -> None:
-        cols_, out, n = self.buf.get(table) or (cols, io.StringIO(), 0)
-        out.write("\t".join("\\N" if v is None else str(v).replace("\\", "\\\\").replace("\t", "\\t")
-                            .replace("\n", "\\n") for v in row))
-        out.write("\n")
-        self.buf[table] = (cols_, out, n + 1)
-        if n + 1 >= self.batch:
-            self.flush(table)
-
-    def flush(self, table: str | None = None) -> None:
-        for t in [table] if table else list(self.buf):
-            if t not in self.buf:
-                continue
-            cols, out, _ = self.buf.pop(t)
-            out.seek(0)
-            with self.raw.cursor() as cur:
-                cur.copy_expert(f"COPY {t} ({', '.join(cols)}) FROM STDIN", out)
-
-
-OBJ_COLS = ["id", "lid", "version", "kind", "status", "patient_id", "unique_id", "seq", "xml",
-            "origin_org", "origin_person", "origin_time", "reveal_at"]
-DE_COLS = ["id", "entry_type", "class_code", "type_code", "format_code", "practice_setting_code", "hcft_code",
-           "creation_time", "service_start_time", "service_stop_time", "hash", "size", "repository_unique_id",
-           "mime_type", "availability"]
-ASSOC_COLS = ["id", "type", "source", "target", "status", "ss_status", "seq", "xml"]
-ACC_PATIENT_COLS = ["patient_id", "closed", "minor", "treating_doctor", "object_break_glass", "object_centre_15",
-                    "updated"]
-ACC_PERSON_COLS = ["patient_id", "person", "relation", "since", "until", "updated"]
-
-
-def origin(prnd: random.Random, submitted: str) -> tuple[str, str, int, int]:
-    """(origin_org, origin_person, origin_time, reveal_at) of an object submitted at this DTM, as the
-    registry records them (registry/store.py: reveal_at is one month after the first version)."""
-    if prnd.random() < 0.2:
-        org, person = ORG1, prnd.choice(ORG1_PEOPLE)
-    else:
-        # Now and then PS1 submits from another structure it works for (the person exception alone).
-        org = prnd.choice(OTHER_ORGS)
-        person = PS1 if prnd.random() < 0.02 else f"PS{org[3:]}{prnd.randrange(5)}x"
-    at = calendar.timegm(time.strptime(submitted, "%Y%m%d%H%M%S"))
-    return org, person, at, int(P.one_month_after(at))
-
-
-def dmp_code(prnd: random.Random) -> str | None:
-    r = prnd.random()
-    for code, rate in DMP_CODE_RATES:
-        if r < rate:
-            return code
-        r -= rate
-    return None
-
-
-def load(store: RegistryStore, patients: int, per_patient: int, seed: int) -> float:
-    rnd = random.Random(seed)
-    # The access policy's data draws from its own generator, so that the rest is what it always was.
-    prnd = random.Random(seed + 1000)
-    de_t, de_dmp_t = _de_template(), _de_template(dmp=True)
-    ss_t, fd_t, as_t = _ss_template(), _fd_template(), _assoc_template()
-    n_de_subs, n_de_dmp_subs = de_t.count("{sub"), de_dmp_t.count("{sub")
-    n_ss_subs, n_fd_subs = ss_t.count("{sub"), fd_t.count("{sub")
-    store.create_schema()
-    indexes = [ix for t in S.metadata.sorted_tables for ix in t.indexes]
-    for ix in indexes:
-        ix.drop(store.engine, checkfirst=True)
-    t0 = time.perf_counter()
-    now = int(time.time())
-    raw = store.engine.raw_connection()
-    try:
-        with raw.cursor() as cur:
-            # Foreign-key triggers off during the bulk load; every row is consistent by construction.
-            cur.execute("SET session_replication_role = replica")
-        cp = Copier(raw)
-        seq = 0
-        for p in range(patients):
-            pid = patient_id(p)
-            # The patient exists, and has authorised PS1 and two other professionals; some have a
-            # treating doctor (never PS1, who would then see MASQUE_PS entries) or blocked someone.
-            cp.add("patient", ["patient_id", "active", "merged_into"], (pid, "t", None))
-            cp.add("acc_patient", ACC_PATIENT_COLS,
-                   (pid, "f", "f", f"MT{p % 300}" if p % 2 else None, "f", "f", now))
-            for person in (PS1, f"PS{p % 40 + 10}a", f"PS{p % 70 + 10}b"):
-                cp.add("acc_person", ACC_PERSON_COLS, (pid, person, S.ACCESS_AUTHORISED, None, None, now))
-            if p % 5 == 0:
-                cp.add("acc_person", ACC_PERSON_COLS, (pid, f"PS{p % 90}c", S.ACCESS_BLOCKED, None, None, now))
-            ss_id = None
-            fd_id = "urn:uuid:" + str(uuid.uuid4())
-            seq += 1
-            fd_time = dtm(rnd, 2020, 2025)
-            cp.add("reg_object", OBJ_COLS, (fd_id, fd_id, 1, "FD", C.STATUS_APPROVED, pid, f"2.25.{uuid.uuid4().int}",
-                                            seq, fd_t.format(pid=esc(pid), id=fd_id, uid="1", **_sub_ids(n_fd_subs)),
-                                            *origin(prnd, fd_time)))
-            cp.add("folder", ["id", "last_update_time"], (fd_id, fd_time))
-            cp.add("object_code", ["object_id", "scheme", "code"],
-                   (fd_id, C.FOLDER_CODE_LIST, "Referrals^^1.3.6.1.4.1.21367.100.1"))
-            for i in range(per_patient):
-                if i % 10 == 0:
-                    ss_id = "urn:uuid:" + str(uuid.uuid4())
-                    st = dtm(rnd, 2020, 2025)
-                    ss_origin = origin(prnd, st)  # its entries were submitted with it
-                    seq += 1
-                    cp.add("reg_object", OBJ_COLS, (ss_id, ss_id, 1, "SS", C.STATUS_APPROVED, pid,
-                                                    f"2.25.{uuid.uuid4().int}", seq,
-                                                    ss_t.format(pid=esc(pid), id=ss_id, uid="1", st=st,
-                                                                **_sub_ids(n_ss_subs)), *ss_origin))
-                    cp.add("submission_set", ["id", "submission_time", "source_id", "content_type_code"],
-                           (ss_id, st, "1.2.250.1.999.7", "04^^1.2.250.1.213.1.1.4.12"))
-                de_id = "urn:uuid:" + str(uuid.uuid4())
-                uid = f"2.25.{uuid.uuid4().int}"
-                klass, type_, fmt, ps, hf = (rnd.choice(CLASS_CODES), rnd.choice(TYPE_CODES),
-                                             rnd.choice(FORMAT_CODES), rnd.choice(PRACTICE_CODES),
-                                             rnd.choice(HCFT_CODES))
-                conf, ev, author = rnd.choice(CONF_CODES), rnd.choice(EVENT_CODES), rnd.choice(AUTHORS)
-                ct = dtm(rnd)
-                sst, ssp = ct[:8], ct[:8]
-                status = rnd.choices([s for s, _ in STATUS_WEIGHTS], [w for _, w in STATUS_WEIGHTS])[0]
-                entry_type = C.OBJECT_TYPE_ON_DEMAND if rnd.random() < 0.02 else C.OBJECT_TYPE_STABLE
-                dmp = dmp_code(prnd)
-                kv = dict(pid=esc(pid), id=de_id, uid=uid, ct=ct, sst=sst, ssp=ssp, author=esc(author),
-                          **{k: v for k, v in zip(("class", "classs"), _split(klass)[:2])},
-                          **{k: v for k, v in zip(("type", "types"), _split(type_)[:2])},
-                          **{k: v for k, v in zip(("fmt", "fmts"), _split(fmt)[:2])},
-                          **{k: v for k, v in zip(("ps", "pss"), _split(ps)[:2])},
-                          **{k: v for k, v in zip(("hf", "hfs"), _split(hf)[:2])},
-                          **{k: v for k, v in zip(("conf", "confs"), _split(conf)[:2])},
-                          **{k: v for k, v in zip(("ev", "evs"), _split(ev)[:2])},
-                          **({k: v for k, v in zip(("dmp", "dmps"), _split(dmp)[:2])} if dmp else {}),
-                          **_sub_ids(n_de_dmp_subs if dmp else n_de_subs))
-                seq += 1
-                xml = (de_dmp_t if dmp else de_t).format(**kv)
-                cp.add("reg_object", OBJ_COLS, (de_id, de_id, 1, "DE", status, pid, uid, seq, xml, *ss_origin))
-                cp.add("doc_entry", DE_COLS, (de_id, entry_type, klass, type_, fmt, ps, hf, ct, sst, ssp,
-                                              "da39a3ee5e6b4b0d3255bfef95601890afd80709", 1234,
-                                              "1.2.250.1.999.3.1", "text/plain", C.AVAILABILITY_ONLINE))
-                cp.add("object_code", ["object_id", "scheme", "code"], (de_id, C.DE_CONFIDENTIALITY_CODE, conf))
-                if dmp:
-                    cp.add("object_code", ["object_id", "scheme", "code"], (de_id, C.DE_CONFIDENTIALITY_CODE, dmp))
-                cp.add("object_code", ["object_id", "scheme", "code"], (de_id, C.DE_EVENT_CODE, ev))
-                cp.add("object_author", ["object_id", "person"], (de_id, author))
-                a_id = "urn:uuid:" + str(uuid.uuid4())
-                seq += 1
-                cp.add("association", ASSOC_COLS, (a_id, C.ASSOC_HAS_MEMBER, ss_id, de_id, C.STATUS_APPROVED,
-                                                   "Original", seq, as_t.format(id=a_id, src=ss_id, tgt=de_id)))
-                if i < 5:
-                    a_id = "urn:uuid:" + str(uuid.uuid4())
-                    seq += 1
-                    cp.add("association", ASSOC_COLS, (a_id, C.ASSOC_HAS_MEMBER, fd_id, de_id, C.STATUS_APPROVED,
-                                                       None, seq, as_t.format(id=a_id, src=fd_id, tgt=de_id)))
-            if p % 500 == 499:
-                print(f"  {p + 1} patients, {time.perf_counter() - t0:.0f} s", flush=True)
-        cp.flush()
-        with raw.cursor() as cur:
-            cur.execute("SELECT setval('reg_seq', %s)", (seq + 1,))
-        raw.commit()
-    finally:
-        raw.close()
-    print(f"  rows copied in {time.perf_counter() - t0:.0f} s; building indexes", flush=True)
-    for ix in indexes:
-        ix.create(store.engine)
-    with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
-        c.exec_driver_sql("VACUUM ANALYZE")
-    return time.perf_counter() - t0
+# The data's shape and the access policy's data are the loader's (bench/load_registry.py).
+from load_registry import (  # noqa: E402
+    CLASS_CODES, CONF_CODES, MATRIX, ORG1, POLICY_RULES, PROFESSION, PS1, TYPE_CODES, Cluster, database, db_name,
+    load as fast_load, sizes as print_sizes,
+)
 
 
 # --- queries ----------------------------------------------------------------------------------------------
@@ -327,8 +65,8 @@ def request(query_id: str, params: list[tuple[str, str]], return_type: str = "Le
     return req
 
 
-def find_documents_case(rnd: random.Random, patients: int) -> tuple[str, str, str, str]:
-    pid = patient_id(rnd.randrange(patients))
+def find_documents_case(rnd: random.Random, pids: list[str]) -> tuple[str, str, str, str]:
+    pid = rnd.choice(pids)
     lo = rnd.randrange(2010, 2023)
     return pid, rnd.choice(CLASS_CODES), str(lo), str(lo + 3)
 
@@ -468,88 +206,508 @@ def explain(store: RegistryStore, config: RegistryConfig, case) -> None:
                     print("   ", line)
 
 
+# --- over HTTP, against the running server --------------------------------------------------------------------
+# Each query is a (name, request body builder, raw SQL) triple over the same cases; the raw SQL reads the
+# same rows (with their stored XML) that the server's answer holds, so that the ratio is what the server
+# adds around the database's work.
+
+APPROVED = f"('{C.STATUS_APPROVED}')"
+
+
+def record_patients(raw, lo: int = 80, hi: int = 120) -> tuple[list[str], list[str]]:
+    """Patients whose record has lo-hi Approved stable entries (the record-opening query's ~100), and
+    every patient under the LeafClass limit (1,000 objects)."""
+    with raw.cursor() as cur:
+        cur.execute("SELECT o.patient_id, count(*) FROM reg_object o JOIN doc_entry d ON d.id = o.id "
+                    "WHERE o.kind = 'DE' AND o.status = %s AND d.entry_type = %s GROUP BY 1",
+                    (C.STATUS_APPROVED, C.OBJECT_TYPE_STABLE))
+        rows = cur.fetchall()
+    raw.rollback()
+    return sorted(p for p, n in rows if lo <= n <= hi), sorted(p for p, n in rows if n <= 300)
+
+
+def fd_cases(kind: str, rnd: random.Random, pids: list[str], n: int) -> list[tuple]:
+    out = []
+    for _ in range(n):
+        pid = rnd.choice(pids)
+        lo = rnd.randrange(2012, 2022)
+        value = {"patient": None, "classCode": rnd.choice(CLASS_CODES), "typeCode": rnd.choice(TYPE_CODES),
+                 "creationTime": (f"{lo}", f"{lo + 3}"), "confidentiality": CONF_CODES[0]}[kind]
+        out.append((pid, value))
+    return out
+
+
+def fd_slots(kind: str, case) -> list[tuple[str, str]]:
+    pid, v = case
+    slots = [("$XDSDocumentEntryPatientId", f"'{pid}'"), ("$XDSDocumentEntryStatus", APPROVED)]
+    if kind == "classCode":
+        slots.append(("$XDSDocumentEntryClassCode", f"('{v}')"))
+    elif kind == "typeCode":
+        slots.append(("$XDSDocumentEntryTypeCode", f"('{v}')"))
+    elif kind == "creationTime":
+        slots += [("$XDSDocumentEntryCreationTimeFrom", v[0]), ("$XDSDocumentEntryCreationTimeTo", v[1])]
+    elif kind == "confidentiality":
+        slots.append(("$XDSDocumentEntryConfidentialityCode", f"('{v}')"))
+    return slots
+
+
+def fd_raw(kind: str, case) -> tuple[str, tuple]:
+    pid, v = case
+    sql = ("SELECT o.id, o.status, o.lid, o.version, o.xml FROM reg_object o JOIN doc_entry d ON d.id = o.id "
+           "WHERE o.patient_id = %s AND o.kind = 'DE' AND o.status = %s AND d.entry_type = %s")
+    args: tuple = (pid, C.STATUS_APPROVED, C.OBJECT_TYPE_STABLE)
+    if kind in ("classCode", "typeCode"):
+        sql += f" AND d.{'class_code' if kind == 'classCode' else 'type_code'} = %s"
+        args += (v,)
+    elif kind == "creationTime":
+        sql += " AND d.creation_time >= %s AND d.creation_time < %s"
+        args += v
+    elif kind == "confidentiality":
+        sql += (" AND EXISTS (SELECT 1 FROM object_code c WHERE c.object_id = o.id AND c.scheme = %s "
+                "AND c.code = %s)")
+        args += (C.DE_CONFIDENTIALITY_CODE, v)
+    return sql + " ORDER BY o.seq", args
+
+
+def run_raw(raw, statements) -> int:
+    n = 0
+    with raw.cursor() as cur:
+        for sql, args in statements:
+            cur.execute(sql, args)
+            n += len(cur.fetchall())
+    raw.rollback()
+    return n
+
+
+def get_all_raw(pid: str) -> list[tuple[str, tuple]]:
+    """GetAll as the registry answers it (Approved, stable entries): the objects, then the Approved
+    associations from or to them, each side through its index."""
+    objs = ("SELECT o.id, o.status, o.xml FROM reg_object o LEFT JOIN doc_entry d ON d.id = o.id "
+            "WHERE o.patient_id = %s AND o.status = %s AND (o.kind <> 'DE' OR d.entry_type = %s)")
+    assocs = ("SELECT a.id, a.status, a.xml FROM association a JOIN reg_object o ON o.id = a.source "
+              "WHERE o.patient_id = %s AND o.status = %s AND a.status = %s UNION "
+              "SELECT a.id, a.status, a.xml FROM association a JOIN reg_object o ON o.id = a.target "
+              "WHERE o.patient_id = %s AND o.status = %s AND a.status = %s")
+    return [(objs, (pid, C.STATUS_APPROVED, C.OBJECT_TYPE_STABLE)),
+            (assocs, (pid, C.STATUS_APPROVED, C.STATUS_APPROVED) * 2)]
+
+
+def folder_raw(fd: str) -> list[tuple[str, tuple]]:
+    return [("SELECT o.id, o.status, o.xml, f.last_update_time FROM reg_object o JOIN folder f ON f.id = o.id "
+             "WHERE o.id = %s", (fd,)),
+            ("SELECT a.id, a.status, a.xml, o.xml FROM association a JOIN reg_object o ON o.id = a.target "
+             "JOIN doc_entry d ON d.id = o.id WHERE a.source = %s AND a.type = %s AND d.entry_type = %s "
+             "ORDER BY a.seq", (fd, C.ASSOC_HAS_MEMBER, C.OBJECT_TYPE_STABLE))]
+
+
+def related_raw(de: str) -> list[tuple[str, tuple]]:
+    types = [C.ASSOC_RPLC, C.ASSOC_APND]
+    return [("SELECT o.id, o.xml FROM reg_object o WHERE o.id = %s", (de,)),
+            ("SELECT a.id, a.xml, o.xml FROM association a JOIN reg_object o ON o.id = "
+             "CASE WHEN a.source = %s THEN a.target ELSE a.source END "
+             "WHERE (a.source = %s OR a.target = %s) AND a.type = ANY(%s)", (de, de, de, types))]
+
+
+class Server:
+    """`python -m node.cli serve --role registry` on the loaded database, security none, loopback."""
+
+    def __init__(self, db_url: str, workers: int | None = None, env: dict | None = None):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.data = tempfile.mkdtemp(prefix="xds-bench-query-")
+        cmd = [sys.executable, "-m", "node.cli", "serve", "--role", "registry", "--db", db_url, "--data", self.data,
+               "--host", "127.0.0.1", "--port", str(self.port), "--security", "none", "--no-patient-check"]
+        if workers:
+            cmd += ["--workers", str(workers)]
+        self.log = open(os.path.join(self.data, "server.log"), "w")
+        self.proc = subprocess.Popen(cmd, env=dict(os.environ, XDS_LOG_LEVEL="WARNING", **(env or {})),
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     cwd=os.path.join(os.path.dirname(__file__), ".."))
+        deadline = time.time() + 300  # the first start migrates and checks the database
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the server exited: {open(self.log.name).read()[-3000:]}")
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                c.request("GET", "/health")
+                if c.getresponse().status == 200:
+                    c.close()
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise SystemExit("the server did not answer /health")
+        from xds.client import SoapClient
+        self.client = SoapClient(f"http://127.0.0.1:{self.port}/xds/registry")
+
+    def body(self, query_id: str, slots: list[tuple[str, str]]) -> bytes:
+        return self.client.envelope(C.ACTION_QUERY, request(query_id, slots))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+HEADERS = {"Content-Type": f'application/soap+xml; charset=UTF-8; action="{C.ACTION_QUERY}"'}
+
+
+def post(conn: http.client.HTTPConnection, body: bytes) -> bytes:
+    conn.request("POST", "/xds/registry", body=body, headers=HEADERS)
+    resp = conn.getresponse()
+    data = resp.read()
+    if resp.status != 200 or b"ResponseStatusType:Success" not in data[:4000]:
+        raise SystemExit(f"ITI-18 over HTTP failed ({resp.status}): {data[:2000]!r}")
+    return data
+
+
+def answer_ids(data: bytes) -> list[str]:
+    """The ids in an ITI-18 response, read with the project's parser (the answer must be valid ebRIM)."""
+    from xds.ebrim import read_object
+    from xds.xmlsafe import parse
+
+    root = parse(data, "ITI-18 response")
+    rol = root.find(f".//{{{RIM}}}RegistryObjectList")
+    return [read_object(el).id for el in (rol if rol is not None else [])]
+
+
+def http_round(port: int, bodies: list[bytes], clients: int) -> tuple[list[float], float]:
+    """Every body once, from `clients` threads each on its own keep-alive connection. Returns the
+    latencies (ms) and queries/s."""
+    parts = [bodies[i::clients] for i in range(clients)]
+    lat: list[list[float]] = [[] for _ in parts]
+    errors: list[BaseException] = []
+    start = threading.Barrier(clients + 1)
+
+    def worker(i, mine):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        start.wait()
+        try:
+            for b in mine:
+                t = time.perf_counter()
+                post(conn, b)
+                lat[i].append((time.perf_counter() - t) * 1000)
+        except BaseException as exc:  # noqa: BLE001 - reported after the round
+            errors.append(exc)
+        conn.close()
+
+    threads = [threading.Thread(target=worker, args=(i, p)) for i, p in enumerate(parts)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise SystemExit(f"{len(errors)} clients failed: {errors[0]}")
+    return [x for xs in lat for x in xs], len(bodies) / elapsed
+
+
+def raw_round(url: str, statements: list, clients: int) -> tuple[list[float], float]:
+    """The raw SQL of the same cases, from `clients` threads each with its own psycopg2 connection."""
+    import psycopg2
+    from load_registry import _dsn
+
+    parts = [statements[i::clients] for i in range(clients)]
+    lat: list[list[float]] = [[] for _ in parts]
+    conns = [psycopg2.connect(_dsn(url)) for _ in parts]
+    start = threading.Barrier(clients + 1)
+
+    def worker(i, mine):
+        start.wait()
+        for st in mine:
+            t = time.perf_counter()
+            run_raw(conns[i], st)
+            lat[i].append((time.perf_counter() - t) * 1000)
+
+    threads = [threading.Thread(target=worker, args=(i, p)) for i, p in enumerate(parts)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    for c in conns:
+        c.close()
+    return [x for xs in lat for x in xs], len(statements) / elapsed
+
+
+def http_cases(raw, rnd: random.Random, n: int) -> list[tuple[str, list[bytes] | None, list, list]]:
+    """(name, slots per case, raw statements per case, query id) for every measured query."""
+    record, ordinary = record_patients(raw)
+    if not record:
+        raise SystemExit("no patient has 80-120 Approved entries; load more")
+    out = []
+    for kind in ("patient", "classCode", "typeCode", "creationTime", "confidentiality"):
+        cases = fd_cases(kind, rnd, record, n)
+        out.append((f"FindDocuments {kind if kind != 'patient' else '(record: patient+Approved)'}",
+                    C.SQ_FIND_DOCUMENTS, [fd_slots(kind, c) for c in cases], [[fd_raw(kind, c)] for c in cases]))
+    pids = [rnd.choice(ordinary) for _ in range(n)]
+    out.append(("GetAll", C.SQ_GET_ALL,
+                [[("$patientId", f"'{p}'"), ("$XDSDocumentEntryStatus", APPROVED), ("$XDSSubmissionSetStatus", APPROVED),
+                  ("$XDSFolderStatus", APPROVED)] for p in pids], [get_all_raw(p) for p in pids]))
+    with raw.cursor() as cur:
+        cur.execute("SELECT id FROM reg_object WHERE kind = 'FD' AND status = %s ORDER BY seq LIMIT 20000",
+                    (C.STATUS_APPROVED,))
+        folders = [r[0] for r in cur.fetchall()]
+        cur.execute("SELECT a.target FROM association a JOIN doc_entry d ON d.id = a.target WHERE a.type = ANY(%s) "
+                    "AND d.entry_type = %s ORDER BY a.seq LIMIT 20000",
+                    ([C.ASSOC_RPLC, C.ASSOC_APND], C.OBJECT_TYPE_STABLE))
+        related = [r[0] for r in cur.fetchall()]
+    raw.rollback()
+    fds = [rnd.choice(folders) for _ in range(n)]
+    out.append(("GetFolderAndContents", C.SQ_GET_FOLDER_AND_CONTENTS,
+                [[("$XDSFolderEntryUUID", f"'{f}'")] for f in fds], [folder_raw(f) for f in fds]))
+    des = [rnd.choice(related) for _ in range(n)]
+    out.append(("GetRelatedDocuments", C.SQ_GET_RELATED_DOCUMENTS,
+                [[("$XDSDocumentEntryEntryUUID", f"'{d}'"), ("$AssociationTypes", f"('{C.ASSOC_RPLC}','{C.ASSOC_APND}')")]
+                 for d in des], [related_raw(d) for d in des]))
+    return out
+
+
+def measure_http(url: str, server: Server, queries: int, clients: list[int], seed: int,
+                 rounds: int = 3, only: str | None = None) -> list[dict]:
+    """For each query: its raw SQL and the server over HTTP, 1 client and then N clients, `rounds` rounds
+    alternating which goes first; medians of the rounds' p50, p99 and queries/s."""
+    import psycopg2
+    from load_registry import _dsn
+
+    raw = psycopg2.connect(_dsn(url))
+    rnd = random.Random(seed)
+    results = []
+    for name, qid, slots, statements in http_cases(raw, rnd, queries):
+        if only and not any(name.startswith(o) for o in only.split(",")):
+            continue
+        bodies = [server.body(qid, s) for s in slots]
+        # Outside the timing: the answers hold the raw SQL's objects, and parse as ebRIM.
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        answered = []
+        for b, st in list(zip(bodies, statements))[:20]:
+            ids = answer_ids(post(conn, b))
+            answered.append(len(ids))
+            with raw.cursor() as cur:
+                want = set()
+                for sql, args in st:
+                    cur.execute(sql, args)
+                    for row in cur.fetchall():
+                        want.add(row[0])
+                        if name == "GetFolderAndContents" and len(row) == 4:
+                            pass
+            raw.rollback()
+            if name.startswith("FindDocuments") and set(ids) != want:
+                raise SystemExit(f"{name}: the server answered {len(ids)} objects, raw SQL {len(want)}")
+        for b in bodies[:30]:
+            post(conn, b)  # warm the server's statement cache and the buffers
+        conn.close()
+        run_raw(raw, [s for st in statements[:30] for s in st])
+        row = {"name": name, "answer": statistics.fmean(answered)}
+        for n in clients:
+            per = {"http": [], "raw": []}
+            for r in range(rounds):
+                order = (("http", lambda: http_round(server.port, bodies, n)),
+                         ("raw", lambda: raw_round(url, statements, n)))
+                for which, fn in (order if r % 2 == 0 else order[::-1]):
+                    lat, qps = fn()
+                    per[which].append((pct(lat, 50), pct(lat, 99), qps))
+            for which in ("http", "raw"):
+                row[(which, n)] = tuple(statistics.median(x[i] for x in per[which]) for i in range(3))
+        results.append(row)
+        print_http_row(row, clients)
+    raw.close()
+    return results
+
+
+def print_http_row(row: dict, clients: list[int]) -> None:
+    print(f"{row['name']}  (answer {row['answer']:.0f} objects)")
+    for n in clients:
+        h, r = row[("http", n)], row[("raw", n)]
+        print(f"  {n} client{'s' if n > 1 else ' '}  HTTP p50 {h[0]:7.2f} p99 {h[1]:7.2f} ms {h[2]:7.0f} q/s   "
+              f"raw SQL p50 {r[0]:6.2f} p99 {r[1]:6.2f} ms {r[2]:7.0f} q/s   "
+              f"ratio p50 {h[0] / r[0]:5.2f}x p99 {h[1] / r[1]:5.2f}x", flush=True)
+
+
+def http_summary(by_size: dict[str, list[dict]], clients: list[int]) -> None:
+    """The issue's targets for FindDocuments (the record-opening query) beside the figures; the ratio of
+    p99s compares the largest database with the first one given."""
+    print("\ntargets, FindDocuments over HTTP:")
+    for size, rows in by_size.items():
+        rec = rows[0]
+        h1, r1 = rec[("http", 1)], rec[("raw", 1)]
+        print(f"  {size:>11} entries, record query, 1 client: p99 {h1[1]:.2f} ms (target <= 20: "
+              f"{'met' if h1[1] <= 20 else 'NOT met'}), p50 {h1[0] / r1[0]:.2f}x raw SQL "
+              f"(target <= 2: {'met' if h1[0] / r1[0] <= 2 else 'NOT met'}), p99 {h1[1] / r1[1]:.2f}x raw SQL")
+        if 8 in clients:
+            h8 = rec[("http", 8)]
+            print(f"  {size:>11} entries, record query, 8 clients: {h8[2]:.0f} q/s (target >= 150: "
+                  f"{'met' if h8[2] >= 150 else 'NOT met'}), p99 {h8[1]:.1f} ms (target <= 100: "
+                  f"{'met' if h8[1] <= 100 else 'NOT met'})")
+    if len(by_size) > 1:
+        small = next(iter(by_size))
+        big = max(by_size, key=lambda s: int(s.partition(":")[0]))
+        for i, rec in enumerate(by_size[big]):
+            a, b = by_size[small][i][("http", 1)][1], rec[("http", 1)][1]
+            print(f"  {rec['name']}: 1-client p99 at {big} / at {small} = {b / a:.2f}x"
+                  + ("  (target <= 1.5: " + ("met)" if b / a <= 1.5 else "NOT met)") if i == 0 else ""))
+
+
+# --- main -------------------------------------------------------------------------------------------------------
+
+def in_process(url: str, args, pids: list[str]) -> None:
+    store = RegistryStore(url)
+    config = RegistryConfig()
+    rnd = random.Random(args.seed + 1)
+    cases = [find_documents_case(rnd, pids) for _ in range(args.queries)]
+    counts = []
+
+    def ours(case):
+        resp = stored_query(store, find_documents_request(case), config)
+        if resp.get("status") != C.RESPONSE_SUCCESS:
+            raise SystemExit(etree.tostring(resp).decode()[:2000])
+        counts.append(len(resp[-1]))
+
+    raw = store.engine.raw_connection()
+
+    def raw_sql(case):
+        pid, klass, lo, hi = case
+        with raw.cursor() as cur:
+            cur.execute(RAW_FIND, (pid, C.STATUS_APPROVED, klass, lo, hi, C.OBJECT_TYPE_STABLE))
+            cur.fetchall()
+        raw.rollback()
+
+    print(f"{args.queries} queries over random patients; FindDocuments = patient + Approved + classCode + "
+          f"3-year creationTime range, LeafClass, in process")
+    t_raw = measure("FindDocuments raw SQL (psycopg2)", raw_sql, cases)
+    t_ours = measure("FindDocuments stored_query()", ours, cases)
+    print(f"  average answer: {statistics.fmean(counts):.1f} DocumentEntries")
+    gcases = [rnd.choice(pids) for _ in range(max(200, args.queries // 4))]
+    answers = []
+
+    def get_all(pid):
+        resp = stored_query(store, get_all_request(pid), config)
+        if resp.get("status") != C.RESPONSE_SUCCESS:
+            raise SystemExit(etree.tostring(resp).decode()[:2000])
+        answers.append(len(resp[-1]))
+
+    measure("GetAll stored_query()", get_all, gcases)
+    print(f"  average answer: {statistics.fmean(answers):.0f} objects (LeafClass)")
+    raw.close()
+    r50, r99 = pct(t_ours, 50) / pct(t_raw, 50), pct(t_ours, 99) / pct(t_raw, 99)
+    print(f"ratio stored_query()/raw SQL: p50 {r50:.2f}x   p99 {r99:.2f}x")
+    ok = pct(t_ours, 99) <= 20 and r50 <= 3 and r99 <= 3
+    print("targets (FindDocuments p99 <= 20 ms, within 3x of raw SQL):", "met" if ok else "NOT met")
+
+    print(f"\n{args.queries} pairs, the same cases: FindDocuments with the access policy off (no guard) and on "
+          f"(PS1, DIRECTE, authorised; matrix row of {len(MATRIX.rows[PROFESSION])} of {len(TYPE_CODES)} "
+          f"typeCodes), alternating which runs first")
+    t_off, t_on = measure_policy(store, config, cases)
+    p50, p99 = pct(t_on, 50) / pct(t_off, 50), pct(t_on, 99) / pct(t_off, 99)
+    print(f"ratio policy on/off: p50 {p50:.2f}x   p99 {p99:.2f}x")
+    print("target (FindDocuments p99 with the policy on within 1.5x of it off):", "met" if p99 <= 1.5 else "NOT met")
+    if args.explain:
+        explain(store, config, cases[0])
+    store.engine.dispose()
+
+
+def loaded_entries(url: str) -> int:
+    import psycopg2
+    from load_registry import _dsn
+
+    conn = psycopg2.connect(_dsn(url))
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('doc_entry') IS NOT NULL")
+        n = 0
+        if cur.fetchone()[0]:
+            cur.execute("SELECT count(*) FROM doc_entry")
+            n = cur.fetchone()[0]
+    conn.close()
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--db", help="PostgreSQL URL (default: start a throwaway server)")
-    ap.add_argument("--patients", type=int, default=10000)
-    ap.add_argument("--per-patient", type=int, default=100)
-    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--db", help="PostgreSQL server URL (default: start a cluster, --pgdata or a throwaway one)")
+    ap.add_argument("--pgdata", help="a cluster folder kept between runs (bench/load_registry.py's Cluster): "
+                                     "its databases xds_<entries> are loaded once and reused")
+    ap.add_argument("--entries", default="1000000",
+                    help="DocumentEntries, or several separated by commas (1000000,10000000): one database each; "
+                         "N:lz4 loads that one with the stored XML compressed by lz4 instead of pglz")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="loader processes")
+    ap.add_argument("--queries", type=int, default=2000, help="in-process queries")
     ap.add_argument("--seed", type=int, default=18)
-    ap.add_argument("--skip-load", action="store_true", help="the database is already loaded with these sizes")
+    ap.add_argument("--skip-load", action="store_true", help="--db is one database, already loaded")
+    ap.add_argument("--no-in-process", action="store_true", help="only the HTTP measurement")
+    ap.add_argument("--http", action="store_true",
+                    help="also measure over HTTP: `node.cli serve --role registry` on each database, the "
+                         "record-opening FindDocuments, its common filters, GetAll, GetFolderAndContents and "
+                         "GetRelatedDocuments, beside their raw SQL")
+    ap.add_argument("--http-queries", type=int, default=300, help="requests per query and round over HTTP")
+    ap.add_argument("--clients", default="1,8", help="HTTP client counts")
+    ap.add_argument("--rounds", type=int, default=3, help="HTTP rounds (medians are printed)")
+    ap.add_argument("--workers", type=int, help="the server's --workers")
+    ap.add_argument("--only", help="HTTP queries whose name starts with one of these (comma-separated), "
+                                   "e.g. 'FindDocuments (record'")
+    ap.add_argument("--sizes", action="store_true", help="print the tables' sizes per entry")
     ap.add_argument("--explain", action="store_true",
                     help="also print EXPLAIN ANALYZE of FindDocuments with the policy off and on, for one patient")
     args = ap.parse_args()
 
-    server = None
-    url = args.db
-    if not url:
-        from tests.pgserver import PgServer, create_database
-        server = PgServer()
-        url = create_database(server.start(), "xds_bench_query")
+    cluster, server = None, None
+    admin = args.db
+    if not admin:
+        cluster = Cluster(args.pgdata or tempfile.mkdtemp(prefix="xds-pg-", dir="/tmp"))
+        admin = cluster.start()
+    clients = [int(c) for c in args.clients.split(",")]
+    by_size: dict[str, list[dict]] = {}
     try:
-        store = RegistryStore(url)
-        if not store.is_postgres:
-            sys.exit("bench/query.py measures PostgreSQL; give a postgresql:// URL")
-        total = args.patients * args.per_patient
-        if not args.skip_load:
-            print(f"loading {args.patients} patients x {args.per_patient} entries = {total:,} DocumentEntries")
-            secs = load(store, args.patients, args.per_patient, args.seed)
-            print(f"loaded in {secs:.0f} s")
-        config = RegistryConfig()
-        rnd = random.Random(args.seed + 1)
-        cases = [find_documents_case(rnd, args.patients) for _ in range(args.queries)]
-        counts = []
-
-        def ours(case):
-            resp = stored_query(store, find_documents_request(case), config)
-            if resp.get("status") != C.RESPONSE_SUCCESS:
-                raise SystemExit(etree.tostring(resp).decode()[:2000])
-            counts.append(len(resp[-1]))
-
-        raw = store.engine.raw_connection()
-
-        def raw_sql(case):
-            pid, klass, lo, hi = case
-            with raw.cursor() as cur:
-                cur.execute(RAW_FIND, (pid, C.STATUS_APPROVED, klass, lo, hi, C.OBJECT_TYPE_STABLE))
-                cur.fetchall()
-            raw.rollback()
-
-        print(f"{args.queries} queries over random patients; FindDocuments = patient + Approved + classCode + "
-              f"3-year creationTime range, LeafClass")
-        t_raw = measure("FindDocuments raw SQL (psycopg2)", raw_sql, cases)
-        t_ours = measure("FindDocuments stored_query()", ours, cases)
-        print(f"  average answer: {statistics.fmean(counts):.1f} DocumentEntries")
-        gcases = [patient_id(rnd.randrange(args.patients)) for _ in range(max(200, args.queries // 4))]
-        sizes = []
-
-        def get_all(pid):
-            resp = stored_query(store, get_all_request(pid), config)
-            if resp.get("status") != C.RESPONSE_SUCCESS:
-                raise SystemExit(etree.tostring(resp).decode()[:2000])
-            sizes.append(len(resp[-1]))
-
-        measure("GetAll stored_query()", get_all, gcases)
-        print(f"  average answer: {statistics.fmean(sizes):.0f} objects (LeafClass)")
-        raw.close()
-        r50, r99 = pct(t_ours, 50) / pct(t_raw, 50), pct(t_ours, 99) / pct(t_raw, 99)
-        print(f"ratio stored_query()/raw SQL: p50 {r50:.2f}x   p99 {r99:.2f}x")
-        ok = pct(t_ours, 99) <= 20 and r50 <= 3 and r99 <= 3
-        print("targets (FindDocuments p99 <= 20 ms, within 3x of raw SQL):", "met" if ok else "NOT met")
-
-        print(f"\n{args.queries} pairs, the same cases: FindDocuments with the access policy off (no guard) and on "
-              f"(PS1, DIRECTE, authorised; matrix row of {len(MATRIX.rows[PROFESSION])} of {len(TYPE_CODES)} "
-              f"typeCodes), alternating which runs first")
-        t_off, t_on = measure_policy(store, config, cases)
-        p50, p99 = pct(t_on, 50) / pct(t_off, 50), pct(t_on, 99) / pct(t_off, 99)
-        print(f"ratio policy on/off: p50 {p50:.2f}x   p99 {p99:.2f}x")
-        print("target (FindDocuments p99 with the policy on within 1.5x of it off):",
-              "met" if p99 <= 1.5 else "NOT met")
-        if args.explain:
-            explain(store, config, cases[0])
+        for spec in args.entries.split(","):
+            entries, _, compression = spec.partition(":")
+            entries = int(entries)
+            name = db_name(entries, compression or None)
+            if args.skip_load:
+                url = admin
+            else:
+                url = database(admin, name, fresh=False)
+                have = loaded_entries(url)
+                if have != entries:
+                    url = database(admin, name, fresh=True)
+                    print(f"loading {entries:,} DocumentEntries into {url}")
+                    fast_load(url, entries, args.jobs, args.seed, compression=compression or None)
+            print(f"\n=== {loaded_entries(url):,} DocumentEntries ({url})")
+            if args.sizes:
+                print_sizes(url)
+            import psycopg2
+            from load_registry import _dsn
+            raw = psycopg2.connect(_dsn(url))
+            _, ordinary = record_patients(raw)
+            raw.close()
+            if not args.no_in_process:
+                in_process(url, args, ordinary)
+            if args.http:
+                server = Server(url, args.workers)
+                try:
+                    print(f"\nover HTTP: {args.http_queries} requests per query, {args.rounds} rounds, "
+                          f"medians; clients {clients}")
+                    by_size[spec] = measure_http(url, server, args.http_queries, clients, args.seed + 7,
+                                                    args.rounds, args.only)
+                finally:
+                    server.stop()
+                    server = None
+        if by_size:
+            http_summary(by_size, clients)
     finally:
         if server:
             server.stop()
+        if cluster:
+            cluster.stop()
+            if not args.pgdata:
+                shutil.rmtree(cluster.dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
