@@ -24,7 +24,6 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from lxml import etree  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 
 from registry import schema as S  # noqa: E402
