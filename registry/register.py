@@ -168,7 +168,7 @@ class _Registration:
         origins = self.store.insert_submission(self.conn, entries, self.sub.associations + self.new_associations,
                                                self.now, origin=self.guard.origin())
         self.registered = {o.unique_id: (o.patient_id, o.unique_id, _title_of(o),
-                                         frozenset(c.code for c in o.codes(C.DE_CONFIDENTIALITY_CODE)),
+                                         frozenset(c.key for c in o.codes(C.DE_CONFIDENTIALITY_CODE)),
                                          origins.get(o.id, {}).get("reveal_at"))
                            for o in entries if isinstance(o, DocumentEntry) and o.unique_id}
         if deprecate:

@@ -20,7 +20,12 @@ def server(tmp_path_factory):
 
 def exchange(server, data: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", server.http.port), timeout=10) as c:
-        c.sendall(data)
+        try:
+            c.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            # A server that refuses an oversized head answers and closes before the rest arrives; its
+            # answer is already in our receive buffer (the adapter lingers so that it is not reset away).
+            pass
         out = b""
         while True:
             got = c.recv(65536)

@@ -1178,7 +1178,9 @@ def test_sql_scopes_agree_with_the_rules(world):
     seen: Counter = Counter()
     started = time.monotonic()
 
-    @settings(max_examples=SQL_EXAMPLES, deadline=None, database=None,
+    # derandomize: the coverage checks below (each refusal met, partial answers, answers at the limit) hold
+    # for this fixed sequence of examples; drawn afresh at each run they missed one now and then.
+    @settings(max_examples=SQL_EXAMPLES, deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(case=sql_cases(w))
     def run(case):
