@@ -326,9 +326,7 @@ def _registry_store(s):
     """The registry's store in the settings' existing database."""
     from registry.store import RegistryStore
 
-    engine = existing_engine(s.db_url, "registry")
-    engine.dispose()
-    return RegistryStore(s.db_url)
+    return RegistryStore(existing_engine(s.db_url, "registry"))
 
 
 def _db(args, s) -> int:

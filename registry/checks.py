@@ -91,7 +91,7 @@ class SubmissionChecks:
     def unique_ids(self, entries: list[RegistryObject], holders: list[tuple[ObjectRow, str | None]]) -> None:
         """No entry takes a uniqueId the registry holds, except a DocumentEntry registered again with
         the same hash. holders: the registry's objects holding the entries' uniqueIds, with their hash
-        (RegistryStore.lock_and_find or by_unique_ids)."""
+        (RegistryStore.lock_and_prefetch or by_unique_ids)."""
         wanted = {o.unique_id: o for o in entries if o.unique_id}
         reported = set()
         for row, stored_hash in holders:

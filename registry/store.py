@@ -188,12 +188,16 @@ class RegistryStore:
         with self.reading() as c:
             return [tuple(r) for r in c.execute(q)]
 
-    def patient_row(self, patient_id: str) -> tuple[str, bool, str | None] | None:
-        """(id, active, merged into) of one patient by its key, or None when the registry never heard of it."""
+    def patient_row(self, patient_id: str, conn: Connection | None = None) -> tuple[str, bool, str | None] | None:
+        """(id, active, merged into) of one patient by its key, or None when the registry never heard of it;
+        in conn's transaction when given."""
         t = S.patient
-        with self.reading() as c:
-            row = c.execute(select(t.c.patient_id, t.c.active, t.c.merged_into)
-                            .where(t.c.patient_id == patient_key(patient_id))).first()
+        q = select(t.c.patient_id, t.c.active, t.c.merged_into).where(t.c.patient_id == patient_key(patient_id))
+        if conn is not None:
+            row = conn.execute(q).first()
+        else:
+            with self.reading() as c:
+                row = c.execute(q).first()
         return tuple(row) if row is not None else None
 
     @contextlib.contextmanager
@@ -272,38 +276,21 @@ class RegistryStore:
                 out[r.id] = AssociationRow(*r)
         return out
 
-    def lock_and_find(self, conn: Connection, unique_ids: Iterable[str]) -> list[tuple[ObjectRow, str | None]]:
-        """lock_unique_ids, then by_unique_ids; on PostgreSQL in one round trip (two statements, each
-        with its own snapshot, so the lookup sees whatever a transaction we waited for committed)."""
-        uids = sorted(set(unique_ids))
-        if not self.is_postgres or not uids:
-            self.lock_unique_ids(conn, uids)
-            return self.by_unique_ids(conn, uids)
-        cur = conn.connection.dbapi_connection.cursor()
-        try:
-            cur.execute("SELECT count(pg_advisory_xact_lock(hashtext(u))) FROM "
-                        "(SELECT unnest(%(u)s::text[]) AS u ORDER BY 1) AS ordered; "
-                        "SELECT o.id, o.lid, o.version, o.kind, o.status, o.patient_id, o.unique_id, d.hash "
-                        "FROM reg_object o LEFT JOIN doc_entry d ON d.id = o.id WHERE o.unique_id = ANY(%(u)s)",
-                        {"u": uids})
-            return [(ObjectRow(*r[:7]), r[7]) for r in cur.fetchall()]
-        finally:
-            cur.close()
-
     def lock_and_prefetch(self, conn: Connection, unique_ids: Iterable[str], patient_id: str | None,
                           ids: Iterable[str]) -> tuple[list[tuple[ObjectRow, str | None]], tuple[bool, str | None] | None,
                                                        set[str]]:
-        """What ITI-42's checks read first, on PostgreSQL in the one round trip of lock_and_find: the holders
-        of the uniqueIds (locked), the patient's (active, merged into) or None when unknown, and which of ids
-        an object or association already has."""
+        """What ITI-42's checks read first: the holders of the uniqueIds, locked (lock_unique_ids, then
+        by_unique_ids), the patient's (active, merged into) or None when unknown, and which of ids an object or
+        association already has. On PostgreSQL in one round trip (two statements, each with its own snapshot,
+        so the lookup sees whatever a transaction we waited for committed)."""
         uids, ids = sorted(set(unique_ids)), sorted(set(ids))
         key = patient_key(patient_id) if patient_id else None
         if not self.is_postgres or not uids:
-            holders = self.lock_and_find(conn, uids)
+            self.lock_unique_ids(conn, uids)
+            holders = self.by_unique_ids(conn, uids)
             taken = set(self.objects(conn, ids)) | set(self.associations(conn, ids)) if ids else set()
-            row = conn.execute(select(S.patient.c.active, S.patient.c.merged_into)
-                               .where(S.patient.c.patient_id == key)).first() if key else None
-            return holders, (bool(row.active), row.merged_into) if row else None, taken
+            row = self.patient_row(key, conn) if key else None
+            return holders, (bool(row[1]), row[2]) if row else None, taken
         cur = conn.connection.dbapi_connection.cursor()
         try:
             # psycopg2 answers the last statement only: the three lookups are one SELECT, told apart by

@@ -244,27 +244,26 @@ class Auditor:
     def access_rights(self, environ: dict, principal: Principal, patient: str, action: str, outcome: int = 0) -> None:
         """A change of a patient's access rights (the portal, the administration interface): who made it,
         for which patient, and which change (its name only, e.g. "block"; never the person blocked)."""
-        self._write([R.AuditEvent(
-            transaction=R.ACCESS_RIGHTS, actor=R.REGISTRY, sequence=0, outcome=outcome,
-            outcome_description=action[:40],
-            requestor=R.Node(user_id=principal.subject or principal.tls_subject or "unknown",
-                             address=environ.get("REMOTE_ADDR")),
-            responder=self._this(environ), human=human_of(principal),
-            tls_subject=principal.tls_subject or environ.get("xds.peer_subject"), patient_id=patient)], [])
+        self._write([self._admin_change(environ, principal, R.ACCESS_RIGHTS, patient, outcome, action[:40])], [])
 
     def patient_ids(self, environ: dict, principal: Principal, patients: list[str], trigger: str,
                     outcome: int = 0) -> None:
         """An administrator's change of the registry's patient ids (/admin/patients): one record per id
         added (trigger A01), one for the surviving id of a merge (A40), as the ITI-8 feed's records."""
         named = patients[-1:] if trigger == "A40" else patients
-        self._write([R.AuditEvent(
-            transaction=R.PATIENT_IDS, actor=R.REGISTRY, sequence=0, outcome=outcome,
-            outcome_description=None if outcome == 0 else "refused",
+        self._write([self._admin_change(environ, principal, R.PATIENT_IDS, pid, outcome,
+                                        None if outcome == 0 else "refused", hl7_trigger=trigger)
+                     for pid in named or [None]], [])
+
+    def _admin_change(self, environ: dict, principal: Principal, transaction: str, patient: str | None,
+                      outcome: int, description: str | None, **more) -> R.AuditEvent:
+        """A change made through an administration endpoint or the portal, by the caller of this request."""
+        return R.AuditEvent(
+            transaction=transaction, actor=R.REGISTRY, sequence=0, outcome=outcome, outcome_description=description,
             requestor=R.Node(user_id=principal.subject or principal.tls_subject or "unknown",
                              address=environ.get("REMOTE_ADDR")),
-            responder=self._this(environ), human=human_of(principal), hl7_trigger=trigger,
-            tls_subject=principal.tls_subject or environ.get("xds.peer_subject"), patient_id=pid)
-            for pid in named or [None]], [])
+            responder=self._this(environ), human=human_of(principal),
+            tls_subject=principal.tls_subject or environ.get("xds.peer_subject"), patient_id=patient, **more)
 
     def authentication_failure(self, environ: dict, reason: str | None, transaction: str | None = None) -> None:
         """A refused request of the non-SOAP endpoints (xds/http_auth.py)."""
