@@ -17,7 +17,7 @@ registry records them). Every patient is known (patient) and has an access state
 acc_person) as bench/query.py's policy measurement expects.
 
 The stored XML of each object is what the registry stores for it: one submission per shape is built
-with xds.builder, read with xds.ebrim.parse_submission and written with registry.store.stored_xml,
+with xds.builder, read with xds.ebrim.parse_submission and written with registry.store.stored_xml (stored_association: NULL for all of them),
 once; the ids and values are then filled in by string formatting.
 
 Prints entries/s, the phases' times and, per table, its heap, TOAST and index sizes and the bytes
@@ -124,11 +124,12 @@ def _number_subs(el: etree._Element, obj_field: str = "N") -> None:
 def _stored(elements: list[etree._Element]) -> dict[str, str]:
     """The registry's stored XML of each object of a submission, by its id: parsed and written by the
     registry's own code (the normalisation of nest_top_level, stored_xml's attributes)."""
-    from registry.store import stored_xml
+    from registry.store import stored_association, stored_xml
     from xds.ebrim import parse_submission
+    from xds.model import Association
 
     sub = parse_submission(builder.submit_objects_request(elements))
-    return {o.id: stored_xml(o) for o in sub.objects}
+    return {o.id: stored_association(o) if isinstance(o, Association) else stored_xml(o) for o in sub.objects}
 
 
 OID = "urn:uuid:@N@-0000-4000-8000-@SALT@"
@@ -179,10 +180,12 @@ def fd_template() -> str:
     return _to_format(_stored([el])[OID])
 
 
-def assoc_template(type_: str, ss_status: str | None) -> str:
+def assoc_template(type_: str, ss_status: str | None) -> str | None:
+    """None when the registry stores such an association as its columns alone (registry/bare_association.py)."""
     el = builder.association("@SRC@", "@TGT@", type_, id=OID, ss_status=ss_status)
     el.set("status", C.STATUS_APPROVED)
-    return _to_format(_stored([el])[OID])
+    xml = _stored([el])[OID]
+    return None if xml is None else _to_format(xml)
 
 
 class Templates:
@@ -448,6 +451,7 @@ class Generator:
             b["object_code"].append(f"{fd_id}\t{C.FOLDER_CODE_LIST}\t{fc}")
         for a_id, type_, src, tgt, ss_status, n, tmpl in assoc_rows:
             b["association"].append("\t".join((a_id, type_, src, tgt, C.STATUS_APPROVED, ss_status or NULL, str(n),
+                                               NULL if tmpl is None else
                                                tmpl.format(n=f"{n:08x}", salt=salt, src=src, tgt=tgt))))
         self.entries += count
 

@@ -281,12 +281,13 @@ def run_raw(raw, statements) -> int:
 
 def get_all_raw(pid: str) -> list[tuple[str, tuple]]:
     """GetAll as the registry answers it (Approved, stable entries): the objects, then the Approved
-    associations from or to them, each side through its index."""
+    associations from or to them, each side through its index (with the columns a bare association is
+    answered from, registry/bare_association.py)."""
     objs = ("SELECT o.id, o.status, o.xml FROM reg_object o LEFT JOIN doc_entry d ON d.id = o.id "
             "WHERE o.patient_id = %s AND o.status = %s AND (o.kind <> 'DE' OR d.entry_type = %s)")
-    assocs = ("SELECT a.id, a.status, a.xml FROM association a JOIN reg_object o ON o.id = a.source "
+    assocs = ("SELECT a.id, a.type, a.source, a.target, a.status, a.ss_status, a.xml FROM association a JOIN reg_object o ON o.id = a.source "
               "WHERE o.patient_id = %s AND o.status = %s AND a.status = %s UNION "
-              "SELECT a.id, a.status, a.xml FROM association a JOIN reg_object o ON o.id = a.target "
+              "SELECT a.id, a.type, a.source, a.target, a.status, a.ss_status, a.xml FROM association a JOIN reg_object o ON o.id = a.target "
               "WHERE o.patient_id = %s AND o.status = %s AND a.status = %s")
     return [(objs, (pid, C.STATUS_APPROVED, C.OBJECT_TYPE_STABLE)),
             (assocs, (pid, C.STATUS_APPROVED, C.STATUS_APPROVED) * 2)]
@@ -295,7 +296,7 @@ def get_all_raw(pid: str) -> list[tuple[str, tuple]]:
 def folder_raw(fd: str) -> list[tuple[str, tuple]]:
     return [("SELECT o.id, o.status, o.xml, f.last_update_time FROM reg_object o JOIN folder f ON f.id = o.id "
              "WHERE o.id = %s", (fd,)),
-            ("SELECT a.id, a.status, a.xml, o.xml FROM association a JOIN reg_object o ON o.id = a.target "
+            ("SELECT a.id, a.type, a.source, a.target, a.status, a.ss_status, a.xml, o.xml FROM association a JOIN reg_object o ON o.id = a.target "
              "JOIN doc_entry d ON d.id = o.id WHERE a.source = %s AND a.type = %s AND d.entry_type = %s "
              "ORDER BY a.seq", (fd, C.ASSOC_HAS_MEMBER, C.OBJECT_TYPE_STABLE))]
 
@@ -303,21 +304,32 @@ def folder_raw(fd: str) -> list[tuple[str, tuple]]:
 def related_raw(de: str) -> list[tuple[str, tuple]]:
     types = [C.ASSOC_RPLC, C.ASSOC_APND]
     return [("SELECT o.id, o.xml FROM reg_object o WHERE o.id = %s", (de,)),
-            ("SELECT a.id, a.xml, o.xml FROM association a JOIN reg_object o ON o.id = "
+            ("SELECT a.id, a.type, a.source, a.target, a.ss_status, a.xml, o.xml FROM association a JOIN reg_object o ON o.id = "
              "CASE WHEN a.source = %s THEN a.target ELSE a.source END "
              "WHERE (a.source = %s OR a.target = %s) AND a.type = ANY(%s)", (de, de, de, types))]
 
 
 class Server:
-    """`python -m node.cli serve --role registry` on the loaded database, security none, loopback."""
+    """`python -m node.cli serve --role registry` on the loaded database, loopback; security none, or with
+    xua=True the production configuration: every request carries a signed SAML assertion (one, reused as XUA
+    allows) that the server checks, and the access policy filters every answer (audit is on either way)."""
 
-    def __init__(self, db_url: str, workers: int | None = None, env: dict | None = None):
+    def __init__(self, db_url: str, workers: int | None = None, env: dict | None = None, xua: bool = False):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.data = tempfile.mkdtemp(prefix="xds-bench-query-")
         cmd = [sys.executable, "-m", "node.cli", "serve", "--role", "registry", "--db", db_url, "--data", self.data,
-               "--host", "127.0.0.1", "--port", str(self.port), "--security", "none", "--no-patient-check"]
+               "--host", "127.0.0.1", "--port", str(self.port), "--no-patient-check"]
+        self.security = None
+        if xua:
+            from xds.security import issue
+
+            key, cert, _ = issue.signing_pair(os.path.join(self.data, "sts"))
+            self.security = issue.wsse_security(issue.Issuer(key, cert).issue("valid", subject=PS1))
+            cmd += ["--security", "xua", "--xua-trust", cert, "--xua-audience", issue.DEFAULT_AUDIENCE]
+        else:
+            cmd += ["--security", "none"]
         if workers:
             cmd += ["--workers", str(workers)]
         self.log = open(os.path.join(self.data, "server.log"), "w")
@@ -342,7 +354,8 @@ class Server:
         self.client = SoapClient(f"http://127.0.0.1:{self.port}/xds/registry")
 
     def body(self, query_id: str, slots: list[tuple[str, str]]) -> bytes:
-        return self.client.envelope(C.ACTION_QUERY, request(query_id, slots))
+        return self.client.envelope(C.ACTION_QUERY, request(query_id, slots),
+                                    extra_headers=[self.security] if self.security is not None else None)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -501,7 +514,9 @@ def measure_http(url: str, server: Server, queries: int, clients: list[int], see
                         if name == "GetFolderAndContents" and len(row) == 4:
                             pass
             raw.rollback()
-            if name.startswith("FindDocuments") and set(ids) != want:
+            # With the policy on, the answer is what the caller may see of the raw SQL's entries.
+            if name.startswith("FindDocuments") and (set(ids) > want if server.security is not None
+                                                     else set(ids) != want):
                 raise SystemExit(f"{name}: the server answered {len(ids)} objects, raw SQL {len(want)}")
         for b in bodies[:30]:
             post(conn, b)  # warm the server's statement cache and the buffers
@@ -651,6 +666,9 @@ def main() -> None:
     ap.add_argument("--clients", default="1,8", help="HTTP client counts")
     ap.add_argument("--rounds", type=int, default=3, help="HTTP rounds (medians are printed)")
     ap.add_argument("--workers", type=int, help="the server's --workers")
+    ap.add_argument("--security", choices=("none", "xua"), default="none",
+                    help="the HTTP server's security: xua is the production configuration (XUA assertion checked, "
+                         "access policy on, as PS1)")
     ap.add_argument("--only", help="HTTP queries whose name starts with one of these (comma-separated), "
                                    "e.g. 'FindDocuments (record'")
     ap.add_argument("--sizes", action="store_true", help="print the tables' sizes per entry")
@@ -690,10 +708,12 @@ def main() -> None:
             if not args.no_in_process:
                 in_process(url, args, ordinary)
             if args.http:
-                server = Server(url, args.workers)
+                server = Server(url, args.workers, xua=args.security == "xua")
                 try:
                     print(f"\nover HTTP: {args.http_queries} requests per query, {args.rounds} rounds, "
-                          f"medians; clients {clients}")
+                          f"medians; clients {clients}; security {args.security}"
+                          + (" (a signed assertion checked per request, the access policy on)"
+                             if args.security == "xua" else "") + ", audit on")
                     by_size[spec] = measure_http(url, server, args.http_queries, clients, args.seed + 7,
                                                     args.rounds, args.only)
                 finally:

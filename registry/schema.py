@@ -91,7 +91,7 @@ object_code = Table(
     Column("object_id", ID, ForeignKey("reg_object.id", ondelete="CASCADE"), nullable=False),
     Column("scheme", String(64), nullable=False),
     Column("code", CODE, nullable=False),
-    Index("ix_object_code_object", "object_id", "scheme"),
+    Index("ix_object_code_object", "object_id"),
     Index("ix_object_code_code", "scheme", "code"),
 )
 
@@ -120,7 +120,8 @@ association = Table(
     Column("status", String(64), nullable=False),
     Column("ss_status", String(16)),
     Column("seq", BigInteger, REG_SEQ, nullable=False),
-    Column("xml", Text, nullable=False),
+    # NULL when the columns say all of it (registry/bare_association.py).
+    Column("xml", Text),
     Index("ix_association_source", "source", "type"),
     Index("ix_association_target", "target", "type"),
 )

@@ -193,9 +193,10 @@ class RegistryActor:
 
     def query(self, req: SoapRequest, transaction: str = "ITI-18") -> SoapResponse:
         """ITI-18, and ITI-51 (the Multi-Patient Stored Query action: its two queries only)."""
-        from .query import stored_query
+        from .query import query_answer
 
-        return SoapResponse(stored_query(self.store, req.body, self.config, self._guard(req), transaction))
+        payload, parts = query_answer(self.store, req.body, self.config, self._guard(req), transaction)
+        return SoapResponse(payload, parts=parts)
 
     def feed_handler(self):
         from .feed import feed_handler

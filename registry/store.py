@@ -22,11 +22,11 @@ from sqlalchemy.engine import Connection, Engine
 
 from xds import constants as C
 from xds.db import make_engine, writer_lock
-from xds.ebrim import to_xml
+from xds.ebrim import to_element
 from xds.hl7 import patient_key
 from xds.model import Association, DocumentEntry, Folder, RegistryObject, SubmissionSet
 from xds.xmlsafe import parse as safe_parse, parse_own
-from . import schema as S
+from . import bare_association, schema as S
 
 RIM = C.NS_RIM
 _CHUNK = 500  # bound IN-lists so large submissions stay within driver limits
@@ -518,7 +518,7 @@ class RegistryStore:
     @staticmethod
     def _association_rows(assocs: Sequence[Association], seq0: int | None) -> list[tuple[Table, list[dict]]]:
         rows = [dict(id=a.id, type=a.type, source=a.source, target=a.target, status=C.STATUS_APPROVED,
-                     ss_status=a.submission_set_status, xml=stored_xml(a))
+                     ss_status=a.submission_set_status, xml=stored_association(a))
                 for a in assocs]
         if seq0 is not None:
             for i, r in enumerate(rows):
@@ -625,22 +625,35 @@ class RegistryStore:
     # --- reading objects back ------------------------------------------------------------------
     def load_objects(self, conn: Connection, ids: Sequence[str]) -> list[etree._Element]:
         """Registered objects as answered by queries: current status, version and lastUpdateTime."""
+        found = self.object_rows(conn, ids)
+        return [render(r.xml, r.status, r.lid, r.version, r.last_update_time) for r in
+                (found[i] for i in ids if i in found)]
+
+    def object_rows(self, conn: Connection, ids: Sequence[str]) -> dict:
+        """Rows (id, lid, version, status, xml, last_update_time) of registered objects, by id."""
         t, f = S.registry_object, S.folder
         found = {}
         for part in chunks(list(dict.fromkeys(ids))):
-            q = (select(t.c.id, t.c.lid, t.c.version, t.c.status, t.c.xml, t.c.kind, f.c.last_update_time)
+            q = (select(t.c.id, t.c.lid, t.c.version, t.c.status, t.c.xml, f.c.last_update_time)
                  .select_from(t.outerjoin(f, f.c.id == t.c.id)).where(t.c.id.in_(part)))
             for r in conn.execute(q):
-                found[r.id] = render(r.xml, r.status, r.lid, r.version, r.last_update_time)
-        return [found[i] for i in ids if i in found]
+                found[r.id] = r
+        return found
 
     def load_associations(self, conn: Connection, ids: Sequence[str]) -> list[etree._Element]:
+        found = self.association_rows(conn, ids)
+        return [render(association_xml(found[i]), found[i].status) for i in ids if i in found]
+
+    def association_rows(self, conn: Connection, ids: Sequence[str]) -> dict:
+        """Rows (id, type, source, target, status, ss_status, xml) of associations, by id; xml is None for
+        a bare association (registry.bare_association)."""
         t = S.association
         found = {}
         for part in chunks(list(dict.fromkeys(ids))):
-            for r in conn.execute(select(t.c.id, t.c.status, t.c.xml).where(t.c.id.in_(part))):
-                found[r.id] = render(r.xml, r.status)
-        return [found[i] for i in ids if i in found]
+            for r in conn.execute(select(t.c.id, t.c.type, t.c.source, t.c.target, t.c.status, t.c.ss_status,
+                                         t.c.xml).where(t.c.id.in_(part))):
+                found[r.id] = r
+        return found
 
 
 _PG_BATCH_BYTES = 4 * 1024 * 1024
@@ -675,11 +688,28 @@ def _doc_entry_row(o: DocumentEntry) -> dict:
 
 
 def stored_xml(o: RegistryObject) -> str:
+    return etree.tostring(_stored_element(o), encoding="unicode")
+
+
+def stored_association(a: Association) -> str | None:
+    """The XML kept for an association: None when its columns say all of it (registry.bare_association)."""
+    el = _stored_element(a)
+    return None if bare_association.is_bare(el, a.submission_set_status) else etree.tostring(el, encoding="unicode")
+
+
+def association_xml(row) -> str:
+    """An association row's XML: the stored text, or the text its columns give."""
+    if row.xml is not None:
+        return row.xml
+    return bare_association.text(row.id, row.type, row.source, row.target, C.STATUS_APPROVED, row.ss_status)
+
+
+def _stored_element(o: RegistryObject) -> etree._Element:
     # The `home` attribute belongs to the community answering a query, not to stored metadata.
     o.home = None
     o.lid = o.lid or o.id
     o.status = C.STATUS_APPROVED
-    return to_xml(o)
+    return to_element(o)
 
 
 _AFTER_VERSION_INFO = {f"{{{RIM}}}{n}" for n in ("Classification", "ExternalIdentifier", "ContentVersionInfo")}

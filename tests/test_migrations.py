@@ -116,7 +116,7 @@ def test_upgrade_is_idempotent(engine):
         for table in VERSION_TABLES:
             assert len(conn.execute(sa.text(f"SELECT version_num FROM {table}")).all()) == 1
     assert snapshot(engine) == before
-    assert [migrate.current(engine, t) for t in TREES] == ["registry_0004", "repository_0003"]
+    assert [migrate.current(engine, t) for t in TREES] == ["registry_0005", "repository_0003"]
 
 
 def test_create_all_database_is_stamped_then_upgraded(engine, caplog):
@@ -246,3 +246,24 @@ def test_0004_indexes_patients_by_their_key(engine):
         people = {(r.person, r.relation): r.updated for r in c.execute(sa.select(RS.access_person))
                   if r.patient_id == bare}
         assert people == {("p1", "blocked"): 5, ("p2", "authorised"): 4}
+
+
+def test_0005_indexes_codes_by_object_alone(engine):
+    """A registry made at 0004 keeps its codes, and finds them by an index on object_id alone."""
+    migrate.upgrade(engine, "registry", "registry_0004")
+
+    def code_index():
+        return {i["name"]: i["column_names"] for i in sa.inspect(engine).get_indexes("object_code")}
+
+    assert code_index()["ix_object_code_object"] == ["object_id", "scheme"]
+    oid = "urn:uuid:00000001-0000-4000-8000-000000000005"
+    with engine.begin() as c:
+        c.execute(sa.insert(RS.registry_object).values(id=oid, lid=oid, version=1, kind="DE", status=C.STATUS_APPROVED,
+                                                       patient_id="5^^^&1.2.3&ISO", seq=1, xml="<x/>"))
+        c.execute(sa.insert(RS.object_code).values(object_id=oid, scheme=C.DE_EVENT_CODE, code="T-D4909^^SNM3"))
+    upgrade_both(engine)
+    assert code_index()["ix_object_code_object"] == ["object_id"]
+    assert differences(engine, "registry") == []
+    with engine.connect() as c:
+        assert c.execute(sa.select(RS.object_code.c.code).where(RS.object_code.c.object_id == oid)).scalars().all() \
+            == ["T-D4909^^SNM3"]

@@ -822,7 +822,7 @@ def test_internal_error_does_not_leak(world, monkeypatch, caplog):
     def broken(*_a, **_k):
         raise RuntimeError("secret table detail")
 
-    monkeypatch.setattr(world.store, "load_objects", broken)
+    monkeypatch.setattr(world.store, "object_rows", broken)
     with caplog.at_level(logging.ERROR, logger="registry.query"):
         a = find_docs(world, return_type="LeafClass")
     assert a.status == C.RESPONSE_FAILURE and a.errors == [(E.REGISTRY_ERROR, "AdhocQuery")]

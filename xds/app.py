@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 from lxml import etree
 
 from . import constants as C
-from . import async_reply, logs, metrics, mtom, pipeline, soap
+from . import async_reply, logs, metrics, mtom, pipeline, soap, spliced
 from .ebrim import registry_response
 from .errors import SoapFault, XdsError
 from .security.principal import ANONYMOUS, Principal
@@ -109,14 +109,39 @@ class SoapRequest:
         return self.environ.get(PEER_KEY)
 
 
-@dataclass
 class SoapResponse:
-    payload: etree._Element
-    # (content_type, bytes | file path) attachments referenced by xop:Include cids in the payload.
-    attachments: list[tuple[str, str, bytes | str]] = field(default_factory=list)
-    mtom: bool | None = None  # None: answer in the request's packaging
-    # Called once the answer has been sent (or failed): e.g. deleting files that attachments came from.
-    cleanup: Callable[[], None] | None = None
+    """attachments: (content_type, bytes | file path) referenced by xop:Include cids in the payload.
+    mtom: None answers in the request's packaging. cleanup: called once the answer has been sent (or
+    failed), e.g. to delete the files attachments came from.
+    parts: the children of the payload's rim:RegistryObjectList as bytes (xds/spliced.py), spliced into the
+    serialised envelope; `payload` parses them into the tree the first time a layer asks for it, `head` is
+    the payload without them (its status and errors), for the layers that read only those."""
+
+    def __init__(self, payload: etree._Element, attachments: list[tuple[str, str, bytes | str]] | None = None,
+                 mtom: bool | None = None, cleanup: Callable[[], None] | None = None,
+                 parts: list[bytes] | None = None):
+        self._payload = payload
+        self.attachments = attachments if attachments is not None else []
+        self.mtom = mtom
+        self.cleanup = cleanup
+        self._parts = parts
+        if parts is not None:
+            spliced.mark(payload)
+
+    @property
+    def payload(self) -> etree._Element:
+        if self._parts is not None:
+            spliced.materialise(self._payload, self._parts)
+            self._parts = None
+        return self._payload
+
+    @property
+    def head(self) -> etree._Element:
+        return self._payload
+
+    def envelope(self, version: str, action: str | None, relates_to: str | None, to: str | None = None) -> bytes:
+        body = soap.build_envelope(version, action, relates_to, self._payload, to=to)
+        return body if self._parts is None else spliced.join(body, self._parts)
 
 
 @dataclass
@@ -235,7 +260,7 @@ class XdsApp:
                           operation=op, policy_for=endpoint.policy_for, actor=endpoint.actor,
                           authenticated=principal)
         resp = self._pipeline(req)
-        _log_outcome(action, env.message_id, resp.payload)
+        _log_outcome(action, env.message_id, resp.head)
         return resp
 
     # --- WSGI entry -------------------------------------------------------------------------
@@ -336,7 +361,7 @@ class XdsApp:
             if reply_route is not None:
                 return self._accept(start_response, req, reply_route, op, message)
             resp = self._pipeline(req)
-            _log_outcome(action, env.message_id, resp.payload)
+            _log_outcome(action, env.message_id, resp.head)
             use_mtom = resp.mtom if resp.mtom is not None else (
                 op.mtom_response if op.mtom_response is not None else message is not None)
             return self._answer(start_response, env.version, op.response_action, env.message_id, resp, use_mtom,
@@ -362,7 +387,7 @@ class XdsApp:
 
         def process(r: SoapRequest):
             resp = self._pipeline(r)
-            _log_outcome(r.action, r.envelope.message_id, resp.payload)
+            _log_outcome(r.action, r.envelope.message_id, resp.head)
             use_mtom = resp.mtom if resp.mtom is not None else (
                 op.mtom_response if op.mtom_response is not None else message is not None)
             return op.response_action, resp, use_mtom
@@ -445,7 +470,7 @@ class XdsApp:
     def _answer_body(self, start_response, version, action, relates_to, resp: SoapResponse, use_mtom: bool,
                      file_region=None):
         if not use_mtom:
-            body = soap.build_envelope(version, action, relates_to, resp.payload)
+            body = resp.envelope(version, action, relates_to)
             start_response("200 OK", [("Content-Type", f"{soap.CONTENT_TYPE[version]}; charset=UTF-8"),
                                       ("Content-Length", str(len(body)))])
             return [body]
@@ -455,7 +480,7 @@ class XdsApp:
                 writer.add_bytes(data, ctype, cid)
             else:
                 writer.add_file(data, ctype, cid)
-        writer.set_root(soap.build_envelope(version, action, relates_to, resp.payload),
+        writer.set_root(resp.envelope(version, action, relates_to),
                         soap.CONTENT_TYPE[version])
         headers = [("Content-Type", writer.content_type(action))]
         n = writer.content_length()

@@ -139,12 +139,13 @@ def route(env: soap.Envelope, action: str, prefixes: list[str]) -> Route | None:
     return Route(env.message_id, reply_to, fault_to or reply_to)
 
 
-def package(version: str, action: str, relates_to: str, to: str, payload, attachments, use_mtom: bool):
-    """(headers, body) of an answer as it goes on its own connection: the envelope the synchronous answer
-    would carry, plus wsa:To, plain or MTOM likewise."""
+def package(version: str, action: str, relates_to: str, to: str, resp, use_mtom: bool):
+    """(headers, body) of an answer (an app.SoapResponse) as it goes on its own connection: the envelope
+    the synchronous answer would carry, plus wsa:To, plain or MTOM likewise."""
     from . import mtom
 
-    envelope = soap.build_envelope(version, action, relates_to, payload, to=to)
+    envelope = resp.envelope(version, action, relates_to, to=to)
+    attachments = resp.attachments
     ctype = soap.CONTENT_TYPE[version]
     if not use_mtom:
         return _plain_headers(version, ctype, action), envelope
@@ -235,8 +236,7 @@ class Replies:
                                          "http://www.w3.org/2005/08/addressing/soap/fault")
                 self.deliver(req, route_.fault_to, headers, body, "fault")
                 return
-            headers, body = package(version, action, route_.message_id, route_.reply_to, resp.payload,
-                                    resp.attachments, use_mtom)
+            headers, body = package(version, action, route_.message_id, route_.reply_to, resp, use_mtom)
             self.deliver(req, route_.reply_to, headers, body, "response")
         finally:
             if resp is not None and resp.cleanup is not None:

@@ -218,7 +218,7 @@ class Measure:
         finally:
             gauge.dec()
         try:
-            m.answered(transaction, resp.payload, time.perf_counter() - started)
+            m.answered(transaction, resp.head, time.perf_counter() - started)
         except Exception:  # counting must never cost the caller its answer
             log.exception("request %s: its metrics could not be counted", getattr(req, "request_id", "?"))
         return resp

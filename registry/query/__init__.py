@@ -15,22 +15,33 @@ from lxml import etree
 from xds import constants as C
 from xds import ebrim
 from xds import errors as E
+from xds import spliced
 from xds.db import retry_read
 from xds.errors import XdsError, XdsException
 from registry.config import RegistryConfig
-from registry.store import RegistryStore, render
+from registry.splice import answer_part, association_part
+from registry.store import RegistryStore
 from .filters import Ctx, Found
 from .params import MPQ_PATIENT_PARAMS, RETURN_LEAF_CLASS, QUERIES, QueryRequest, parse_params, read_request
 from .queries import QUERY_FUNCTIONS
 
-__all__ = ["stored_query", "QUERIES"]
+__all__ = ["stored_query", "query_answer", "QUERIES"]
 
 log = logging.getLogger(__name__)
 
 
 def stored_query(store: RegistryStore, request: etree._Element, config: RegistryConfig,
                  guard=None, transaction: str = "ITI-18") -> etree._Element:
-    """guard: the access policy of the request (registry/guard.py); None is the administrator.
+    """The answer as one element tree (the in-process callers' form of query_answer)."""
+    payload, parts = query_answer(store, request, config, guard, transaction)
+    return spliced.materialise(payload, parts) if parts is not None else payload
+
+
+def query_answer(store: RegistryStore, request: etree._Element, config: RegistryConfig,
+                 guard=None, transaction: str = "ITI-18") -> tuple[etree._Element, list[bytes] | None]:
+    """The AdhocQueryResponse, and for a LeafClass answer its objects serialised (xds/spliced.py: the
+    payload's RegistryObjectList is then empty and they go into it when it is sent); else None.
+    guard: the access policy of the request (registry/guard.py); None is the administrator.
     transaction: ITI-18, or ITI-51 (the Multi-Patient Stored Query action); each answers only its own queries."""
     warnings: list[XdsError] = []
     try:
@@ -40,7 +51,7 @@ def stored_query(store: RegistryStore, request: etree._Element, config: Registry
         leaf = req.return_type == RETURN_LEAF_CLASS
         multi = req.query_id in MPQ_PATIENT_PARAMS
 
-        def run() -> list[etree._Element]:
+        def run() -> tuple[list[etree._Element], list[bytes] | None]:
             with store.reading() as conn:
                 scope = None
                 if guard is not None and multi:
@@ -55,19 +66,19 @@ def stored_query(store: RegistryStore, request: etree._Element, config: Registry
                 if leaf:
                     # An ITI-51 answer holds several patients by design (XDSResultNotSinglePatient is ITI-18's).
                     _check_leaf_class(found, config, single_patient=not multi)
-                    return _leaf_class(store, conn, found, req)
-                return _object_refs(found, req)
+                    return [], _leaf_class(store, conn, found, req)
+                return _object_refs(found, req), None
 
         # A query only reads: when the database dropped its connection (a restart), it is run again.
-        objects = retry_read(run, "stored query")
-        return ebrim.adhoc_query_response(objects, warnings)
+        objects, parts = retry_read(run, "stored query")
+        return ebrim.adhoc_query_response(objects, warnings), parts
     except XdsException as exc:
-        return ebrim.adhoc_query_response(errors=exc.errors + [w for w in warnings if w not in exc.errors])
+        return ebrim.adhoc_query_response(errors=exc.errors + [w for w in warnings if w not in exc.errors]), None
     except Exception:
         # The consumer learns only that the registry failed; the details go to the log.
         log.exception("stored query failed")
         return ebrim.adhoc_query_response(
-            errors=[XdsError(E.REGISTRY_ERROR, "internal error while running the stored query", "AdhocQuery")])
+            errors=[XdsError(E.REGISTRY_ERROR, "internal error while running the stored query", "AdhocQuery")]), None
 
 
 # The queries about one patient, and the parameter naming it.
@@ -108,17 +119,16 @@ def _check_leaf_class(found: Found, config: RegistryConfig, single_patient: bool
                            f"the LeafClass answer would hold objects of {len(patients)} patients", "AdhocQuery")
 
 
-def _leaf_class(store: RegistryStore, conn, found: Found, req: QueryRequest) -> list[etree._Element]:
+def _leaf_class(store: RegistryStore, conn, found: Found, req: QueryRequest) -> list[bytes]:
     ids = [i for i, _ in found.objects]
-    loaded = {el.get("id"): el for el in store.load_objects(conn, [i for i in ids if i not in found.stored])}
-    for i, r in found.stored.items():
-        # DocumentEntries carry no lastUpdateTime, so this is all that load_objects would apply.
-        loaded[i] = render(r.xml, r.status, r.lid, r.version)
-    out = [loaded[i] for i in ids if i in loaded]
-    out += store.load_associations(conn, found.associations)
-    if req.home:
-        for el in out:
-            el.set("home", req.home)
+    # DocumentEntries read with the query itself (they carry no lastUpdateTime), then the other objects.
+    parts = {i: answer_part(r.xml, r.status, r.lid, r.version, home=req.home) for i, r in found.stored.items()}
+    rows = store.object_rows(conn, [i for i in ids if i not in parts])
+    parts.update((i, answer_part(r.xml, r.status, r.lid, r.version, r.last_update_time, req.home))
+                 for i, r in rows.items())
+    out = [parts[i] for i in ids if i in parts]
+    assocs = store.association_rows(conn, found.associations)
+    out += [association_part(a, req.home) for a in (assocs[i] for i in found.associations if i in assocs)]
     return out
 
 

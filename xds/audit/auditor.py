@@ -113,21 +113,26 @@ class Auditor:
         if tx == "ITI-44":
             return self._feed_v3(req, exc)
         actor = R.REPOSITORY if tx == "ITI-43" else req.actor
-        payload = resp.payload if resp is not None else None
+        # The whole answer only where its objects are read: an ITI-18 answer's are kept serialised.
+        head = resp.head if resp is not None else None
+
+        def payload():
+            return resp.payload if resp is not None else None
+
         if exc is not None:
             outcome = 8 if isinstance(exc, SoapFault) else 12
             description = (getattr(exc, "subcode", None) or "SOAP fault") if isinstance(exc, SoapFault) \
                 else "internal error"
         else:
-            outcome, description = F.outcome(payload)
+            outcome, description = F.outcome(head)
         facts = F.of_request(tx, req.body)
         if tx == "ITI-18" and facts.patient_id is None and exc is None:
-            answered = F.answered_patients(payload)   # a query by ids: the patient is the answer's, if one
+            answered = F.answered_patients(payload())   # a query by ids: the patient is the answer's, if one
             facts.patient_id = next(iter(answered)) if len(answered) == 1 else None
         if tx == "ITI-51":
             # One participant object per patient the query names (a query without a list: those answered).
             if not facts.patient_ids and exc is None:
-                facts.patient_ids = sorted(F.answered_patients(payload))
+                facts.patient_ids = sorted(F.answered_patients(payload()))
             facts.patient_id = None
         principal = req.principal
         event = R.AuditEvent(
@@ -181,8 +186,8 @@ class Auditor:
                 user_id=self._url("/xds/registry"), address=self.source.address,
                 alternative_user_id=self.source.pid), record_id=R._new_record_id()))
             if self.registry is not None and request is not None:
-                accesses = self._accesses("ITI-42", principal, F.of_request("ITI-42", request), None, outcome, None,
-                                          registered)
+                accesses = self._accesses("ITI-42", principal, F.of_request("ITI-42", request), lambda: None,
+                                          outcome, None, registered)
         self._write(records, accesses)
 
     # --- the feed and the node --------------------------------------------------------------------------
@@ -274,8 +279,9 @@ class Auditor:
             peer=R.Node(user_id=environ.get("xds.peer_subject") or "unknown", address=environ.get("REMOTE_ADDR")))], [])
 
     # --- the patient's log ------------------------------------------------------------------------------
-    def _accesses(self, tx, principal, facts: F.Facts, payload, outcome: int, before,
+    def _accesses(self, tx, principal, facts: F.Facts, payload: Callable, outcome: int, before,
                   registered: dict | None = None) -> list[Access]:
+        """payload: gives the answer's payload, read only where the accesses depend on what it holds."""
         action = _ACTIONS.get(tx)
         if action is None:
             return []
@@ -300,7 +306,7 @@ class Auditor:
 
         out: list[Access] = []
         if tx == "ITI-18":
-            patients = {facts.patient_id} if facts.patient_id else F.answered_patients(payload)
+            patients = {facts.patient_id} if facts.patient_id else F.answered_patients(payload())
             out = [entry(p) for p in sorted(patients)]
         elif tx == "ITI-51":
             out = [entry(p) for p in sorted(set(facts.patient_ids))]
@@ -316,7 +322,7 @@ class Auditor:
             if not out and facts.patient_id:
                 out = [entry(facts.patient_id)]
         elif tx == "ITI-43":
-            handed = set(F.retrieved(payload))
+            handed = set(F.retrieved(payload()))
             uids = [d.unique_id for d in facts.documents]
             known = self.registry.documents(uids)
             for uid in uids:
