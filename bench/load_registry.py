@@ -124,12 +124,22 @@ def _number_subs(el: etree._Element, obj_field: str = "N") -> None:
 def _stored(elements: list[etree._Element]) -> dict[str, str]:
     """The registry's stored XML of each object of a submission, by its id: parsed and written by the
     registry's own code (the normalisation of nest_top_level, stored_xml's attributes)."""
+    from registry import splice
     from registry.store import stored_association, stored_xml
     from xds.ebrim import parse_submission
     from xds.model import Association
 
     sub = parse_submission(builder.submit_objects_request(elements))
-    return {o.id: stored_association(o) if isinstance(o, Association) else stored_xml(o) for o in sub.objects}
+    out = {}
+    for o in sub.objects:
+        if isinstance(o, Association):
+            out[o.id] = stored_association(o)
+            continue
+        # Answer-ready, as RegistryStore stores it (the ready column, written "t" by the rows below).
+        out[o.id], ready = splice.prepare(stored_xml(o), o.lid or o.id, 1)
+        if not ready:
+            raise SystemExit(f"the {type(o).__name__} template is not answer-ready: registry/splice.py steps aside")
+    return out
 
 
 OID = "urn:uuid:@N@-0000-4000-8000-@SALT@"
@@ -252,7 +262,7 @@ def seq_bounds(counts: list[int]) -> list[int]:
 # --- generation ---------------------------------------------------------------------------------------------
 
 OBJ_COLS = ["id", "lid", "version", "kind", "status", "patient_id", "unique_id", "seq", "xml",
-            "origin_org", "origin_person", "origin_time", "reveal_at"]
+            "origin_org", "origin_person", "origin_time", "reveal_at", "ready"]
 DE_COLS = ["id", "entry_type", "class_code", "type_code", "format_code", "practice_setting_code", "hcft_code",
            "creation_time", "service_start_time", "service_stop_time", "hash", "size", "repository_unique_id",
            "mime_type", "availability"]
@@ -350,7 +360,7 @@ class Generator:
             b["reg_object"].append("\t".join((
                 ss_id, ss_id, "1", "SS", C.STATUS_APPROVED, pid, f"1.2.250.1.999.2.{seq}", str(seq),
                 self.t.ss.format(n=n8, salt=salt, pid=xpid, num=seq, st=st, ct=c, cts=s, ctn=display(ct),
-                                 au0=xml_text(au), in0=xml_text(inst)), *org)))
+                                 au0=xml_text(au), in0=xml_text(inst)), *org, "t")))
             b["submission_set"].append(f"{ss_id}\t{st}\t{SOURCE_ID}\t{ct}")
             b["object_author"].append(f"{ss_id}\t{au}")
             seq += 1
@@ -434,7 +444,7 @@ class Generator:
                         members_left[f] = left_f - 1
         for de_id, n, xml, org, kv, (klass, type_, fmt, ps, hf), codes, aus, ref in de_rows:
             b["reg_object"].append("\t".join((de_id, de_id, "1", "DE", status[de_id], pid, f"1.2.250.1.999.1.{n}",
-                                              str(n), xml, *org)))
+                                              str(n), xml, *org, "t")))
             b["doc_entry"].append("\t".join((de_id, kv["ot"], klass, type_, fmt, ps, hf, kv["ct"], kv["sst"], kv["ssp"],
                                              kv["hash"], str(kv["size"]), REPOSITORY, kv["mime"],
                                              C.AVAILABILITY_ONLINE)))
@@ -446,7 +456,7 @@ class Generator:
                 b["reference_id"].append(f"{de_id}\t{kv['ref']}^^^&1.2.250.1.999.9&ISO^urn:ihe:iti:xds:2013:order")
         for fd_id, n, st, org, xml, fc in folder_rows:
             b["reg_object"].append("\t".join((fd_id, fd_id, "1", "FD", C.STATUS_APPROVED, pid, f"1.2.250.1.999.4.{n}",
-                                              str(n), xml, *org)))
+                                              str(n), xml, *org, "t")))
             b["folder"].append(f"{fd_id}\t{st}")
             b["object_code"].append(f"{fd_id}\t{C.FOLDER_CODE_LIST}\t{fc}")
         for a_id, type_, src, tgt, ss_status, n, tmpl in assoc_rows:

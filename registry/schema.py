@@ -7,7 +7,7 @@ Coded values are stored as `code^^codingScheme`, the form stored-query parameter
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger, Boolean, Column, ForeignKey, Index, Integer, MetaData, Sequence, String, Table, Text,
+    BigInteger, Boolean, Column, ForeignKey, Index, Integer, MetaData, Sequence, String, Table, Text, false,
 )
 
 metadata = MetaData()
@@ -46,6 +46,9 @@ registry_object = Table(
     Column("origin_person", String(256)),
     Column("origin_time", BigInteger),
     Column("reveal_at", BigInteger),
+    # The xml is answer-ready (registry/splice.py prepare): it holds this row's lid and versionName, and a
+    # query answer only sets its status (and home) in the root's start tag, without reading the rest.
+    Column("ready", Boolean, nullable=False, server_default=false()),
     Index("ix_reg_object_patient", "patient_id", "kind", "status"),
     Index("ix_reg_object_unique", "unique_id"),
     Index("ix_reg_object_lid", "lid", "version"),

@@ -7,8 +7,12 @@ double quote (lxml writes &quot;), and a RegistryObject's children come in ebRIM
 Description, VersionInfo, Classification, ExternalIdentifier, ContentVersionInfo), none of the first three
 holding any of the others. `patched()` edits the root's start tag and the VersionInfo child in the text;
 when the text has any shape it is not certain about (comments, CDATA, processing instructions, two
-VersionInfo elements, an unusual prefix) it answers None and the caller renders the parsed element
-(registry.store.render), which gives the same infoset: tests/test_splice.py checks the two agree.
+VersionInfo elements, a namespace declared below the root, ebRIM under a second prefix) it answers None
+and the caller renders the parsed element (registry.store.render), which gives the same infoset: tests/test_splice.py checks the two agree.
+
+Since an object's lid and version never change, the registry stores what patched() makes of its text
+(`prepare`, the `ready` column): an answer then only sets the status, and home, in the root's start tag
+(`with_status`), without reading the rest of the text.
 """
 from __future__ import annotations
 
@@ -19,33 +23,48 @@ from lxml import etree
 from xds import constants as C
 from . import bare_association
 from .bare_association import escape as _escape
-from .store import render
+from . import store as _store   # a module: the store imports this one to prepare what it writes
 
 _TAG = re.compile(r"<([A-Za-z_][\w.-]*:)?([A-Za-z_][\w.-]*)")
 _ATTR = re.compile(r'\s+([^\s=/>"]+)="([^"]*)"')
 _END_OF_TAG = re.compile(r"\s*(/?)>")
-# Comments, CDATA, processing instructions, DOCTYPE: text whose '<' is not a tag.
-_UNSURE = re.compile(r"<[!?]")
-_VERSION_INFO = re.compile(r"<([\w.-]+:)?VersionInfo(?=[\s/>])")
-# The first of the children a VersionInfo goes before, under any prefix.
-_FOLLOWING = re.compile(r"<([\w.-]+:)?(?:Classification|ExternalIdentifier|ContentVersionInfo)(?=[\s/>])")
-# A tag other than those ebRIM puts before a VersionInfo (Slot, Name, Description) and what they hold.
-_NOT_BEFORE_VERSION = re.compile(
-    r"<(?>(?:[\w.-]+:)?)(?!(?:Slot|ValueList|Value|Name|Description|LocalizedString)(?=[\s/>]))[\w.-]")
+
+def prepare(xml: str, lid: str, version: int) -> tuple[str, bool]:
+    """What the registry stores for an object whose text is `xml`: (text, ready). Ready text already holds
+    the row's lid and versionName (an object's version and lid never change; its status does), so an answer
+    only sets its status and home in the root's start tag (`answer_part`), without reading the rest. Text
+    patched() is not certain of is stored as it is."""
+    ready = patched(xml, C.STATUS_APPROVED, lid, version)
+    return (xml, False) if ready is None else (ready.decode(), True)
 
 
 def answer_part(xml: str, status: str, lid: str | None = None, version: int | None = None,
-                last_update_time: str | None = None, home: str | None = None) -> bytes:
-    """A stored object as a query answers it, serialised: patched in its text where that is certain,
-    else parsed and rendered. A Folder's lastUpdateTime is a Slot to replace: always rendered."""
+                last_update_time: str | None = None, home: str | None = None, ready: bool = False) -> bytes:
+    """A stored object as a query answers it, serialised: ready text with its status (and home) set,
+    other text patched where that is certain, else parsed and rendered. A Folder's lastUpdateTime is a Slot
+    to replace: always rendered."""
     if last_update_time is None:
-        fast = patched(xml, status, lid, version, home)
+        fast = with_status(xml, status, home) if ready else patched(xml, status, lid, version, home)
         if fast is not None:
             return fast
-    el = render(xml, status, lid, version, last_update_time)
+    el = _store.render(xml, status, lid, version, last_update_time)
     if home:
         el.set("home", home)
     return etree.tostring(el)
+
+
+def with_status(xml: str, status: str, home: str | None = None) -> bytes:
+    """Ready text (prepare) with its status and home. Its first '>' ends the root's start tag (lxml writes
+    '>' in attribute values as &gt;), where patched() put the status attribute; a value never holds '"'."""
+    end = xml.index(">")
+    if xml[end - 1] == "/":
+        end -= 1
+    at = xml.rindex(' status="', 0, end) + 9
+    value_end = xml.index('"', at)
+    head = xml[:at] + _escape(status) + xml[value_end:end]
+    if home:
+        head += f' home="{_escape(home)}"'
+    return (head + xml[end:]).encode()
 
 
 def association_part(row, home: str | None = None) -> bytes:
@@ -60,20 +79,21 @@ def patched(xml: str, status: str, lid: str | None = None, version: int | None =
             home: str | None = None) -> bytes | None:
     """`xml` with the given status (and lid, versionName and home, when given) as UTF-8, or None when
     not certain of its shape."""
-    if _UNSURE.search(xml):
-        return None
+    if "<!" in xml or "<?" in xml:
+        return None   # comments, CDATA, processing instructions, DOCTYPE: text whose '<' is not a tag
     xml = xml.rstrip()
     tag = _TAG.match(xml)
     if tag is None:
         return None
     prefix = tag.group(1) or ""
     declaration = "xmlns:" + prefix[:-1] if prefix else "xmlns"
-    if xml.count(declaration + "=") != 1:
-        return None   # the prefix declared again below the root might name another namespace
     attrs, pos = _attributes(xml, tag.end())
     end = _END_OF_TAG.match(xml, pos)
-    if end is None or dict(attrs).get(declaration) != C.NS_RIM:
-        return None   # lxml declares the root's own prefix on the root
+    if end is None or xml.find("xmlns", end.end()) >= 0:
+        return None   # a namespace declared below the root: a prefix there may name another namespace
+    declared = {n: v for n, v in attrs if n == "xmlns" or n.startswith("xmlns:")}
+    if declared.get(declaration) != C.NS_RIM or list(declared.values()).count(C.NS_RIM) != 1:
+        return None   # every ebRIM element of the text is then spelt with this one prefix
     _put(attrs, "lid", lid)
     _put(attrs, "status", status)
     _put(attrs, "home", home)
@@ -112,29 +132,57 @@ def _put(attrs: list[list[str]], name: str, value: str | None) -> None:
 
 
 def _with_version(rest: str, prefix: str, version: int) -> str | None:
-    infos = list(_VERSION_INFO.finditer(rest))
-    following = _FOLLOWING.search(rest)
-    if len(infos) > 1 or any((m.group(1) or "") != prefix for m in infos) or \
-            (following is not None and (following.group(1) or "") != prefix):
-        return None   # two of them, or another prefix: not certain which is the object's own
+    infos = _tags(rest, prefix, "VersionInfo")
+    following = min((i for name in ("Classification", "ExternalIdentifier", "ContentVersionInfo")
+                     for i in _tags(rest, prefix, name)[:1]), default=-1)
+    if len(infos) > 1:
+        return None   # two of them: not certain which is the object's own
     first = infos[0] if infos else following
-    if first is not None and _NOT_BEFORE_VERSION.search(rest, 0, first.start()):
+    if first >= 0 and _not_before_version(prefix).search(rest, 0, first):
         return None   # something else comes first: the match may not be a child of the object
     if infos:
         info = infos[0]
-        if following is not None and following.start() < info.start():
+        if 0 <= following < info:
             return None   # after a Classification: a Classification's own
-        attrs, pos = _attributes(rest, info.end())
+        attrs, pos = _attributes(rest, info + len(prefix) + len("<VersionInfo"))
         m = _END_OF_TAG.match(rest, pos)
         if m is None or not m.group(1):
             return None   # a VersionInfo with content is not something this server writes
         _put(attrs, "versionName", str(version))
-        return rest[:info.start()] + f"<{prefix}VersionInfo" + _write(attrs) + "/>" + rest[m.end():]
+        return rest[:info] + f"<{prefix}VersionInfo" + _write(attrs) + "/>" + rest[m.end():]
     new = f'<{prefix}VersionInfo versionName="{version}"/>'
-    if following is not None:
+    if following >= 0:
         # The first of them in the text is a child of the object: Slot, Name and Description hold none.
-        return rest[:following.start()] + new + rest[following.start():]
+        return rest[:following] + new + rest[following:]
     close = rest.rfind("</")
     if close < 0:
         return None
     return rest[:close] + new + rest[close:]
+
+
+def _tags(text: str, prefix: str, name: str) -> list[int]:
+    """Where the start tags <prefix:name ...> are in text (every '<' of the text starts a tag, patched()
+    made sure of it)."""
+    needle = "<" + prefix + name
+    out, i = [], text.find(needle)
+    while i >= 0:
+        after = text[i + len(needle):i + len(needle) + 1]
+        if after in _AFTER_NAME:
+            out.append(i)
+        i = text.find(needle, i + 1)
+    return out
+
+
+_AFTER_NAME = (" ", "\t", "\n", "\r", "/", ">")
+_NOT_BEFORE: dict[str, re.Pattern] = {}
+
+
+def _not_before_version(prefix: str) -> re.Pattern:
+    """A start tag other than those ebRIM puts before a VersionInfo (Slot, Name, Description and what they
+    hold) under the object's prefix."""
+    pattern = _NOT_BEFORE.get(prefix)
+    if pattern is None:
+        p = re.escape(prefix)
+        pattern = _NOT_BEFORE[prefix] = re.compile(
+            rf"<(?!/)(?!{p}(?:Slot|ValueList|Value|Name|Description|LocalizedString)[\s/>])")
+    return pattern

@@ -26,7 +26,7 @@ from xds.ebrim import to_element
 from xds.hl7 import patient_key
 from xds.model import Association, DocumentEntry, Folder, RegistryObject, SubmissionSet
 from xds.xmlsafe import parse as safe_parse, parse_own
-from . import bare_association, schema as S
+from . import bare_association, schema as S, splice
 
 RIM = C.NS_RIM
 _CHUNK = 500  # bound IN-lists so large submissions stay within driver limits
@@ -147,15 +147,17 @@ class RegistryStore:
                 c.execute(update(S.patient).where(S.patient.c.patient_id == subsumed)
                           .values(active=False, merged_into=surviving))
             # Re-point the registry's index, and the patientId in the kept XML, to the survivor.
-            rows = c.execute(select(S.registry_object.c.id, S.registry_object.c.xml)
+            rows = c.execute(select(S.registry_object.c.id, S.registry_object.c.lid, S.registry_object.c.version,
+                                    S.registry_object.c.xml)
                              .where(S.registry_object.c.patient_id == subsumed)).all()
             for r in rows:
                 el = safe_parse(r.xml.encode(), "stored object")
                 for ei in el.findall(f"{{{RIM}}}ExternalIdentifier"):
                     if ei.get("identificationScheme") in (C.DE_PATIENT_ID, C.SS_PATIENT_ID, C.FOLDER_PATIENT_ID):
                         ei.set("value", shown)
+                xml, ready = splice.prepare(etree.tostring(el, encoding="unicode"), r.lid, r.version)
                 c.execute(update(S.registry_object).where(S.registry_object.c.id == r.id)
-                          .values(patient_id=surviving, xml=etree.tostring(el, encoding="unicode")))
+                          .values(patient_id=surviving, xml=xml, ready=ready))
 
     def patient_known(self, conn: Connection, patient_id: str) -> bool:
         row = conn.execute(select(S.patient.c.active).where(S.patient.c.patient_id == patient_key(patient_id))).first()
@@ -491,9 +493,11 @@ class RegistryStore:
         for i, o in enumerate(objs):
             kind = {DocumentEntry: S.KIND_DOCUMENT_ENTRY, SubmissionSet: S.KIND_SUBMISSION_SET,
                     Folder: S.KIND_FOLDER}[type(o)]
-            obj_rows.append(dict(id=o.id, lid=o.lid or o.id, version=versions.get(o.id, 1), kind=kind,
+            version = versions.get(o.id, 1)
+            xml, ready = splice.prepare(stored_xml(o), o.lid or o.id, version)
+            obj_rows.append(dict(id=o.id, lid=o.lid or o.id, version=version, kind=kind,
                                  status=C.STATUS_APPROVED, patient_id=_key(o.patient_id), unique_id=o.unique_id,
-                                 xml=stored_xml(o), **origins[o.id]))
+                                 xml=xml, ready=ready, **origins[o.id]))
             if seq0 is not None:
                 obj_rows[-1]["seq"] = seq0 + i
             if isinstance(o, DocumentEntry):
@@ -630,11 +634,11 @@ class RegistryStore:
                 (found[i] for i in ids if i in found)]
 
     def object_rows(self, conn: Connection, ids: Sequence[str]) -> dict:
-        """Rows (id, lid, version, status, xml, last_update_time) of registered objects, by id."""
+        """Rows (id, lid, version, status, xml, ready, last_update_time) of registered objects, by id."""
         t, f = S.registry_object, S.folder
         found = {}
         for part in chunks(list(dict.fromkeys(ids))):
-            q = (select(t.c.id, t.c.lid, t.c.version, t.c.status, t.c.xml, f.c.last_update_time)
+            q = (select(t.c.id, t.c.lid, t.c.version, t.c.status, t.c.xml, t.c.ready, f.c.last_update_time)
                  .select_from(t.outerjoin(f, f.c.id == t.c.id)).where(t.c.id.in_(part)))
             for r in conn.execute(q):
                 found[r.id] = r

@@ -548,7 +548,9 @@ def _new_version(world: World, of: str, uid: str, sym: str, kind: str = "DE") ->
     new = m[sym]
     world.ids[sym] = new
     with world.store.transaction() as c:
-        c.execute(update(S.registry_object).where(S.registry_object.c.id == new).values(version=2))
+        # Numbered behind the store's back (ITI-57 passes the version to insert_submission): the stored text
+        # no longer holds the row's versionName, so it is not answer-ready (registry/splice.py prepare).
+        c.execute(update(S.registry_object).where(S.registry_object.c.id == new).values(version=2, ready=False))
         c.execute(update(S.registry_object).where(S.registry_object.c.id == world[of]).values(status=DEPRECATED))
     return new
 

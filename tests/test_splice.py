@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from registry import schema as S
 from registry import splice
+from registry import store as store_module
 from registry.query import query_answer, stored_query
 from registry.store import render
 from xds import builder
@@ -45,6 +46,36 @@ def stored(tmp_path_factory):
     assert {k for _, k in objects} == {S.KIND_DOCUMENT_ENTRY, S.KIND_SUBMISSION_SET, S.KIND_FOLDER}
     # Bare associations have no XML (tests/test_bare_association.py).
     return [x for x, _ in objects], [x for (x,) in assocs if x is not None]
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    world = build_world("sqlite:///" + str(tmp_path_factory.mktemp("ready") / "r.db"))
+    t = S.registry_object
+    with world.store.reading() as c:
+        return c.execute(select(t.c.xml, t.c.kind, t.c.lid, t.c.version, t.c.ready)).all()
+
+
+@pytest.mark.parametrize("status,home", [
+    (C.STATUS_APPROVED, None), (DEPRECATED, "urn:oid:1.2.3.4"), ('urn:x:"odd"&<st\tatus>', 'a&b"<\n>'),
+])
+def test_ready_text_needs_only_its_status(rows, status, home):
+    """Everything the registry stores is answer-ready (its lid and versionName in it): setting the status
+    and home in the root's start tag says what rendering the row says."""
+    assert rows and all(r.ready for r in rows)
+    for r in rows:
+        fast = splice.with_status(r.xml, status, home)
+        same(fast, r.xml, status, r.lid, r.version, home=home)
+        assert splice.answer_part(r.xml, status, r.lid, r.version, home=home, ready=True) == fast
+
+
+def test_prepare_keeps_text_it_is_not_certain_of():
+    for name, xml in UNSURE.items():
+        assert splice.prepare(xml, "L", 1) == (xml, False), name
+    text, ready = splice.prepare(CERTAIN["only slots"], "L", 3)
+    assert ready and 'lid="L"' in text and 'versionName="3"' in text
+    assert infoset(etree.fromstring(splice.with_status(text, DEPRECATED))) == \
+        infoset(render(CERTAIN["only slots"], DEPRECATED, "L", 3))
 
 
 @pytest.mark.parametrize("status,lid,version,home", [
@@ -197,7 +228,7 @@ def test_http_answer_is_spliced_and_whole(server, monkeypatch):
                                                           builder.simple_submission(pid, 3, folder_too=True))
     assert reply.body.get("status") == C.RESPONSE_SUCCESS
     # Nothing the registry stored needs the parser on the way out: a fallback now would fail the answer.
-    monkeypatch.setattr(splice, "render", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rendered")))
+    monkeypatch.setattr(store_module, "render", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rendered")))
     env = soap.build_envelope(soap.SOAP12, C.ACTION_QUERY, None, builder.find_documents_request(pid))
     data = _post(server, env)
     assert b"<!--xds:registry-objects-->" not in data

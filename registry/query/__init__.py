@@ -122,9 +122,10 @@ def _check_leaf_class(found: Found, config: RegistryConfig, single_patient: bool
 def _leaf_class(store: RegistryStore, conn, found: Found, req: QueryRequest) -> list[bytes]:
     ids = [i for i, _ in found.objects]
     # DocumentEntries read with the query itself (they carry no lastUpdateTime), then the other objects.
-    parts = {i: answer_part(r.xml, r.status, r.lid, r.version, home=req.home) for i, r in found.stored.items()}
+    parts = {i: answer_part(r.xml, r.status, r.lid, r.version, home=req.home, ready=r.ready)
+             for i, r in found.stored.items()}
     rows = store.object_rows(conn, [i for i in ids if i not in parts])
-    parts.update((i, answer_part(r.xml, r.status, r.lid, r.version, r.last_update_time, req.home))
+    parts.update((i, answer_part(r.xml, r.status, r.lid, r.version, r.last_update_time, req.home, r.ready))
                  for i, r in rows.items())
     out = [parts[i] for i in ids if i in parts]
     assocs = store.association_rows(conn, found.associations)

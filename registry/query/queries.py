@@ -159,7 +159,7 @@ def _build_find_documents(key: tuple, vis, now: int):
     stmt = (select(O.c.id, O.c.patient_id).select_from(O.join(D, D.c.id == O.c.id))
             .where(O.c.kind == S.KIND_DOCUMENT_ENTRY, *where).order_by(O.c.seq))
     if with_xml:
-        stmt = stmt.add_columns(O.c.status, O.c.lid, O.c.version, O.c.xml)
+        stmt = stmt.add_columns(O.c.status, O.c.lid, O.c.version, O.c.xml, O.c.ready)
     if capped:
         stmt = stmt.limit(bindparam("row_cap"))
     return stmt

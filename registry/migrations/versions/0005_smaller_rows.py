@@ -1,4 +1,8 @@
-"""Smaller rows for a national registry (docs/scaling.md, bytes per entry):
+"""Smaller rows and answer-ready text for a national registry (docs/scaling.md):
+
+- ``reg_object.ready``: the stored XML already holds the row's lid and versionName (registry/splice.py
+  prepare), so a query answer sets only its status. Rows stored before are not ready (false) and are
+  patched as they are answered.
 
 - ``association.xml`` may be NULL: an association that says no more than its columns is stored as them
   (registry/bare_association.py). Rows stored before keep their XML, which queries still answer from.
@@ -16,10 +20,18 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # A database made by RegistryStore.create_schema and stamped at 0001 has the current schema already.
+    insp = sa.inspect(op.get_bind())
+    if "ready" not in {c["name"] for c in insp.get_columns("reg_object")}:
+        # ALTER TABLE ADD COLUMN, also on SQLite: a batch copy of reg_object would drop the old table, and
+        # with foreign keys on that deletes every row that references it (ON DELETE CASCADE).
+        op.add_column("reg_object", sa.Column("ready", sa.Boolean(), nullable=False, server_default=sa.false()))
     with op.batch_alter_table("association") as batch:
         batch.alter_column("xml", existing_type=sa.Text(), nullable=True)
-    op.drop_index("ix_object_code_object", table_name="object_code")
-    op.create_index("ix_object_code_object", "object_code", ["object_id"])
+    indexes = {i["name"]: i["column_names"] for i in insp.get_indexes("object_code")}
+    if indexes.get("ix_object_code_object") != ["object_id"]:
+        op.drop_index("ix_object_code_object", table_name="object_code")
+        op.create_index("ix_object_code_object", "object_code", ["object_id"])
 
 
 def downgrade() -> None:
@@ -33,3 +45,4 @@ def downgrade() -> None:
         conn.execute(sa.update(t).where(t.c.id == row.id).values(xml=association_xml(row)))
     with op.batch_alter_table("association") as batch:
         batch.alter_column("xml", existing_type=sa.Text(), nullable=False)
+    op.drop_column("reg_object", "ready")   # SQLite 3.35+
