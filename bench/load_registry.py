@@ -17,8 +17,9 @@ registry records them). Every patient is known (patient) and has an access state
 acc_person) as bench/query.py's policy measurement expects.
 
 The stored XML of each object is what the registry stores for it: one submission per shape is built
-with xds.builder, read with xds.ebrim.parse_submission and written with registry.store.stored_xml (stored_association: NULL for all of them),
-once; the ids and values are then filled in by string formatting.
+with xds.builder, read with xds.ebrim.parse_submission and written with registry.store.stored_object
+(stored_association: NULL for all of them), once; the ids and values are then filled in by string
+formatting.
 
 Prints entries/s, the phases' times and, per table, its heap, TOAST and index sizes and the bytes
 per DocumentEntry. --verify compares, for a sample of patients, the registry's own stored queries
@@ -124,8 +125,7 @@ def _number_subs(el: etree._Element, obj_field: str = "N") -> None:
 def _stored(elements: list[etree._Element]) -> dict[str, str]:
     """The registry's stored XML of each object of a submission, by its id: parsed and written by the
     registry's own code (the normalisation of nest_top_level, stored_xml's attributes)."""
-    from registry import splice
-    from registry.store import stored_association, stored_xml
+    from registry.store import stored_association, stored_object
     from xds.ebrim import parse_submission
     from xds.model import Association
 
@@ -136,7 +136,7 @@ def _stored(elements: list[etree._Element]) -> dict[str, str]:
             out[o.id] = stored_association(o)
             continue
         # Answer-ready, as RegistryStore stores it (the ready column, written "t" by the rows below).
-        out[o.id], ready = splice.prepare(stored_xml(o), o.lid or o.id, 1)
+        out[o.id], ready = stored_object(o, 1)
         if not ready:
             raise SystemExit(f"the {type(o).__name__} template is not answer-ready: registry/splice.py steps aside")
     return out

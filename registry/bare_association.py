@@ -54,7 +54,7 @@ def text(id: str, type: str, source: str, target: str, status: str, ss_status: s
     if ss_status is None:
         return out + "/>"
     return (out + '><rim:Slot name="SubmissionSetStatus"><rim:ValueList><rim:Value>'
-            + ss_status.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
+            + escape(ss_status)
             + "</rim:Value></rim:ValueList></rim:Slot></rim:Association>")
 
 

@@ -8,7 +8,8 @@ Description, VersionInfo, Classification, ExternalIdentifier, ContentVersionInfo
 holding any of the others. `patched()` edits the root's start tag and the VersionInfo child in the text;
 when the text has any shape it is not certain about (comments, CDATA, processing instructions, two
 VersionInfo elements, a namespace declared below the root, ebRIM under a second prefix) it answers None
-and the caller renders the parsed element (registry.store.render), which gives the same infoset: tests/test_splice.py checks the two agree.
+and the caller renders the parsed element (registry.store.render), which gives the same infoset:
+tests/test_splice.py checks the two agree.
 
 Since an object's lid and version never change, the registry stores what patched() makes of its text
 (`prepare`, the `ready` column): an answer then only sets the status, and home, in the root's start tag
@@ -28,6 +29,7 @@ from . import store as _store   # a module: the store imports this one to prepar
 _TAG = re.compile(r"<([A-Za-z_][\w.-]*:)?([A-Za-z_][\w.-]*)")
 _ATTR = re.compile(r'\s+([^\s=/>"]+)="([^"]*)"')
 _END_OF_TAG = re.compile(r"\s*(/?)>")
+
 
 def prepare(xml: str, lid: str, version: int) -> tuple[str, bool]:
     """What the registry stores for an object whose text is `xml`: (text, ready). Ready text already holds

@@ -494,7 +494,7 @@ class RegistryStore:
             kind = {DocumentEntry: S.KIND_DOCUMENT_ENTRY, SubmissionSet: S.KIND_SUBMISSION_SET,
                     Folder: S.KIND_FOLDER}[type(o)]
             version = versions.get(o.id, 1)
-            xml, ready = splice.prepare(stored_xml(o), o.lid or o.id, version)
+            xml, ready = stored_object(o, version)
             obj_rows.append(dict(id=o.id, lid=o.lid or o.id, version=version, kind=kind,
                                  status=C.STATUS_APPROVED, patient_id=_key(o.patient_id), unique_id=o.unique_id,
                                  xml=xml, ready=ready, **origins[o.id]))
@@ -644,10 +644,6 @@ class RegistryStore:
                 found[r.id] = r
         return found
 
-    def load_associations(self, conn: Connection, ids: Sequence[str]) -> list[etree._Element]:
-        found = self.association_rows(conn, ids)
-        return [render(association_xml(found[i]), found[i].status) for i in ids if i in found]
-
     def association_rows(self, conn: Connection, ids: Sequence[str]) -> dict:
         """Rows (id, type, source, target, status, ss_status, xml) of associations, by id; xml is None for
         a bare association (registry.bare_association)."""
@@ -693,6 +689,11 @@ def _doc_entry_row(o: DocumentEntry) -> dict:
 
 def stored_xml(o: RegistryObject) -> str:
     return etree.tostring(_stored_element(o), encoding="unicode")
+
+
+def stored_object(o: RegistryObject, version: int) -> tuple[str, bool]:
+    """(xml, ready) as a DocumentEntry, SubmissionSet or Folder row keeps them (registry/splice.py prepare)."""
+    return splice.prepare(stored_xml(o), o.lid or o.id, version)
 
 
 def stored_association(a: Association) -> str | None:

@@ -135,7 +135,7 @@ def test_the_written_text_says_what_the_stored_xml_would_have(status, home):
         if home:
             expected.set("home", home)
         assert infoset(etree.fromstring(splice.association_part(row, home))) == infoset(expected)
-        # And what the store's in-process readers parse (load_associations) is that text.
+        # And the text the store gives for the row (association_xml: the migration's downgrade) says it too.
         assert infoset(render(association_xml(row), status)) == infoset(_without_blank_text(render(full, status)))
     assert bare == len(_parsed_associations(pid)) - len(KEPT)
 
