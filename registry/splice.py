@@ -58,6 +58,8 @@ def answer_part(xml: str, status: str, lid: str | None = None, version: int | No
 def with_status(xml: str, status: str, home: str | None = None) -> bytes:
     """Ready text (prepare) with its status and home. Its first '>' ends the root's start tag (lxml writes
     '>' in attribute values as &gt;), where patched() put the status attribute; a value never holds '"'."""
+    if status == C.STATUS_APPROVED and not home:
+        return xml.encode()   # prepare() wrote it Approved: most of a record's answer is sent as stored
     end = xml.index(">")
     if xml[end - 1] == "/":
         end -= 1

@@ -231,3 +231,43 @@ def test_pruning_forgets_only_records_the_repository_has(tmp_path):
     assert store.prune(dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)) == 2
     left = store.records(0, 10)
     assert len(left) == 1 and not left[0][2] and not left[0][3]   # the pending one stays
+
+
+def test_a_request_s_rows_are_written_all_or_none(db_url):
+    """PostgreSQL writes a request's record, access entries and notifications in one message of several
+    INSERTs outside a transaction block; the server runs it as one implicit transaction. An access entry
+    the database refuses (here a patient_key too long for its column, which _cut does not shorten) must
+    take the record with it, on both backends, and a good request afterwards writes everything."""
+    import datetime as dt
+
+    from xds.audit.store import Access, Notification
+
+    store = AuditStore(make_engine(db_url))
+    try:
+        store.migrate()
+        now = dt.datetime.now(dt.timezone.utc)
+
+        def request(patient_key):
+            e = R.SystemEvent(kind="application-start", node=R.Node(user_id="x"), sequence=0)
+            access = Access(patient_key=patient_key, at=now, action="query", transaction="ITI-18",
+                            mode="bris_de_glace", outcome="ok", person="PS1", document_title="CR d'op\u00e9ration")
+            note = Notification(patient_key=patient_key, recipient="patient", recipient_id=patient_key,
+                                mode="bris_de_glace", at=now, person="PS1")
+            return [(e.record_id, R.to_stored(e))], [access], [note]
+
+        with pytest.raises(Exception):
+            store.append(*request("P" * 301 if db_url.startswith("postgresql") else None))
+        assert store.records(0, 10) == []
+        assert store.accesses("P" * 301, include_secret=True) == [] and store.notifications() == []
+
+        store.append(*request("1234^^^&1.2.3&ISO"))
+        assert len(store.records(0, 10)) == 1
+        [a] = store.accesses("1234^^^&1.2.3&ISO", include_secret=True)
+        assert a["document_title"] == "CR d'op\u00e9ration" and a["mode"] == "bris_de_glace"
+        [n] = store.notifications()
+        assert n["recipient"] == "patient" and n["patient_key"] == "1234^^^&1.2.3&ISO"
+        # The server keeps serving on the same pool: a read after the refused write sees a usable connection.
+        store.append(*request("5678^^^&1.2.3&ISO"))
+        assert len(store.records(0, 10)) == 2
+    finally:
+        store.engine.dispose()

@@ -126,3 +126,67 @@ def test_no_peer_subject_without_a_verified_certificate(tmp_path, tls):
     finally:
         server.stop()
     assert seen == [None]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_large_answers_bypass_the_buffered_writer_and_arrive_exactly(tmp_path, tls):
+    """A bytes chunk of 64 kB or more goes straight to the socket (_Gateway._send_bytes): with a
+    Content-Length, chunked (HTTP/1.1 without one), after a small chunk that must go first, and to a
+    client that reads slowly, each answer arrives byte-exact and the keep-alive connection stays usable."""
+    import time
+
+    small, big = b"<head/>", os.urandom(5 * MB + 3)   # larger than a socket buffer: several send() calls
+
+    def app(environ, start_response):
+        framing = environ["PATH_INFO"]
+        headers = [("Content-Type", "application/octet-stream")]
+        if framing == "/length":
+            headers.append(("Content-Length", str(len(small) + len(big))))
+        start_response("200 OK", headers)
+        return [small, big, small] if framing == "/chunked" else [small, big]
+
+    ca = Authority(str(tmp_path)) if tls else None
+    server = HttpServer(app, "127.0.0.1", 0, threads=2,
+                        tls=TlsFiles(*ca.issue("server")) if tls else None).start()
+    try:
+        conn = _connect(server, ca)
+        for path, expected in (("/length", small + big), ("/chunked", small + big + small),
+                               ("/length", small + big)):
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            assert resp.status == 200
+            assert (resp.getheader("Transfer-Encoding") == "chunked") == (path == "/chunked")
+            got = bytearray()
+            while chunk := resp.read(256 * 1024):
+                got += chunk
+                time.sleep(0.002)   # a slow reader: the server's send() waits for room more than once
+            assert bytes(got) == expected, path
+        conn.close()
+    finally:
+        server.stop()
+
+
+def test_a_large_chunk_past_the_declared_length_gets_cheroot_s_answer(tmp_path):
+    """cheroot's own rule for an application that yields more than its Content-Length, kept on the direct
+    path: before anything was sent, a 500 that says so; once the head is out, the bytes announced and no
+    more, so the client does not wait for bytes that will not come."""
+    big = os.urandom(200_000)
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", "100000")])
+        return [big] if environ["PATH_INFO"] == "/first" else [b"x" * 10, big]
+
+    server = HttpServer(app, "127.0.0.1", 0, threads=2).start()
+    try:
+        conn = _connect(server, None)
+        conn.request("GET", "/first")
+        resp = conn.getresponse()
+        assert resp.status == 500 and b"more bytes than the declared Content-Length" in resp.read()
+        conn.close()
+        conn = _connect(server, None)
+        conn.request("GET", "/second")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.read() == b"x" * 10 + big[:100_000 - 10]
+        conn.close()
+    finally:
+        server.stop()

@@ -7,14 +7,14 @@ work whose connection dies under it is run once more (`retry_read`). Writes are 
 """
 from __future__ import annotations
 
-import threading
-
+import contextlib
 import logging
+import threading
 import select
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,21 @@ def _closed_by_server(dbapi_conn, _record, _proxy) -> None:
         raise DisconnectionError(f"the connection's socket is unusable: {exc}") from None
     if readable:
         raise DisconnectionError("the database server closed this connection while it was idle")
+
+
+@contextlib.contextmanager
+def autocommit(conn: Connection) -> Iterator[Connection]:
+    """A PostgreSQL connection whose statements run outside any transaction block (each one, or each
+    message of several, is its own implicit transaction), for the time of the block. It is psycopg2's
+    own switch, which costs no round trip; SQLAlchemy's isolation_level="AUTOCOMMIT" sends
+    `SET default_transaction_isolation` when the connection goes back to the pool."""
+    dbapi = conn.connection.dbapi_connection
+    dbapi.autocommit = True
+    try:
+        yield conn
+    finally:
+        if not dbapi.closed:   # a lost connection is discarded by the pool anyway
+            dbapi.autocommit = False
 
 
 def lost_connection(exc: BaseException) -> bool:

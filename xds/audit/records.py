@@ -586,6 +586,8 @@ def render(event: "AuditEvent | SystemEvent", audit_source_id: str, enterprise_s
 
 # --- the stored form: events wait in the outbox as JSON, rendered when they are sent -------------
 def _plain(value):
+    """json.dumps's hook for what JSON has no type for; the encoder's C code does the rest (dicts, lists,
+    tuples, strings), which made the stored form a fifth of the cost of an audited query's record."""
     if isinstance(value, datetime):
         return {"$t": value.astimezone(timezone.utc).isoformat()}
     if isinstance(value, bytes):
@@ -595,10 +597,8 @@ def _plain(value):
     if isinstance(value, Code):
         return {"$c": [value.code, value.system, value.display]}
     if isinstance(value, (Node, HumanRequestor, DocumentRef)):
-        return {"$" + type(value).__name__: {k: _plain(v) for k, v in vars(value).items()}}
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    return value
+        return {"$" + type(value).__name__: vars(value)}
+    raise TypeError(f"an audit event holds a {type(value).__name__}, which the outbox cannot store")
 
 
 _TYPES = {"Node": Node, "HumanRequestor": HumanRequestor, "DocumentRef": DocumentRef}
@@ -621,8 +621,7 @@ def _typed(value):
 
 def to_stored(event: "AuditEvent | SystemEvent") -> str:
     kind = "system" if isinstance(event, SystemEvent) else "transaction"
-    return json.dumps({"$event": kind, **{k: _plain(v) for k, v in vars(event).items()}},
-                      separators=(",", ":"), ensure_ascii=False)
+    return json.dumps({"$event": kind, **vars(event)}, default=_plain, separators=(",", ":"), ensure_ascii=False)
 
 
 def from_stored(text: str, sequence: int | None = None) -> "AuditEvent | SystemEvent":
