@@ -890,3 +890,33 @@ def test_find_documents_uses_reg_object_index_on_postgres(db_url):
 
 def _raw(name, value):
     return RawSlot(name, [value])
+
+
+def test_by_id_leaf_class_answers_read_the_stored_text_with_their_rows(world):
+    """GetRelatedDocuments and GetFolderAndContents read each DocumentEntry's and Association's stored
+    text in the statement that selects it (and an association's two directions in one statement), so the
+    LeafClass answer needs no second read of either table: GetRelatedDocuments is three statements, and
+    GetFolderAndContents reads only the Folder again (its lastUpdateTime). The answers are the same
+    objects as the ObjectRef ones, parsed from those rows."""
+    from tests.test_query_limits import RowMeter
+
+    def measured(fn):
+        meter = RowMeter(world.store.engine)
+        try:
+            answer = fn()
+        finally:
+            meter.close()
+        return answer, [sql for sql, _, _ in meter.statements if sql.lstrip().upper().startswith("SELECT")]
+
+    leaf, statements = measured(lambda: related(world, uuid=world["D1"], return_type="LeafClass"))
+    assert names(world, leaf.ids) == names(world, related(world, uuid=world["D1"]).ids) == {"D1", "D5", "a_rplc"}
+    assert len(statements) == 3, statements
+    assert "UNION ALL" in statements[1] and "association.xml" in statements[1]
+    assert all("reg_object.xml" in s for s in (statements[0], statements[2]))
+
+    leaf, statements = measured(lambda: fol_contents(world, uuid=world["F1"], return_type="LeafClass"))
+    refs = fol_contents(world, uuid=world["F1"], return_type="ObjectRef")
+    assert names(world, leaf.ids) == names(world, refs.ids) and names(world, leaf.of("ExtrinsicObject")) >= {"D1"}
+    reread = [s for s in statements if "folder.last_update_time" in s]
+    assert len(reread) == 1, statements
+    assert not any("FROM association" in s and "association.xml" not in s for s in statements), statements

@@ -154,9 +154,11 @@ def test_get_all_at_the_limit_is_answered_whole(many):
     assert answer.status == C.RESPONSE_SUCCESS and answer.ids == everything.ids
     # The objects fit and the associations tip it over: they too are read only as far as needed
     # (each association touches two objects of the answer, so an unbounded read meets most twice).
+    # The DocumentEntries' stored XML comes with their rows (one round trip less per answer), so what
+    # is read of it in vain stays within the limit too.
     answer, meter = run(many, "GetAll", total - 1)
     assert answer.errors == [(E.TOO_MANY_RESULTS, "AdhocQuery")]
-    assert meter.rows(only_xml=True) == 0 and meter.rows() <= total, meter.statements
+    assert 0 < meter.rows(only_xml=True) <= total and meter.rows() <= total, meter.statements
 
 
 @pytest.mark.parametrize("name", sorted(QUERIES))

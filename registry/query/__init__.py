@@ -133,7 +133,8 @@ def _leaf_class(store: RegistryStore, conn, found: Found, req: QueryRequest) -> 
     parts.update((i, answer_part(r.xml, r.status, r.lid, r.version, r.last_update_time, req.home, r.ready))
                  for i, r in rows.items())
     out = [parts[i] for i in ids if i in parts]
-    assocs = store.association_rows(conn, found.associations)
+    assocs = dict(found.stored_associations)
+    assocs.update(store.association_rows(conn, [i for i in found.associations if i not in assocs]))
     out += [association_part(a, req.home) for a in (assocs[i] for i in found.associations if i in assocs)]
     return out
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from sqlalchemy import exists, or_, select
+from sqlalchemy import exists, or_, select, union_all
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -55,21 +55,34 @@ class Ctx:
         return self.params.metadata_level
 
 
+# What a LeafClass answer needs of a DocumentEntry and of an Association besides what the query selects
+# them by: read with them (de_select, associations_in_seq_order), which spares the answer a second round
+# trip per table (registry.query._leaf_class takes them from Found.stored and Found.stored_associations).
+DE_ANSWER = (O.c.status, O.c.lid, O.c.version, O.c.xml, O.c.ready)
+ASSOCIATION_ANSWER = (A.c.status, A.c.ss_status, A.c.xml)
+_DE_ROW = 2 + len(DE_ANSWER)            # id, patient_id, then DE_ANSWER
+
+
 @dataclass
 class Found:
     """What a query selected: registry objects with their patient, then associations, in answer order."""
 
     objects: list[tuple[str, str | None]] = field(default_factory=list)
     associations: list[str] = field(default_factory=list)
-    # Rows already holding (status, lid, version, xml) of DocumentEntries, by id.
+    # Rows already holding (status, lid, version, xml, ready) of DocumentEntries, by id.
     stored: dict = field(default_factory=dict)
+    # Rows already holding (type, source, target, status, ss_status, xml) of associations, by id.
+    stored_associations: dict = field(default_factory=dict)
 
     def add_objects(self, rows: Iterable) -> None:
+        """(id, patient_id) rows, or de_select's with the answer's columns, which are then kept too."""
         seen = {i for i, _ in self.objects}
         for r in rows:
             if r[0] not in seen:
                 seen.add(r[0])
                 self.objects.append((r[0], r[1]))
+                if len(r) == _DE_ROW:
+                    self.stored[r[0]] = r
 
     def add_associations(self, ids: Iterable[str]) -> None:
         seen = set(self.associations)
@@ -77,6 +90,14 @@ class Found:
             if i not in seen:
                 seen.add(i)
                 self.associations.append(i)
+
+    def add_association_rows(self, rows: Iterable) -> None:
+        """Rows of associations_in_seq_order (or any with id first), keeping those read with their answer."""
+        rows = list(rows)
+        self.add_associations(r.id for r in rows)
+        for r in rows:
+            if "xml" in r._fields:
+                self.stored_associations.setdefault(r.id, r)
 
     @property
     def count(self) -> int:
@@ -208,8 +229,10 @@ def content_filters(ctx: Ctx, o=O, d=D) -> list[ColumnElement]:
 
 
 def de_select(ctx: Ctx, *where: ColumnElement):
-    """DocumentEntries matching where that the caller may see (ctx.scope)."""
-    return (select(O.c.id, O.c.patient_id).select_from(O.join(D, D.c.id == O.c.id))
+    """DocumentEntries matching where that the caller may see (ctx.scope): (id, patient_id), and for
+    LeafClass the answer's columns (DE_ANSWER)."""
+    return (select(O.c.id, O.c.patient_id, *(DE_ANSWER if ctx.leaf_class else ()))
+            .select_from(O.join(D, D.c.id == O.c.id))
             .where(O.c.kind == S.KIND_DOCUMENT_ENTRY, *where, *ctx.scope.de()).order_by(O.c.seq))
 
 
@@ -235,19 +258,23 @@ def associations_in_seq_order(ctx: Ctx, ids: Sequence[str], *where: ColumnElemen
     With stop_at, reading stops once stop_at associations are found: the caller only needs to know
     that the answer is too large, and then gets an incomplete list."""
     rows = {}
+    columns = (A.c.id, A.c.type, A.c.source, A.c.target, A.c.seq) + (ASSOCIATION_ANSWER if ctx.leaf_class else ())
     for part in chunks(list(dict.fromkeys(ids))):
         part = list(part)
-        # Two index-driven lookups rather than one OR, which some planners turn into a scan.
-        for col in (A.c.source, A.c.target):
-            stmt = select(A.c.id, A.c.type, A.c.source, A.c.target, A.c.seq).where(col.in_(part), *where,
-                                                                                   *ctx.scope.associations())
-            if stop_at is not None:
-                # The second lookup may find again every association of the first, hence len(rows);
-                # a lookup cut short by its limit always brings the count to stop_at.
-                stmt = stmt.limit(stop_at + len(rows))
-            for r in ctx.conn.execute(stmt):
+        # Two index-driven lookups rather than one OR, which some planners turn into a scan; without a
+        # limit, in one statement (one round trip), each arm still planned on its own index.
+        arms = [select(*columns).where(col.in_(part), *where, *ctx.scope.associations())
+                for col in (A.c.source, A.c.target)]
+        if stop_at is None:
+            for r in ctx.conn.execute(union_all(*arms)):
                 rows[r.id] = r
-            if stop_at is not None and len(rows) >= stop_at:
+            continue
+        for stmt in arms:
+            # The second lookup may find again every association of the first, hence len(rows);
+            # a lookup cut short by its limit always brings the count to stop_at.
+            for r in ctx.conn.execute(stmt.limit(stop_at + len(rows))):
+                rows[r.id] = r
+            if len(rows) >= stop_at:
                 return sorted(rows.values(), key=lambda r: r.seq)
     return sorted(rows.values(), key=lambda r: r.seq)
 

@@ -17,9 +17,10 @@ from xds.security.policy import Visibility
 from registry import schema as S
 from . import scope as SC
 from .filters import (
-    A, AU, D, FOL, O, OC, REF, SSET, Ctx, Found, assoc_status_filter, associations_in_seq_order, author_matches,
-    code_groups, content_filters, de_select, de_visible, entry_type_filter, fd_visible, latest_version,
-    like_clause, like_value, needs_latest_check, obj_select, rows_in, time_range,
+    A, ASSOCIATION_ANSWER, AU, D, DE_ANSWER, FOL, O, OC, REF, SSET, Ctx, Found, assoc_status_filter,
+    associations_in_seq_order, author_matches, code_groups, content_filters, de_select, de_visible,
+    entry_type_filter, fd_visible, latest_version, like_clause, like_value, needs_latest_check, obj_select,
+    rows_in, time_range,
 )
 
 HM = C.ASSOC_HAS_MEMBER
@@ -159,7 +160,7 @@ def _build_find_documents(key: tuple, vis, now: int):
     stmt = (select(O.c.id, O.c.patient_id).select_from(O.join(D, D.c.id == O.c.id))
             .where(O.c.kind == S.KIND_DOCUMENT_ENTRY, *where).order_by(O.c.seq))
     if with_xml:
-        stmt = stmt.add_columns(O.c.status, O.c.lid, O.c.version, O.c.xml, O.c.ready)
+        stmt = stmt.add_columns(*DE_ANSWER)
     if capped:
         stmt = stmt.limit(bindparam("row_cap"))
     return stmt
@@ -183,9 +184,7 @@ def find_documents(ctx: Ctx, patient_param: str = "$XDSDocumentEntryPatientId") 
     # For LeafClass the stored XML comes back with the ids, saving the second round trip.
     stmt, values = find_documents_select(ctx, patient_param, with_xml=ctx.leaf_class)
     rows = ctx.conn.execute(stmt, values).all()
-    found.add_objects(rows)
-    if ctx.leaf_class:
-        found.stored = {r.id: r for r in rows}
+    found.add_objects(rows)   # with the answer's columns for LeafClass: kept in found.stored
     return found
 
 
@@ -248,8 +247,7 @@ def get_all(ctx: Ctx) -> Found:
     if cap == 0:
         return found
     ids = [i for i, _ in found.objects]
-    found.add_associations(r.id for r in associations_in_seq_order(ctx, ids, *assoc_status_filter(ctx.params),
-                                                                   stop_at=cap))
+    found.add_association_rows(associations_in_seq_order(ctx, ids, *assoc_status_filter(ctx.params), stop_at=cap))
     return found
 
 
@@ -299,8 +297,8 @@ def get_folders(ctx: Ctx) -> Found:
 
 def get_associations(ctx: Ctx) -> Found:
     found = Found()
-    found.add_associations(r.id for r in associations_in_seq_order(ctx, ctx.params.get("$uuid"),
-                                                               *assoc_status_filter(ctx.params)))
+    found.add_association_rows(associations_in_seq_order(ctx, ctx.params.get("$uuid"),
+                                                         *assoc_status_filter(ctx.params)))
     return found
 
 
@@ -308,7 +306,7 @@ def get_documents_and_associations(ctx: Ctx) -> Found:
     found = Found()
     found.add_objects(_documents_by_id(ctx, "$XDSDocumentEntryEntryUUID", "$XDSDocumentEntryUniqueId"))
     ids = [i for i, _ in found.objects]
-    found.add_associations(r.id for r in associations_in_seq_order(ctx, ids, *assoc_status_filter(ctx.params)))
+    found.add_association_rows(associations_in_seq_order(ctx, ids, *assoc_status_filter(ctx.params)))
     return found
 
 
@@ -370,7 +368,7 @@ def get_submission_set_and_contents(ctx: Ctx) -> Found:
     objects = {ss.id} | {d.id for d in docs} | {f.id for f in fols}
     candidates = {a.id: a for a in list(member_assocs) + list(inner) + list(links)}
     kept = _keep_closed(sorted(candidates.values(), key=lambda a: a.seq), objects)
-    found.add_associations(a.id for a in kept)
+    found.add_association_rows(kept)
     return found
 
 
@@ -381,7 +379,8 @@ def get_folder_and_contents(ctx: Ctx) -> Found:
     if not fols:
         return found
     fol_ids = [f.id for f in fols]
-    links = ctx.conn.execute(select(A.c.id, A.c.target, A.c.seq)
+    links = ctx.conn.execute(select(A.c.id, A.c.type, A.c.source, A.c.target, A.c.seq,
+                                    *(ASSOCIATION_ANSWER if ctx.leaf_class else ()))
                              .where(A.c.source.in_(fol_ids), A.c.type == HM, *assoc_status_filter(p),
                                     *ctx.scope.associations()).order_by(A.c.seq)).all()
     docs = rows_in(ctx, lambda part: de_select(ctx, O.c.id.in_(part), *content_filters(ctx), *de_visible(ctx)),
@@ -389,7 +388,7 @@ def get_folder_and_contents(ctx: Ctx) -> Found:
     doc_ids = {d.id for d in docs}
     found.add_objects(fols)
     found.add_objects(docs)
-    found.add_associations(a.id for a in links if a.target in doc_ids)
+    found.add_association_rows(a for a in links if a.target in doc_ids)
     return found
 
 
@@ -433,7 +432,7 @@ def get_related_documents(ctx: Ctx) -> Found:
     linked_focus = {a.source for a in kept} | {a.target for a in kept}
     found.add_objects(f for f in focus if f.id in linked_focus)
     found.add_objects(related)
-    found.add_associations(a.id for a in kept)
+    found.add_association_rows(kept)
     return found
 
 
