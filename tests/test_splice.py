@@ -245,8 +245,9 @@ def test_http_answer_is_spliced_and_whole(server, monkeypatch):
     assert infoset(answer) == infoset(whole)
 
 
-def test_http_query_by_ids_audits_its_patient(server):
-    """A query by ids has its patient from the answer's objects, which the audit layer parses for it."""
+def test_http_query_by_ids_audits_its_patient(server, monkeypatch):
+    """A query by ids has its patient from the answer's objects, which the audit layer parses beside the
+    answer (SoapResponse.registry_objects): the answer still goes out spliced, never parsed into its tree."""
     from xds.audit import records as R
     from xds.client import SoapClient
 
@@ -257,6 +258,7 @@ def test_http_query_by_ids_audits_its_patient(server):
     uid = sub.find(f".//{{{RIM}}}ExternalIdentifier[@identificationScheme='{C.DE_UNIQUE_ID}']").get("value")
     before = (server.auditor.store.records(0, 100000) or [(0,)])[-1][0]
     req = request(C.SQ_GET_DOCUMENTS, [("$XDSDocumentEntryUniqueId", lst(uid))], "LeafClass")
+    monkeypatch.setattr(spliced, "materialise", lambda *a: (_ for _ in ()).throw(AssertionError("materialised")))
     data = _post(server, soap.build_envelope(soap.SOAP12, C.ACTION_QUERY, None, req))
     assert len(etree.fromstring(data).findall(f".//{{{RIM}}}ExtrinsicObject")) == 1
     queries = [e for e in (R.from_stored(stored, seq) for seq, stored, _, _ in

@@ -125,6 +125,7 @@ class SoapResponse:
         self.mtom = mtom
         self.cleanup = cleanup
         self._parts = parts
+        self._objects: list[etree._Element] | None = None
         if parts is not None:
             spliced.mark(payload)
 
@@ -138,6 +139,17 @@ class SoapResponse:
     @property
     def head(self) -> etree._Element:
         return self._payload
+
+    def registry_objects(self) -> list[etree._Element]:
+        """The registry objects the answer holds, as elements, for a layer that reads them (the audit of a
+        query by ids): parsed from the serialised parts once, but not put into the payload, which then still
+        goes out spliced instead of being serialised whole again."""
+        if self._parts is None:
+            holder = self._payload.find(spliced.LIST)
+            return [] if holder is None else [el for el in holder if isinstance(el.tag, str)]
+        if self._objects is None:
+            self._objects = spliced.parsed(self._parts)
+        return self._objects
 
     def envelope(self, version: str, action: str | None, relates_to: str | None, to: str | None = None) -> bytes:
         body = soap.build_envelope(version, action, relates_to, self._payload, to=to)

@@ -119,6 +119,10 @@ class Auditor:
         def payload():
             return resp.payload if resp is not None else None
 
+        def answered():
+            # The answer's objects without splicing them into its payload (SoapResponse.registry_objects).
+            return F.patients_of(resp.registry_objects()) if resp is not None else set()
+
         if exc is not None:
             outcome = 8 if isinstance(exc, SoapFault) else 12
             description = (getattr(exc, "subcode", None) or "SOAP fault") if isinstance(exc, SoapFault) \
@@ -127,12 +131,12 @@ class Auditor:
             outcome, description = F.outcome(head)
         facts = F.of_request(tx, req.body)
         if tx == "ITI-18" and facts.patient_id is None and exc is None:
-            answered = F.answered_patients(payload())   # a query by ids: the patient is the answer's, if one
-            facts.patient_id = next(iter(answered)) if len(answered) == 1 else None
+            patients = answered()   # a query by ids: the patient is the answer's, if one
+            facts.patient_id = next(iter(patients)) if len(patients) == 1 else None
         if tx == "ITI-51":
             # One participant object per patient the query names (a query without a list: those answered).
             if not facts.patient_ids and exc is None:
-                facts.patient_ids = sorted(F.answered_patients(payload()))
+                facts.patient_ids = sorted(answered())
             facts.patient_id = None
         principal = req.principal
         event = R.AuditEvent(
@@ -157,7 +161,7 @@ class Auditor:
         accesses: list[Access] = []
         if self.registry is not None and req.actor == R.REGISTRY and exc is None:
             accesses = self._accesses(tx, principal, facts, payload, outcome, getattr(req, "audit_before", None),
-                                      getattr(req, "registered", None))
+                                      getattr(req, "registered", None), answered=answered)
         self._write(records, accesses)
 
     def must_record(self, req) -> bool:
@@ -280,8 +284,9 @@ class Auditor:
 
     # --- the patient's log ------------------------------------------------------------------------------
     def _accesses(self, tx, principal, facts: F.Facts, payload: Callable, outcome: int, before,
-                  registered: dict | None = None) -> list[Access]:
-        """payload: gives the answer's payload, read only where the accesses depend on what it holds."""
+                  registered: dict | None = None, answered: Callable = set) -> list[Access]:
+        """payload: gives the answer's payload, answered: the patients of its registry objects; each is read
+        only where the accesses depend on what the answer holds."""
         action = _ACTIONS.get(tx)
         if action is None:
             return []
@@ -306,7 +311,7 @@ class Auditor:
 
         out: list[Access] = []
         if tx == "ITI-18":
-            patients = {facts.patient_id} if facts.patient_id else F.answered_patients(payload())
+            patients = {facts.patient_id} if facts.patient_id else answered()
             out = [entry(p) for p in sorted(patients)]
         elif tx == "ITI-51":
             out = [entry(p) for p in sorted(set(facts.patient_ids))]

@@ -155,13 +155,16 @@ def retrieved(payload: etree._Element | None) -> list[str]:
 
 def answered_patients(payload: etree._Element | None) -> set[str]:
     """The patients of the DocumentEntries, Folders and SubmissionSets an ITI-18 answer returns."""
-    out: set[str] = set()
     if payload is None:
-        return out
+        return set()
     object_list = payload.find(_r("RegistryObjectList"))
-    if object_list is None:
-        return out
-    for obj in object_list:
+    return set() if object_list is None else patients_of(object_list)
+
+
+def patients_of(objects) -> set[str]:
+    """The patients of these registry objects (DocumentEntries, Folders, SubmissionSets; others have none)."""
+    out: set[str] = set()
+    for obj in objects:
         if not isinstance(obj.tag, str):
             continue
         for scheme in (C.DE_PATIENT_ID, C.SS_PATIENT_ID, C.FOLDER_PATIENT_ID):
