@@ -21,7 +21,7 @@ from sqlalchemy import Table, delete, insert, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from xds import constants as C
-from xds.db import autocommit, make_engine, writer_lock
+from xds.db import make_engine, read_only, writer_lock
 from xds.ebrim import to_element
 from xds.hl7 import patient_key
 from xds.model import Association, DocumentEntry, Folder, RegistryObject, SubmissionSet
@@ -96,14 +96,9 @@ class RegistryStore:
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(xds_read_only=True) as conn:
-            if not self.is_postgres:
-                yield conn   # SQLite's deferred BEGIN: one snapshot for every statement of the read
-                return
-            # READ COMMITTED gives each statement its own snapshot in a transaction or not: a block around
-            # reads would only add BEGIN and ROLLBACK round trips.
-            with autocommit(conn):
-                yield conn
+        # SQLite: a deferred BEGIN, one snapshot for every statement of the read.
+        with self.engine.connect().execution_options(xds_read_only=True) as conn, read_only(conn):
+            yield conn
 
     # --- serialisation of writers -----------------------------------------------------
     def lock_unique_ids(self, conn: Connection, unique_ids: Iterable[str]) -> None:

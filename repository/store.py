@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from xds.db import make_engine
+from xds.db import make_engine, read_only
 from . import schema as S
 
 _CHUNK = 500  # bound IN-lists so that long retrieve requests stay within driver limits
@@ -65,7 +65,7 @@ class RepositoryStore:
         t = S.document
         # One short read, closed before anything slow happens: with SQLite every transaction
         # holds the write lock, and the in-process registry needs it during ITI-41.
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn, read_only(conn):
             if len(ids) == 1:
                 results = [conn.execute(_ONE, {"uid": ids[0]})]
             else:

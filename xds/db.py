@@ -112,6 +112,13 @@ def autocommit(conn: Connection) -> Iterator[Connection]:
             dbapi.autocommit = False
 
 
+def read_only(conn: Connection):
+    """For a unit of work that only reads: on PostgreSQL outside a transaction block (READ COMMITTED gives
+    each statement its own snapshot in a transaction or not, so a block would only add the BEGIN and
+    ROLLBACK round trips); elsewhere the connection as it is (SQLite's transaction is a snapshot)."""
+    return autocommit(conn) if conn.dialect.name == "postgresql" else contextlib.nullcontext(conn)
+
+
 def lost_connection(exc: BaseException) -> bool:
     """The error is the database connection's loss (SQLAlchemy has then invalidated it)."""
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
