@@ -267,3 +267,46 @@ def test_0005_indexes_codes_by_object_alone(engine):
     with engine.connect() as c:
         assert c.execute(sa.select(RS.object_code.c.code).where(RS.object_code.c.object_id == oid)).scalars().all() \
             == ["T-D4909^^SNM3"]
+
+
+def test_a_populated_registry_from_0001_keeps_every_row_through_every_migration(engine):
+    """On SQLite a batch migration rebuilds a table by copying it where SQLite cannot alter in place (0002's
+    column types: doc_entry, submission_set, object_code), and the engine has foreign keys on, under which
+    dropping the old copy of reg_object would delete every row referencing it (ON DELETE CASCADE); 0003 and
+    0005 add reg_object's columns in place for that reason. A registration made at 0001 and upgraded to the
+    head comes out whole on both backends."""
+    migrate.upgrade(engine, "registry", "registry_0001")
+    migrate.upgrade(engine, "repository", "repository_0001")
+    tables = ("reg_object", "doc_entry", "submission_set", "object_code", "object_author", "association")
+    oid, sid = "urn:uuid:00000001-0000-4000-8000-00000000000a", "urn:uuid:00000002-0000-4000-8000-00000000000a"
+    pid = "5^^^&1.2.3&ISO"
+    with engine.begin() as c:
+        c.execute(sa.text("INSERT INTO patient (patient_id, active) VALUES (:p, :t)"), {"p": pid, "t": True})
+        for n, (i, kind) in enumerate(((oid, "DE"), (sid, "SS"))):
+            c.execute(sa.text("INSERT INTO reg_object (id, lid, version, kind, status, patient_id, seq, xml) "
+                              "VALUES (:i, :i, 1, :k, :s, :p, :n, '<x/>')"),
+                      {"i": i, "k": kind, "s": C.STATUS_APPROVED, "p": pid, "n": n + 1})
+        cols = {col["name"] for col in sa.inspect(c).get_columns("doc_entry")}
+        de = {"id": oid, "entry_type": C.OBJECT_TYPE_STABLE, "mime_type": "text/plain", "class_code": "c^^s"}
+        de = {k: v for k, v in de.items() if k in cols}
+        c.execute(sa.text(f"INSERT INTO doc_entry ({', '.join(de)}) VALUES ({', '.join(':' + k for k in de)})"), de)
+        c.execute(sa.text("INSERT INTO submission_set (id) VALUES (:i)"), {"i": sid})
+        c.execute(sa.text("INSERT INTO object_code (object_id, scheme, code) VALUES (:i, :s, 'c^^s')"),
+                  {"i": oid, "s": C.DE_CLASS_CODE})
+        c.execute(sa.text("INSERT INTO object_author (object_id, person) VALUES (:i, 'Dr A')"), {"i": oid})
+        acols = {col["name"] for col in sa.inspect(c).get_columns("association")}
+        assoc = {"id": "urn:uuid:00000003-0000-4000-8000-00000000000a", "type": C.ASSOC_HAS_MEMBER, "source": sid,
+                 "target": oid, "status": C.STATUS_APPROVED, "seq": 3, "xml": "<a/>", "ss_status": "Original"}
+        assoc = {k: v for k, v in assoc.items() if k in acols}
+        c.execute(sa.text(f"INSERT INTO association ({', '.join(assoc)}) VALUES ({', '.join(':' + k for k in assoc)})"),
+                  assoc)
+        before = {t: c.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar() for t in tables}
+    assert all(before.values()), before
+
+    upgrade_both(engine)
+
+    assert differences(engine, "registry") == []
+    with engine.connect() as c:
+        after = {t: c.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar() for t in tables}
+        assert after == before
+        assert c.execute(sa.text("SELECT class_code FROM doc_entry WHERE id = :i"), {"i": oid}).scalar() == "c^^s"
