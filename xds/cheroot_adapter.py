@@ -418,16 +418,17 @@ class _Gateway(wsgi.Gateway_10):
         self._send_direct(len(chunk), send)
 
     def _send_region(self, region: FileRegion) -> None:
-        def send(length: int) -> int:
-            with open(region.path, "rb") as f:
+        # Opened before anything of the region is framed, as before the direct path was shared with bytes.
+        with open(region.path, "rb") as f:
+            def send(length: int) -> int:
                 # socket.sendfile waits at most the socket's timeout (idle_timeout) for each write, like send().
                 sent = self.req.conn.socket.sendfile(f, region.offset, length)
-            if sent != length:
-                raise OSError(f"{region.path} ended after {sent} of the {length} bytes to send from it")
-            self.req.server.file_regions.add(sent)
-            return sent
+                if sent != length:
+                    raise OSError(f"{region.path} ended after {sent} of the {length} bytes to send from it")
+                self.req.server.file_regions.add(sent)
+                return sent
 
-        self._send_direct(region.length, send)
+            self._send_direct(region.length, send)
 
     def _send_direct(self, full: int, send) -> None:
         """Send `full` bytes with send(length) past cheroot's writer, framed and counted as its write() does."""
