@@ -21,7 +21,7 @@ from sqlalchemy import Table, delete, insert, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from xds import constants as C
-from xds.db import make_engine, read_only, writer_lock
+from xds.db import make_engine, pg_insert, read_only, writer_lock
 from xds.ebrim import to_element
 from xds.hl7 import patient_key
 from xds.model import Association, DocumentEntry, Folder, RegistryObject, SubmissionSet
@@ -661,14 +661,9 @@ _PG_BATCH_BYTES = 4 * 1024 * 1024
 
 
 def _pg_insert(cur, table: Table, rows: list[dict]) -> bytes:
-    """A multi-row INSERT with its values bound by psycopg2 itself (mogrify quotes them), so that
-    several tables can be written with one execute. The registration order comes from the sequence."""
-    cols = list(rows[0])
-    draw_seq = "seq" in table.c and "seq" not in cols
-    template = "(" + ",".join(["%s"] * len(cols)) + (",nextval('reg_seq')" if draw_seq else "") + ")"
-    names = ",".join(cols + (["seq"] if draw_seq else []))
-    values = b",".join(cur.mogrify(template, [r[c] for c in cols]) for r in rows)
-    return f"INSERT INTO {table.name} ({names}) VALUES ".encode() + values
+    """xds.db.pg_insert; the registration order comes from the sequence."""
+    draw_seq = "seq" in table.c and "seq" not in rows[0]
+    return pg_insert(cur, table, rows, {"seq": "nextval('reg_seq')"} if draw_seq else None)
 
 
 def _doc_entry_row(o: DocumentEntry) -> dict:

@@ -119,6 +119,18 @@ def read_only(conn: Connection):
     return autocommit(conn) if conn.dialect.name == "postgresql" else contextlib.nullcontext(conn)
 
 
+def pg_insert(cur, table, rows: list[dict], drawn: dict[str, str] | None = None) -> bytes:
+    """A multi-row INSERT with its values bound by psycopg2 itself (mogrify quotes them), so that several
+    tables can be written with one execute of the joined statements. drawn: columns whose value an SQL
+    expression gives inside the INSERT (a sequence's nextval), added after the rows' own."""
+    cols = list(rows[0])
+    drawn = drawn or {}
+    template = "(" + ",".join(["%s"] * len(cols) + list(drawn.values())) + ")"
+    names = ",".join(cols + list(drawn))
+    values = b",".join(cur.mogrify(template, [r[c] for c in cols]) for r in rows)
+    return f"INSERT INTO {table.name} ({names}) VALUES ".encode() + values
+
+
 def lost_connection(exc: BaseException) -> bool:
     """The error is the database connection's loss (SQLAlchemy has then invalidated it)."""
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)

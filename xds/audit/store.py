@@ -25,7 +25,7 @@ from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Index, Integer, M
 from sqlalchemy.engine import Engine
 
 from xds import migrate
-from xds.db import autocommit, writer_lock
+from xds.db import autocommit, pg_insert, writer_lock
 
 metadata = MetaData()
 _ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite's rowid alias must be INTEGER
@@ -164,22 +164,19 @@ class AuditStore:
                 conn.execute(insert(audit_notification), note_rows)
 
     def _append_at_once(self, tables: list[tuple[Table, list[dict]]]) -> None:
-        """PostgreSQL: every row of the request in one message of several INSERTs, outside any transaction
-        block. The server runs such a message as one implicit transaction (all or nothing), so the record
-        costs one round trip instead of BEGIN, an INSERT per table and COMMIT (docs/scaling.md)."""
-        statements, params = [], {}
-        for table, rows in tables:
-            for n, row in enumerate(rows):
-                names = list(row)
-                for name in names:
-                    params[f"{table.name}_{n}_{name}"] = row[name]
-                statements.append(
-                    f'INSERT INTO {table.name} ({", ".join(chr(34) + c + chr(34) for c in names)}) VALUES ('
-                    + ", ".join(f"%({table.name}_{n}_{c})s" for c in names) + ")")
-        if not statements:
+        """PostgreSQL: every row of the request in one message of INSERTs (xds.db.pg_insert, as the registry
+        writes a submission), outside any transaction block. The server runs such a message as one implicit
+        transaction (all or nothing), so the record costs one round trip instead of BEGIN, an INSERT per
+        table and COMMIT (docs/scaling.md)."""
+        tables = [(table, rows) for table, rows in tables if rows]
+        if not tables:
             return
         with self.engine.connect() as conn, autocommit(conn):
-            conn.exec_driver_sql("; ".join(statements), params)
+            cur = conn.connection.dbapi_connection.cursor()
+            try:
+                cur.execute(b";".join(pg_insert(cur, table, rows) for table, rows in tables))
+            finally:
+                cur.close()
 
     def _writing(self):
         return self._writers if self._writers is not None else contextlib.nullcontext()
