@@ -122,13 +122,8 @@ def _check_leaf_class(found: Found, config: RegistryConfig, single_patient: bool
 def _leaf_class(store: RegistryStore, conn, found: Found, req: QueryRequest) -> list[bytes]:
     ids = [i for i, _ in found.objects]
     # DocumentEntries read with the query itself (they carry no lastUpdateTime), then the other objects.
-    home = req.home
-    parts = {}
-    for i, r in found.stored.items():
-        if r.ready and not home and r.status == C.STATUS_APPROVED:
-            parts[i] = r.xml.encode()   # with_status()'s case that is most of a record: sent as stored
-        else:
-            parts[i] = answer_part(r.xml, r.status, r.lid, r.version, home=home, ready=r.ready)
+    parts = {i: answer_part(r.xml, r.status, r.lid, r.version, home=req.home, ready=r.ready)
+             for i, r in found.stored.items()}
     rows = store.object_rows(conn, [i for i in ids if i not in parts])
     parts.update((i, answer_part(r.xml, r.status, r.lid, r.version, r.last_update_time, req.home, r.ready))
                  for i, r in rows.items())
