@@ -60,7 +60,11 @@ class Ctx:
 # trip per table (registry.query._leaf_class takes them from Found.stored and Found.stored_associations).
 DE_ANSWER = (O.c.status, O.c.lid, O.c.version, O.c.xml, O.c.ready)
 ASSOCIATION_ANSWER = (A.c.status, A.c.ss_status, A.c.xml)
-_DE_ROW = 2 + len(DE_ANSWER)            # id, patient_id, then DE_ANSWER
+
+
+def _with_answer(row) -> bool:
+    """The row was read with its answer's columns (plain (id, patient_id) tuples were not)."""
+    return "xml" in getattr(row, "_fields", ())
 
 
 @dataclass
@@ -81,7 +85,7 @@ class Found:
             if r[0] not in seen:
                 seen.add(r[0])
                 self.objects.append((r[0], r[1]))
-                if len(r) == _DE_ROW:
+                if _with_answer(r):
                     self.stored[r[0]] = r
 
     def add_associations(self, ids: Iterable[str]) -> None:
@@ -96,7 +100,7 @@ class Found:
         rows = list(rows)
         self.add_associations(r.id for r in rows)
         for r in rows:
-            if "xml" in r._fields:
+            if _with_answer(r):
                 self.stored_associations.setdefault(r.id, r)
 
     @property
