@@ -186,7 +186,7 @@ def test_leaf_class_holds_several_patients(world):
     assert a.status == "Success", a.errors                  # no XDSResultNotSinglePatient: that is ITI-18's
     assert {el.tag for el in a.items} == {C.q(RIM, "ExtrinsicObject")}
     assert names(d, a) == {"D1", "D3"}
-    assert F.answered_patients(a.body) == {d.p1, d.p2}
+    assert F.patients_of(a.items) == {d.p1, d.p2}
 
 
 def test_a_list_with_an_unknown_patient(world):

@@ -153,14 +153,6 @@ def retrieved(payload: etree._Element | None) -> list[str]:
     return [(dr.findtext(_x("DocumentUniqueId")) or "").strip() for dr in payload.iter(_x("DocumentResponse"))]
 
 
-def answered_patients(payload: etree._Element | None) -> set[str]:
-    """The patients of the DocumentEntries, Folders and SubmissionSets an ITI-18 answer returns."""
-    if payload is None:
-        return set()
-    object_list = payload.find(_r("RegistryObjectList"))
-    return set() if object_list is None else patients_of(object_list)
-
-
 def patients_of(objects) -> set[str]:
     """The patients of these registry objects (DocumentEntries, Folders, SubmissionSets; others have none)."""
     out: set[str] = set()
