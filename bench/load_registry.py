@@ -280,6 +280,15 @@ TABLES = {"reg_object": OBJ_COLS, "doc_entry": DE_COLS, "submission_set": SS_COL
           "object_code": CODE_COLS, "object_author": AUTHOR_COLS, "reference_id": REF_COLS,
           "association": ASSOC_COLS, "patient": PATIENT_COLS, "acc_patient": ACC_PATIENT_COLS,
           "acc_person": ACC_PERSON_COLS}
+# The side tables, whose rows take their object's patient in the partitioned layout.
+KEYED_BY_OBJECT = ("doc_entry", "submission_set", "folder", "object_code", "object_author", "reference_id",
+                   "association")
+
+
+def copy_columns(table: str, partitioned: bool) -> list[str]:
+    return TABLES[table] + (["patient_id"] if partitioned and table in KEYED_BY_OBJECT else [])
+
+
 MIMES = ["application/pdf"] * 6 + ["text/xml"] * 3 + ["image/jpeg"]
 TITLES = ["Compte rendu de consultation", "Compte rendu operatoire", "Lettre de liaison", "Ordonnance",
           "Resultats de biologie", "Compte rendu d'imagerie", "Synthese medicale"]
@@ -301,8 +310,8 @@ T2010, T2025 = calendar.timegm((2010, 1, 1, 0, 0, 0)), calendar.timegm((2025, 6,
 class Generator:
     """The rows of one patient's record, appended to per-table buffers (COPY text lines)."""
 
-    def __init__(self, seed: int, salt: str):
-        self.seed, self.salt = seed, salt
+    def __init__(self, seed: int, salt: str, partitioned: bool = False):
+        self.seed, self.salt, self.partitioned = seed, salt, partitioned
         self.t = Templates(salt)
         self.buf: dict[str, list[str]] = {t: [] for t in TABLES}
         self.now = int(time.time())
@@ -320,6 +329,17 @@ class Generator:
         return org, person, str(at), str(int(P.one_month_after(at)))
 
     def patient(self, p: int, count: int, seq: int) -> None:
+        b = self.buf
+        starts = {t: len(b[t]) for t in KEYED_BY_OBJECT}
+        self._patient(p, count, seq)
+        if self.partitioned:
+            # The partitioned layout's side rows carry their object's patient (registry/partitions.py).
+            tail = "\t" + patient_id(p)
+            for t, start in starts.items():
+                rows = b[t]
+                rows[start:] = [r + tail for r in rows[start:]]
+
+    def _patient(self, p: int, count: int, seq: int) -> None:
         rnd = random.Random(self.seed * 1_000_003 + p)
         b = self.buf
         pid = patient_id(p)
@@ -467,7 +487,7 @@ class Generator:
 
 
 def _worker(args) -> tuple[int, float]:
-    url, patients, counts, bases, seed, salt, batch, compression = args
+    url, patients, counts, bases, seed, salt, batch, compression, partitioned = args
     import psycopg2
 
     conn = psycopg2.connect(url)
@@ -477,7 +497,7 @@ def _worker(args) -> tuple[int, float]:
         # How TOAST compresses the stored XML of the rows this session writes (a column without its own
         # COMPRESSION setting takes the session's default).
         cur.execute("SET default_toast_compression = %s", (compression,))
-    gen = Generator(seed, salt)
+    gen = Generator(seed, salt, partitioned)
     t_copy = 0.0
 
     def flush():
@@ -486,7 +506,7 @@ def _worker(args) -> tuple[int, float]:
         for table, lines in gen.buf.items():
             if lines:
                 lines.append("")
-                cur.copy_expert(f"COPY {table} ({', '.join(TABLES[table])}) FROM STDIN",
+                cur.copy_expert(f"COPY {table} ({', '.join(copy_columns(table, partitioned))}) FROM STDIN",
                                 io.StringIO("\n".join(lines)))
                 lines.clear()
         t_copy += time.perf_counter() - t0
@@ -521,7 +541,8 @@ def _catalog(cur) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]
     owned = {n for _, n, _ in pks}
     cur.execute("SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
                 "AND tablename = ANY(%s)", (tables,))
-    idx = [(t, n, d) for t, n, d in cur.fetchall() if n not in owned]
+    # A partitioned table's index reads "ON ONLY t", which would build no partition's index.
+    idx = [(t, n, d.replace(" ON ONLY ", " ON ", 1)) for t, n, d in cur.fetchall() if n not in owned]
     return fks, pks, idx
 
 
@@ -546,7 +567,7 @@ def _run_parallel(url: str, statements: list[str], jobs: int) -> None:
 
 
 def load(url: str, entries: int, jobs: int = 2, seed: int = 18, batch: int = 5000,
-         compression: str | None = None) -> dict:
+         compression: str | None = None, partitions: int = 0) -> dict:
     """Create the registry schema by its migrations, drop its indexes and constraints, COPY `entries`
     DocumentEntries (and everything around them) from `jobs` processes, rebuild, ANALYZE."""
     import psycopg2
@@ -554,7 +575,7 @@ def load(url: str, entries: int, jobs: int = 2, seed: int = 18, batch: int = 500
 
     dsn = _dsn(url)
     t0 = time.perf_counter()
-    store = RegistryStore(url)
+    store = RegistryStore(url, partitions=partitions)
     store.migrate()
     store.engine.dispose()
     conn = psycopg2.connect(dsn)
@@ -579,19 +600,28 @@ def load(url: str, entries: int, jobs: int = 2, seed: int = 18, batch: int = 500
     t_gen = time.perf_counter()
     print(f"  {len(counts):,} patients, {entries:,} entries, {jobs} processes", flush=True)
     with mp.get_context("fork").Pool(jobs) as pool:
-        results = pool.map(_worker, [(dsn, part, counts, bases, seed, salt, batch, compression) for part in parts])
+        results = pool.map(_worker, [(dsn, part, counts, bases, seed, salt, batch, compression, partitions > 0)
+                                     for part in parts])
     t_copied = time.perf_counter()
     copy_rate = entries / (t_copied - t_gen)
     print(f"  rows copied in {t_copied - t_gen:.0f} s ({copy_rate:,.0f} entries/s; COPY itself "
           f"{', '.join(f'{c:.0f}' for _, c in results)} s per process); building indexes", flush=True)
     cur.execute("SELECT setval('reg_seq', %s)", (bases[-1] + 4 * counts[-1] + 64,))
+    if partitions:
+        # Built after its rows, like the other keys.
+        t_key = time.perf_counter()
+        cur.execute("ALTER TABLE registry_key DROP CONSTRAINT registry_key_pkey")
+        cur.execute("INSERT INTO registry_key SELECT id, patient_id FROM reg_object UNION ALL "
+                    "SELECT id, patient_id FROM association")
+        cur.execute("ALTER TABLE registry_key ADD PRIMARY KEY (id)")
+        print(f"  registry_key filled in {time.perf_counter() - t_key:.0f} s", flush=True)
     # Primary keys first (the foreign keys need reg_object's), each table's builds side by side.
     _run_parallel(dsn, [f"ALTER TABLE {t} ADD CONSTRAINT \"{n}\" {d}" for t, n, d in pks], jobs)
     _run_parallel(dsn, [d for _, _, d in idx], jobs)
     t_idx = time.perf_counter()
     _run_parallel(dsn, [f"ALTER TABLE {t} ADD CONSTRAINT \"{n}\" {d}" for t, n, d in fks], jobs)
     t_fk = time.perf_counter()
-    _run_parallel(dsn, [f"VACUUM (ANALYZE) {t}" for t in TABLES], jobs)
+    _run_parallel(dsn, [f"VACUUM (ANALYZE) {t}" for t in list(TABLES) + (["registry_key"] if partitions else [])], jobs)
     t_end = time.perf_counter()
     conn.close()
     out = dict(entries=entries, patients=len(counts), total=t_end - t0, copy=t_copied - t_gen,
@@ -613,19 +643,25 @@ def sizes(url: str) -> None:
     print(f"\nsizes ({n:,} DocumentEntries):")
     print(f"  {'relation':<34}{'rows':>12}{'MB':>10}{'B/entry':>10}")
     total = 0
-    for t in TABLES:
-        cur.execute("SELECT c.reltuples::bigint, pg_relation_size(c.oid), "
-                    "coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0), pg_total_relation_size(c.oid) "
-                    "FROM pg_class c WHERE c.relname = %s", (t,))
-        rows, heap, toast, tot = cur.fetchone()
+    cur.execute("SELECT to_regclass('registry_key') IS NOT NULL")
+    keyed = cur.fetchone()[0]
+    for t in list(TABLES) + (["registry_key"] if keyed else []):
+        # Summed over the partitions of a partitioned table (pg_partition_tree gives a plain table itself).
+        cur.execute("SELECT sum(greatest(c.reltuples, 0))::bigint, sum(pg_relation_size(c.oid)), "
+                    "sum(coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)), "
+                    "sum(pg_total_relation_size(c.oid)) FROM pg_class c WHERE c.oid = %(t)s::regclass "
+                    "AND c.relkind <> 'p' OR c.oid IN (SELECT relid FROM pg_partition_tree(%(t)s::regclass) "
+                    "WHERE isleaf)", {"t": t})
+        rows, heap, toast, tot = (int(v or 0) for v in cur.fetchone())
         total += tot
         print(f"  {t:<34}{rows:>12,}{tot / 1e6:>10.0f}{tot / n:>10.0f}")
         print(f"    {'heap':<32}{'':>12}{heap / 1e6:>10.0f}{heap / n:>10.0f}")
         if toast:
             print(f"    {'toast':<32}{'':>12}{toast / 1e6:>10.0f}{toast / n:>10.0f}")
-        cur.execute("SELECT indexrelid::regclass::text, pg_relation_size(indexrelid) FROM pg_index "
-                    "WHERE indrelid = %s::regclass ORDER BY 1", (t,))
-        for name, size in cur.fetchall():
+        cur.execute("SELECT i.indexrelid::regclass::text, coalesce((SELECT sum(pg_relation_size(p.relid)) FROM "
+                    "pg_partition_tree(i.indexrelid) p WHERE p.isleaf), pg_relation_size(i.indexrelid)) "
+                    "FROM pg_index i WHERE i.indrelid = %s::regclass ORDER BY 1", (t,))
+        for name, size in ((name, int(size or 0)) for name, size in cur.fetchall()):
             print(f"    {name:<32}{'':>12}{size / 1e6:>10.0f}{size / n:>10.0f}")
     print(f"  {'total':<34}{'':>12}{total / 1e6:>10.0f}{total / n:>10.0f}")
     cur.execute("SELECT kind, count(*), avg(octet_length(xml)), avg(pg_column_size(xml)) FROM reg_object "
@@ -694,8 +730,9 @@ class Cluster:
             self.started = False
 
 
-def db_name(entries: int, compression: str | None) -> str:
-    return f"xds_{entries}" + (f"_{compression}" if compression and compression != "pglz" else "")
+def db_name(entries: int, compression: str | None, partitions: int = 0) -> str:
+    return (f"xds_{entries}" + (f"_{compression}" if compression and compression != "pglz" else "")
+            + (f"_p{partitions}" if partitions else ""))
 
 
 def database(admin_url: str, name: str, fresh: bool) -> str:
@@ -827,6 +864,8 @@ def main() -> None:
     ap.add_argument("--name", help="database name (default xds_<entries>)")
     ap.add_argument("--compression", choices=("pglz", "lz4"),
                     help="TOAST compression of the stored XML for this load (default: the server's, pglz)")
+    ap.add_argument("--partitions", type=int, default=0,
+                    help="the registry's tables hash-partitioned by patient into this many partitions (0: plain)")
     ap.add_argument("--verify", action="store_true", help="compare stored queries with raw SQL after loading")
     ap.add_argument("--keep-running", action="store_true", help="leave the --pgdata cluster running")
     args = ap.parse_args()
@@ -837,9 +876,9 @@ def main() -> None:
         cluster = Cluster(args.pgdata or "/work/bench-data/pg")
         admin = cluster.start()
     try:
-        url = database(admin, args.name or db_name(args.entries, args.compression), fresh=True)
+        url = database(admin, args.name or db_name(args.entries, args.compression, args.partitions), fresh=True)
         print(f"loading {url}")
-        load(url, args.entries, args.jobs, args.seed, compression=args.compression)
+        load(url, args.entries, args.jobs, args.seed, compression=args.compression, partitions=args.partitions)
         sizes(url)
         if args.verify:
             verify(url)

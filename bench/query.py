@@ -25,6 +25,7 @@ import argparse
 import http.client
 import os
 import random
+import re
 import shutil
 import socket
 import statistics
@@ -91,6 +92,24 @@ def get_all_request(pid: str) -> etree._Element:
 RAW_FIND = ("SELECT o.xml FROM reg_object o JOIN doc_entry d ON d.id = o.id "
             "WHERE o.patient_id = %s AND o.kind = 'DE' AND o.status = %s AND d.class_code = %s "
             "AND d.creation_time >= %s AND d.creation_time < %s AND d.entry_type = %s ORDER BY o.seq")
+
+
+# The database being measured is partitioned by patient (registry/partitions.py): its raw SQL then joins the
+# side tables on the patient too, as the registry's own statements do, which keeps each join in one partition.
+PARTITIONED = False
+_SAME_PATIENT = (("JOIN doc_entry d ON d.id = o.id", " AND d.patient_id = o.patient_id"),
+                 ("JOIN folder f ON f.id = o.id", " AND f.patient_id = o.patient_id"),
+                 ("c.object_id = o.id", " AND c.patient_id = o.patient_id"),
+                 ("JOIN reg_object o ON o.id = a.source", " AND o.patient_id = a.patient_id"),
+                 ("JOIN reg_object o ON o.id = a.target", " AND o.patient_id = a.patient_id"),
+                 ("ELSE a.source END", " AND o.patient_id = a.patient_id"))
+
+
+def layout_sql(sql: str) -> str:
+    if PARTITIONED:
+        for join, more in _SAME_PATIENT:
+            sql = sql.replace(join, join + more)
+    return sql
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -273,7 +292,7 @@ def run_raw(raw, statements) -> int:
     n = 0
     with raw.cursor() as cur:
         for sql, args in statements:
-            cur.execute(sql, args)
+            cur.execute(layout_sql(sql), args)
             n += len(cur.fetchall())
     raw.rollback()
     return n
@@ -508,7 +527,7 @@ def measure_http(url: str, server: Server, queries: int, clients: list[int], see
             with raw.cursor() as cur:
                 want = set()
                 for sql, args in st:
-                    cur.execute(sql, args)
+                    cur.execute(layout_sql(sql), args)
                     for row in cur.fetchall():
                         want.add(row[0])
                         if name == "GetFolderAndContents" and len(row) == 4:
@@ -592,7 +611,7 @@ def in_process(url: str, args, pids: list[str]) -> None:
     def raw_sql(case):
         pid, klass, lo, hi = case
         with raw.cursor() as cur:
-            cur.execute(RAW_FIND, (pid, C.STATUS_APPROVED, klass, lo, hi, C.OBJECT_TYPE_STABLE))
+            cur.execute(layout_sql(RAW_FIND), (pid, C.STATUS_APPROVED, klass, lo, hi, C.OBJECT_TYPE_STABLE))
             cur.fetchall()
         raw.rollback()
 
@@ -652,7 +671,8 @@ def main() -> None:
                                      "its databases xds_<entries> are loaded once and reused")
     ap.add_argument("--entries", default="1000000",
                     help="DocumentEntries, or several separated by commas (1000000,10000000): one database each; "
-                         "N:lz4 loads that one with the stored XML compressed by lz4 instead of pglz")
+                         "N:lz4 loads that one with the stored XML compressed by lz4 instead of pglz; N:p64 with the "
+                         "registry's tables hash-partitioned by patient into 64 partitions (N:lz4:p64 both)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="loader processes")
     ap.add_argument("--queries", type=int, default=2000, help="in-process queries")
     ap.add_argument("--seed", type=int, default=18)
@@ -685,9 +705,13 @@ def main() -> None:
     by_size: dict[str, list[dict]] = {}
     try:
         for spec in args.entries.split(","):
-            entries, _, compression = spec.partition(":")
+            entries, *options = spec.split(":")
             entries = int(entries)
-            name = db_name(entries, compression or None)
+            partitions = next((int(o[1:]) for o in options if re.fullmatch(r"p\d+", o)), 0)
+            compression = next((o for o in options if o in ("pglz", "lz4")), "")
+            if set(options) - {compression, f"p{partitions}"}:
+                raise SystemExit(f"--entries {spec}: options are lz4/pglz and pN (N partitions)")
+            name = db_name(entries, compression or None, partitions)
             if args.skip_load:
                 url = admin
             else:
@@ -696,8 +720,12 @@ def main() -> None:
                 if have != entries:
                     url = database(admin, name, fresh=True)
                     print(f"loading {entries:,} DocumentEntries into {url}")
-                    fast_load(url, entries, args.jobs, args.seed, compression=compression or None)
-            print(f"\n=== {loaded_entries(url):,} DocumentEntries ({url})")
+                    fast_load(url, entries, args.jobs, args.seed, compression=compression or None,
+                              partitions=partitions)
+            global PARTITIONED
+            PARTITIONED = partitions > 0
+            print(f"\n=== {loaded_entries(url):,} DocumentEntries ({url}), "
+                  + (f"{partitions} partitions by patient" if partitions else "plain tables"))
             if args.sizes:
                 print_sizes(url)
             import psycopg2

@@ -15,7 +15,7 @@ def _settings(args) -> settings_mod.Settings:
                                                       "feed_sources", "allow_plain_mllp", "habilitation_matrix",
                                                       "admin_subjects", "registry_subjects", "audit_repository",
                                                       "audit_tls_ca", "audit_source_id", "notification_webhook",
-                                                      "async_reply_to")}
+                                                      "async_reply_to", "registry_partitions")}
     if getattr(args, "no_patient_check", False):
         overrides["check_patients"] = False
     if getattr(args, "no_metrics", False):
@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="TOML list of the systems that may feed patients, and what each may feed (README)")
     p.add_argument("--allow-plain-mllp", action="store_true", default=None,
                    help="without TLS, take the feed on a non-loopback address anyway (needs --feed-sources)")
+    p.add_argument("--registry-partitions", type=int, metavar="N",
+                   help="PostgreSQL: the registry's tables hash-partitioned by patient into N partitions (made so in "
+                        "a new database, required of an existing one; 0: plain)")
     p.add_argument("--no-patient-check", action="store_true",
                    help="accept submissions for patients the feed has not announced")
     p.add_argument("--no-metrics", action="store_true", help="do not serve GET /metrics (Prometheus); it answers 404")
@@ -198,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     dsub = p.add_subparsers(dest="db_command", required=True)
     dsub.add_parser("upgrade", help="bring the schema to the latest revision (xds serve also does this)")
     dsub.add_parser("current", help="print the schema revision of each actor")
+    dp = dsub.add_parser("partition", help="rebuild the registry's tables (PostgreSQL) hash-partitioned by patient "
+                                           "into registry_partitions partitions, or plain with 0; every row is "
+                                           "rewritten, the tables locked meanwhile")
+    dp.add_argument("--partitions", type=int, help="the number of partitions (default: the registry_partitions setting)")
     options_anywhere(p, dsub)
 
     p = sub.add_parser("conformance", help="run NIST XDS test kit plans against any registry/repository")
@@ -329,6 +336,31 @@ def _registry_store(s):
     return RegistryStore(existing_engine(s.db_url, "registry"))
 
 
+def _partition(args, s) -> int:
+    import time
+
+    n = args.partitions if args.partitions is not None else s.registry_partitions
+    if n is None:
+        print("say how many partitions: --partitions N (0: plain tables), or set registry_partitions", file=sys.stderr)
+        return 2
+    if s.role == "repository":
+        print("the registry's tables are partitioned on the registry's host (role all or registry)", file=sys.stderr)
+        return 2
+    store = _registry_store(s)
+    before = store.partitions
+    t0 = time.monotonic()
+    try:
+        store.repartition(n)
+        after = store.partitions
+    except ValueError as exc:
+        print(f"registry: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.engine.dispose()
+    print(f"registry: {before} -> {after} partitions ({time.monotonic() - t0:.1f} s)")
+    return 0
+
+
 def _db(args, s) -> int:
     import os
 
@@ -337,6 +369,8 @@ def _db(args, s) -> int:
 
     if args.db_command == "upgrade":
         os.makedirs(s.data, exist_ok=True)
+    if args.db_command == "partition":
+        return _partition(args, s)
     targets = []
     if s.role in ("all", "registry"):
         targets.append(("registry", s.db_url))

@@ -75,7 +75,7 @@ class Services:
                                CallerRules.from_settings(settings), base_url=settings.base_url) \
             if settings.audit else None
         if settings.role in ("all", "registry"):
-            store = RegistryStore(settings.db_url)
+            store = RegistryStore(settings.db_url, partitions=settings.registry_partitions)
             store.migrate()
             self.registry = RegistryActor(store, RegistryConfig(
                 check_patients=settings.check_patients, max_query_results=settings.max_query_results,

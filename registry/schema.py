@@ -54,6 +54,10 @@ registry_object = Table(
     Index("ix_reg_object_lid", "lid", "version"),
 )
 
+# The side tables' patient_id is the partition key of the partitioned layout (registry/partitions.py,
+# setting registry_partitions): there it is the owning object's patient (an association's: its source's),
+# so that a patient's rows and their joins stay in one partition. In the plain layout it stays NULL, which
+# costs nothing (a row's null bitmap fits in its header's padding).
 doc_entry = Table(
     "doc_entry", metadata,
     Column("id", ID, ForeignKey("reg_object.id", ondelete="CASCADE"), primary_key=True),
@@ -71,6 +75,7 @@ doc_entry = Table(
     Column("repository_unique_id", String(64)),
     Column("mime_type", String(256)),
     Column("availability", String(64)),
+    Column("patient_id", String(256)),
 )
 
 submission_set = Table(
@@ -79,12 +84,14 @@ submission_set = Table(
     Column("submission_time", DTM),
     Column("source_id", String(64)),
     Column("content_type_code", CODE),
+    Column("patient_id", String(256)),
 )
 
 folder = Table(
     "folder", metadata,
     Column("id", ID, ForeignKey("reg_object.id", ondelete="CASCADE"), primary_key=True),
     Column("last_update_time", DTM, nullable=False),
+    Column("patient_id", String(256)),
 )
 
 # Multi-valued codes: DocumentEntry eventCodeList and confidentialityCode, Folder codeList.
@@ -94,6 +101,7 @@ object_code = Table(
     Column("object_id", ID, ForeignKey("reg_object.id", ondelete="CASCADE"), nullable=False),
     Column("scheme", String(64), nullable=False),
     Column("code", CODE, nullable=False),
+    Column("patient_id", String(256)),
     Index("ix_object_code_object", "object_id"),
     Index("ix_object_code_code", "scheme", "code"),
 )
@@ -103,6 +111,7 @@ object_author = Table(
     "object_author", metadata,
     Column("object_id", ID, ForeignKey("reg_object.id", ondelete="CASCADE"), nullable=False),
     Column("person", String(512), nullable=False),
+    Column("patient_id", String(256)),
     Index("ix_object_author_object", "object_id"),
 )
 
@@ -110,6 +119,7 @@ reference_id = Table(
     "reference_id", metadata,
     Column("object_id", ID, ForeignKey("reg_object.id", ondelete="CASCADE"), nullable=False),
     Column("value", String(512), nullable=False),
+    Column("patient_id", String(256)),
     Index("ix_reference_id_value", "value"),
     Index("ix_reference_id_object", "object_id"),
 )
@@ -125,6 +135,7 @@ association = Table(
     Column("seq", BigInteger, REG_SEQ, nullable=False),
     # NULL when the columns say all of it (registry/bare_association.py).
     Column("xml", Text),
+    Column("patient_id", String(256)),
     Index("ix_association_source", "source", "type"),
     Index("ix_association_target", "target", "type"),
 )
@@ -170,6 +181,16 @@ access_person = Table(
     Column("until", BigInteger),
     Column("updated", BigInteger, nullable=False),
     Index("ix_acc_person_key", "patient_id", "relation", "person", unique=True),
+)
+
+# The partitioned layout only (registry/partitions.py): every object's and association's id with its
+# patient. PostgreSQL keeps a key unique on a partitioned table only together with the partition key, so
+# the entryUUIDs' uniqueness across the registry rests on this unpartitioned table, written in the same
+# transaction as the rows.
+registry_key = Table(
+    "registry_key", MetaData(),
+    Column("id", ID, primary_key=True),
+    Column("patient_id", String(256), nullable=False),
 )
 
 # A single-row counter for registration order; portable across SQLite and PostgreSQL.

@@ -2,7 +2,8 @@
 
 The storage layer is this module with registry.query.filters, registry.query.queries and
 registry.query.scope (the ITI-18 SQL, which runs on a reading connection opened here), and
-registry.access (the patients' access states); it alone reads and writes the registry tables
+registry.access (the patients' access states), and registry.partitions (the tables' layout: plain, or
+partitioned by patient); it alone reads and writes the registry tables
 (registry.schema). The transactions (register, update, delete, route, the
 patient feed, and the ITI-18 handler in registry.query) reach the database through
 RegistryStore, or, for ITI-18, through the query functions; they take nothing else from
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, Sequence
 
 from lxml import etree
-from sqlalchemy import Table, delete, insert, or_, select, text, update
+from sqlalchemy import Table, and_, delete, insert, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from xds import constants as C
@@ -26,7 +27,7 @@ from xds.ebrim import to_element
 from xds.hl7 import patient_key
 from xds.model import Association, DocumentEntry, Folder, RegistryObject, SubmissionSet
 from xds.xmlsafe import parse as safe_parse, parse_own
-from . import bare_association, schema as S, splice
+from . import bare_association, partitions as partitioning, schema as S, splice
 
 RIM = C.NS_RIM
 _CHUNK = 500  # bound IN-lists so large submissions stay within driver limits
@@ -68,9 +69,13 @@ class AssociationRow:
 
 
 class RegistryStore:
-    def __init__(self, engine: Engine | str):
+    def __init__(self, engine: Engine | str, partitions: int | None = None):
         self.engine = make_engine(engine) if isinstance(engine, str) else engine
         self.is_postgres = self.engine.dialect.name == "postgresql"
+        # The setting registry_partitions (registry/partitions.py): the layout migrate() makes in a new
+        # database and expects in an existing one; None: whatever the database has.
+        self.partitions_setting = partitions
+        self._partitions: int | None = None
         # SQLite has one writer at a time and makes the others poll with growing sleeps; queueing this
         # process's writers on a lock hands the database over at once instead.
         self._writers = None if self.is_postgres else _sqlite_writer_lock(self.engine)
@@ -83,7 +88,45 @@ class RegistryStore:
         # Imported here so that only startup pays for loading Alembic.
         from xds import migrate
 
-        migrate.upgrade(self.engine, "registry")
+        wanted = self.partitions_setting
+        if wanted:
+            partitioning.check_count(wanted)
+            if not self.is_postgres:
+                raise ValueError("registry_partitions needs PostgreSQL: SQLite has no partitioned tables")
+        migrate.upgrade(self.engine, "registry", attributes={"registry_partitions": wanted or 0})
+        self._partitions = None
+        found = self.partitions
+        if wanted is not None and found != wanted:
+            raise RuntimeError(
+                f"the registry database's tables are {_layout_name(found)}, but registry_partitions asks for "
+                f"{_layout_name(wanted)}: `xds db partition` rebuilds them so (every row rewritten, the tables "
+                f"locked meanwhile), or set registry_partitions = {found}")
+
+    @property
+    def partitions(self) -> int:
+        """The hash partitions of the registry's tables in the database (0: plain), read once."""
+        if self._partitions is None:
+            with self.engine.connect().execution_options(xds_read_only=True) as c:
+                self._partitions = partitioning.layout(c)
+        return self._partitions
+
+    @property
+    def partitioned(self) -> bool:
+        return self.partitions > 0
+
+    def repartition(self, n: int) -> None:
+        """Rebuild the registry's tables with n partitions (0: plain), in one transaction."""
+        with self.transaction() as c:
+            partitioning.convert(c, n)
+        self._partitions = None
+
+    def _same_patient(self, side: Table, obj: Table) -> list:
+        return [side.c.patient_id == obj.c.patient_id] if self.partitioned else []
+
+    def joined(self, side: Table, key, obj: Table = S.registry_object):
+        """The join condition of a side table's key column to its object: in the partitioned layout with the
+        patient too, so that the join stays in the object's partition instead of probing every one."""
+        return and_(key == obj.c.id, *self._same_patient(side, obj))
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -157,8 +200,30 @@ class RegistryStore:
                     if ei.get("identificationScheme") in (C.DE_PATIENT_ID, C.SS_PATIENT_ID, C.FOLDER_PATIENT_ID):
                         ei.set("value", shown)
                 xml, ready = splice.prepare(etree.tostring(el, encoding="unicode"), r.lid, r.version)
-                c.execute(update(S.registry_object).where(S.registry_object.c.id == r.id)
+                c.execute(update(S.registry_object).where(S.registry_object.c.patient_id == subsumed,
+                                                          S.registry_object.c.id == r.id)
                           .values(patient_id=surviving, xml=xml, ready=ready))
+            if self.partitioned and rows:
+                self._move_rows(c, [r.id for r in rows], subsumed, surviving)
+
+    def _move_rows(self, conn: Connection, ids: list[str], subsumed: str, surviving: str) -> None:
+        """The partitioned layout: the index rows and associations of moved objects follow them to the
+        survivor's partition (an UPDATE of the partition key moves a row between partitions)."""
+        a = S.association
+        moved_links = []
+        for part in chunks(sorted(ids)):
+            for table, col in ((S.doc_entry, S.doc_entry.c.id), (S.submission_set, S.submission_set.c.id),
+                               (S.folder, S.folder.c.id), (S.object_code, S.object_code.c.object_id),
+                               (S.object_author, S.object_author.c.object_id),
+                               (S.reference_id, S.reference_id.c.object_id)):
+                conn.execute(update(table).where(table.c.patient_id == subsumed, col.in_(part))
+                             .values(patient_id=surviving))
+            for end in (a.c.source, a.c.target):
+                moved_links += conn.execute(update(a).where(a.c.patient_id == subsumed, end.in_(part))
+                                            .values(patient_id=surviving).returning(a.c.id)).scalars().all()
+        k = S.registry_key
+        for part in chunks(sorted(set(ids) | set(moved_links))):
+            conn.execute(update(k).where(k.c.id.in_(part)).values(patient_id=surviving))
 
     def patient_known(self, conn: Connection, patient_id: str) -> bool:
         row = conn.execute(select(S.patient.c.active).where(S.patient.c.patient_id == patient_key(patient_id))).first()
@@ -237,7 +302,7 @@ class RegistryStore:
         """(uniqueId, hash, size, status, mimeType) of the DocumentEntries held by one repository, every version
         and every status, in uniqueId order: either those of unique_ids, or a page after `after`."""
         t, d = S.registry_object, S.doc_entry
-        q = (select(t.c.unique_id, d.c.hash, d.c.size, t.c.status, d.c.mime_type).select_from(t.join(d, d.c.id == t.c.id))
+        q = (select(t.c.unique_id, d.c.hash, d.c.size, t.c.status, d.c.mime_type).select_from(t.join(d, self.joined(d, d.c.id)))
              .where(d.c.repository_unique_id == repository_id).order_by(t.c.unique_id, t.c.version))
         if unique_ids is not None:
             out = []
@@ -294,6 +359,17 @@ class RegistryStore:
             taken = set(self.objects(conn, ids)) | set(self.associations(conn, ids)) if ids else set()
             row = self.patient_row(key, conn) if key else None
             return holders, (bool(row[1]), row[2]) if row else None, taken
+        if self.partitioned:
+            # One key probe per id instead of one per id and partition.
+            joined, taken = ("d.id = o.id AND d.patient_id = o.patient_id",
+                             "SELECT 'i', k.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM registry_key k "
+                             "WHERE k.id = ANY(%(i)s)")
+        else:
+            joined, taken = ("d.id = o.id",
+                             "SELECT 'i', o.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM reg_object o "
+                             "WHERE o.id = ANY(%(i)s) "
+                             "UNION ALL SELECT 'i', a.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM association a "
+                             "WHERE a.id = ANY(%(i)s)")
         cur = conn.connection.dbapi_connection.cursor()
         try:
             # psycopg2 answers the last statement only: the three lookups are one SELECT, told apart by
@@ -301,13 +377,10 @@ class RegistryStore:
             cur.execute("SELECT count(pg_advisory_xact_lock(hashtext(u))) FROM "
                         "(SELECT unnest(%(u)s::text[]) AS u ORDER BY 1) AS ordered; "
                         "SELECT 'u', o.id, o.lid, o.version, o.kind, o.status, o.patient_id, o.unique_id, d.hash "
-                        "FROM reg_object o LEFT JOIN doc_entry d ON d.id = o.id WHERE o.unique_id = ANY(%(u)s) "
+                        f"FROM reg_object o LEFT JOIN doc_entry d ON {joined} WHERE o.unique_id = ANY(%(u)s) "
                         "UNION ALL SELECT 'p', NULL, p.merged_into, CASE WHEN p.active THEN 1 ELSE 0 END, NULL, "
                         "NULL, NULL, NULL, NULL FROM patient p WHERE p.patient_id = %(p)s "
-                        "UNION ALL SELECT 'i', o.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM reg_object o "
-                        "WHERE o.id = ANY(%(i)s) "
-                        "UNION ALL SELECT 'i', a.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM association a "
-                        "WHERE a.id = ANY(%(i)s)", {"u": uids, "p": key, "i": ids})
+                        f"UNION ALL {taken}", {"u": uids, "p": key, "i": ids})
             rows = cur.fetchall()
         finally:
             cur.close()
@@ -322,7 +395,7 @@ class RegistryStore:
         out = []
         for part in chunks(uids):
             q = (select(t.c.id, t.c.lid, t.c.version, t.c.kind, t.c.status, t.c.patient_id, t.c.unique_id, d.c.hash)
-                 .select_from(t.outerjoin(d, d.c.id == t.c.id)).where(t.c.unique_id.in_(part)))
+                 .select_from(t.outerjoin(d, self.joined(d, d.c.id))).where(t.c.unique_id.in_(part)))
             for r in conn.execute(q):
                 out.append((ObjectRow(*r[:7]), r.hash))
         return out
@@ -353,7 +426,7 @@ class RegistryStore:
         out = []
         for part in chunks(list(set(doc_ids))):
             q = (select(t.c.id, t.c.type, t.c.source, t.c.target, t.c.status, t.c.ss_status)
-                 .select_from(t.join(o, o.c.id == t.c.source))
+                 .select_from(t.join(o, and_(o.c.id == t.c.source, *self._same_patient(t, o))))
                  .where(t.c.target.in_(part), t.c.type == C.ASSOC_HAS_MEMBER, t.c.status == C.STATUS_APPROVED,
                         o.c.kind == S.KIND_FOLDER))
             out += [AssociationRow(*r) for r in conn.execute(q)]
@@ -369,7 +442,7 @@ class RegistryStore:
         codes: dict[str, set[str]] = {}
         for part in chunks(sorted(set(ids))):
             q = (select(t.c.id, t.c.kind, t.c.patient_id, t.c.origin_org, t.c.origin_person, t.c.reveal_at,
-                        d.c.type_code).select_from(t.outerjoin(d, d.c.id == t.c.id)).where(t.c.id.in_(part)))
+                        d.c.type_code).select_from(t.outerjoin(d, self.joined(d, d.c.id))).where(t.c.id.in_(part)))
             rows = conn.execute(q).all()
             for r in conn.execute(select(oc.c.object_id, oc.c.code).where(
                     oc.c.object_id.in_(part), oc.c.scheme == C.DE_CONFIDENTIALITY_CODE)):
@@ -462,9 +535,35 @@ class RegistryStore:
         """
         seq = self.next_seq(conn, len(objects) + len(associations))
         origins = self._origins(conn, objects, origin, inherits or {})
-        self.write(conn, self._object_rows(objects, seq, now, versions or {}, origins) + self._association_rows(
-            associations, None if seq is None else seq + len(objects)))
+        batches = self._object_rows(objects, seq, now, versions or {}, origins) + self._association_rows(
+            associations, None if seq is None else seq + len(objects))
+        if self.partitioned:
+            batches = self._with_partition_keys(conn, batches, objects, associations)
+        self.write(conn, batches)
         return origins
+
+    def _with_partition_keys(self, conn: Connection, batches: list[tuple[Table, list[dict]]],
+                             objects: Sequence[RegistryObject], associations: Sequence[Association]
+                             ) -> list[tuple[Table, list[dict]]]:
+        """The partitioned layout's rows: each side row with its object's patient, each association with its
+        source's (else its target's), and every new id in registry_key."""
+        patients = {o.id: _key(o.patient_id) for o in objects}
+        ends = {e for a in associations for e in (a.source, a.target) if e not in patients}
+        if ends:
+            patients.update((i, r.patient_id) for i, r in self.objects(conn, ends).items())
+        keys = [dict(id=o.id, patient_id=patients[o.id]) for o in objects]
+        for table, rows in batches:
+            if table is S.association:
+                for r in rows:
+                    r["patient_id"] = patients.get(r["source"]) or patients.get(r["target"])
+                    if r["patient_id"] is None:
+                        # The checks before refuse an association to unknown objects; this is their last line.
+                        raise ValueError(f"association {r['id']} links no object with a patient")
+                    keys.append(dict(id=r["id"], patient_id=r["patient_id"]))
+            elif table is not S.registry_object:
+                for r in rows:
+                    r["patient_id"] = patients[r["id"] if "id" in r else r["object_id"]]
+        return batches + [(S.registry_key, keys)]
 
     @staticmethod
     def _origins(conn: Connection, objects: Sequence[RegistryObject], origin: tuple[str | None, str | None],
@@ -598,6 +697,10 @@ class RegistryStore:
         a = S.association
         for part in chunks(sorted(set(association_ids))):
             conn.execute(delete(a).where(a.c.id.in_(part)))
+        if self.partitioned:
+            k = S.registry_key
+            for part in chunks(sorted(set(object_ids) | set(association_ids))):
+                conn.execute(delete(k).where(k.c.id.in_(part)))
         owned = ((S.doc_entry, S.doc_entry.c.id), (S.submission_set, S.submission_set.c.id),
                  (S.folder, S.folder.c.id), (S.object_code, S.object_code.c.object_id),
                  (S.object_author, S.object_author.c.object_id), (S.reference_id, S.reference_id.c.object_id))
@@ -616,7 +719,7 @@ class RegistryStore:
         for part in chunks(sorted(set(lids))):
             # Version chains are short, so every version is read and the newest kept here.
             q = (select(t.c.id, t.c.lid, t.c.version, t.c.kind, t.c.status, t.c.patient_id, t.c.unique_id,
-                        d.c.entry_type).select_from(t.outerjoin(d, d.c.id == t.c.id)).where(t.c.lid.in_(part)))
+                        d.c.entry_type).select_from(t.outerjoin(d, self.joined(d, d.c.id))).where(t.c.lid.in_(part)))
             for r in conn.execute(q):
                 row = ObjectRow(*r[:7])
                 if row.lid not in out or out[row.lid][0].version < row.version:
@@ -640,7 +743,7 @@ class RegistryStore:
         found = {}
         for part in chunks(list(dict.fromkeys(ids))):
             q = (select(t.c.id, t.c.lid, t.c.version, t.c.status, t.c.xml, t.c.ready, f.c.last_update_time)
-                 .select_from(t.outerjoin(f, f.c.id == t.c.id)).where(t.c.id.in_(part)))
+                 .select_from(t.outerjoin(f, self.joined(f, f.c.id))).where(t.c.id.in_(part)))
             for r in conn.execute(q):
                 found[r.id] = r
         return found
@@ -664,6 +767,10 @@ def _pg_insert(cur, table: Table, rows: list[dict]) -> bytes:
     """xds.db.pg_insert; the registration order comes from the sequence."""
     draw_seq = "seq" in table.c and "seq" not in rows[0]
     return pg_insert(cur, table, rows, {"seq": "nextval('reg_seq')"} if draw_seq else None)
+
+
+def _layout_name(n: int) -> str:
+    return f"hash-partitioned by patient into {n} partitions" if n else "plain (unpartitioned)"
 
 
 def _doc_entry_row(o: DocumentEntry) -> dict:

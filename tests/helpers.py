@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 from lxml import etree
 from sqlalchemy import select
@@ -32,10 +33,22 @@ def new_pid(root: str = "1.2.250.1.213.1.4.10") -> str:
 _open_stores: list[RegistryStore] = []
 
 
+def schema_store(url: str) -> RegistryStore:
+    """A store on a new database with the registry's tables made. XDS_TEST_PARTITIONS=N makes them partitioned
+    by patient on PostgreSQL (registry/partitions.py): the registry's tests then run on that layout, a wider
+    check than tests/test_partitions.py, which CI runs."""
+    partitions = int(os.environ.get("XDS_TEST_PARTITIONS") or 0) if url.startswith("postgresql") else 0
+    store = RegistryStore(url, partitions=partitions or None)
+    if partitions:
+        store.migrate()
+    else:
+        store.create_schema()
+    return store
+
+
 def make_store(url: str, *patients: str) -> RegistryStore:
-    store = RegistryStore(url)
+    store = schema_store(url)
     _open_stores.append(store)
-    store.create_schema()
     for p in patients:
         store.add_patient(p)
     return store

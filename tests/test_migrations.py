@@ -116,7 +116,7 @@ def test_upgrade_is_idempotent(engine):
         for table in VERSION_TABLES:
             assert len(conn.execute(sa.text(f"SELECT version_num FROM {table}")).all()) == 1
     assert snapshot(engine) == before
-    assert [migrate.current(engine, t) for t in TREES] == ["registry_0005", "repository_0003"]
+    assert [migrate.current(engine, t) for t in TREES] == ["registry_0006", "repository_0003"]
 
 
 def test_create_all_database_is_stamped_then_upgraded(engine, caplog):

@@ -55,6 +55,7 @@ from registry.guard import RegistryGuard
 from registry.query import stored_query
 from registry.register import register
 from registry.store import RegistryStore
+from tests import helpers
 from xds import builder
 from xds import constants as C
 from xds.errors import XdsException
@@ -761,8 +762,7 @@ def world(request, tmp_path_factory):
             pytest.skip("PostgreSQL is not installed here")
         url = pgserver.create_database(conftest._pg_admin_url(), f"xds_test_policy_{os.getpid()}")
     started = time.monotonic()
-    store = RegistryStore(url)
-    store.create_schema()
+    store = helpers.schema_store(url)
     for p in STATEFUL:
         store.add_patient(p)
     w = World(store, request.param)

@@ -16,6 +16,7 @@ from registry.query.filters import Ctx
 from registry.query.params import RawSlot, parse_params
 from registry.query.queries import find_documents_select
 from registry.store import RegistryStore
+from tests import helpers
 from xds import builder, ebrim
 from xds import constants as C
 from xds import errors as E
@@ -122,8 +123,7 @@ def build_world(url: str) -> World:
     PID, submission 2 (SS2): D5 replaces D1 (RPLC), D6 appends to D2 (APND), D5 added to F1.
     PID2, submission 3 (SS3): D7 and Folder F2 holding it.
     """
-    store = RegistryStore(url)
-    store.create_schema()
+    store = helpers.schema_store(url)
     w = World(store)
     s1 = submission(PID, "1.9.1", [
         doc(PID, "D1", "1.9.11", event=(EV1, EV2), created="20200101120000", start="20200101", stop="20200105",

@@ -10,7 +10,7 @@ from sqlalchemy import event
 from registry.config import RegistryConfig
 from registry.query import stored_query
 from registry.register import register
-from registry.store import RegistryStore
+from tests import helpers
 from xds import builder
 from xds import constants as C
 from xds import errors as E
@@ -93,8 +93,7 @@ def many(request, tmp_path_factory):
         if not pgserver.available():
             pytest.skip("PostgreSQL is not installed here")
         url = pgserver.create_database(conftest._pg_admin_url(), f"xds_test_limits_{os.getpid()}")
-    store = RegistryStore(url)
-    store.create_schema()
+    store = helpers.schema_store(url)
     for i in range(SUBMISSIONS):
         register(store, builder.simple_submission(PID, DOCS_EACH, folder_too=True),
                  RegistryConfig(check_patients=False))

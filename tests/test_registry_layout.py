@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REGISTRY = Path(__file__).resolve().parent.parent / "registry"
-STORAGE = {"schema.py", "store.py", "query/filters.py", "query/queries.py", "query/scope.py", "access.py"}  # and migrations/
+STORAGE = {"schema.py", "store.py", "partitions.py", "query/filters.py", "query/queries.py", "query/scope.py", "access.py"}  # and migrations/
 
 
 def _modules() -> list[tuple[str, ast.Module]]:

@@ -122,8 +122,9 @@ def _current(conn: Connection, t: Tree) -> str | None:
     return MigrationContext.configure(conn, opts={"version_table": t.version_table}).get_current_revision()
 
 
-def upgrade(bind: Engine | Connection, tree: str, revision: str = "head") -> None:
-    """Bring one tree up to `revision`, creating its tables in an empty database.
+def upgrade(bind: Engine | Connection, tree: str, revision: str = "head", attributes: dict | None = None) -> None:
+    """Bring one tree up to `revision`, creating its tables in an empty database. attributes: settings a
+    revision reads (op.get_context().config.attributes), e.g. the registry's registry_partitions.
 
     A database whose tables were made by metadata.create_all before migrations existed is stamped
     at the initial revision first, then upgraded from there.
@@ -136,6 +137,7 @@ def upgrade(bind: Engine | Connection, tree: str, revision: str = "head") -> Non
             # SQLite needs nothing: xds.db begins every write transaction with BEGIN IMMEDIATE.
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
         cfg = config(tree, conn)
+        cfg.attributes.update(attributes or {})
         if _current(conn, t) is None:
             found = t.baseline & set(sa.inspect(conn).get_table_names())
             if found == t.baseline:

@@ -25,6 +25,10 @@ class Settings:
     mllp_idle_timeout: float = 300       # seconds a connection may wait for its next message
     mllp_max_connections: int = 64       # open feed connections at most (each source: its max_connections, default 4)
     check_patients: bool = True
+    # PostgreSQL: hash partitions of the registry's tables by patient (docs/scaling.md, "Partitions"), made so
+    # in a new database and required of an existing one (`xds db partition` converts); 0: plain tables;
+    # unset: whatever the database has.
+    registry_partitions: int | None = None
     max_query_results: int = 1000
     keep_extra_metadata: bool = True
     profile: str = "ihe"                 # metadata validation profile: ihe, dmp
@@ -133,6 +137,13 @@ class Settings:
     def validate(self) -> None:
         if not 0 <= self.workers <= 256:
             raise ValueError(f"workers must be between 0 (one per core) and 256, not {self.workers}")
+        if self.registry_partitions is not None:
+            if not 0 <= self.registry_partitions <= 1024:
+                raise ValueError(f"registry_partitions must be between 0 (plain tables) and 1024, not "
+                                 f"{self.registry_partitions}")
+            if self.registry_partitions and not self.db_url.startswith("postgresql"):
+                raise ValueError("registry_partitions needs PostgreSQL (--db postgresql://...): SQLite has no "
+                                 "partitioned tables")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together")
         if self.require_known_repositories and not self.tls_ca:

@@ -61,7 +61,7 @@ def query_answer(store: RegistryStore, request: etree._Element, config: Registry
                     named = params.get(PATIENT_PARAMS[req.query_id]) if req.query_id in PATIENT_PARAMS else None
                     scope = guard.query_scope(conn, named, lambda: patients_named(store, conn, params), leaf)
                 ctx = Ctx(conn, store.is_postgres, params, leaf, config.max_query_results, scope,
-                          config.rules.hidden_statuses)
+                          config.rules.hidden_statuses, store.partitioned)
                 found = QUERY_FUNCTIONS[req.query_id](ctx)
                 if leaf:
                     # An ITI-51 answer holds several patients by design (XDSResultNotSinglePatient is ITI-18's).

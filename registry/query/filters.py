@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from sqlalchemy import exists, or_, select, union_all
+from sqlalchemy import and_, exists, or_, select, union_all
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -43,10 +43,14 @@ class Ctx:
     scope: "Scope | None" = None
     # Statuses the profile keeps out of every answer (the DMP's Deleted), whoever asks.
     hidden_statuses: tuple[str, ...] = ()
+    # The registry's tables are partitioned by patient (registry/partitions.py): side tables are then
+    # joined on the patient too, which keeps each join in the object's partition.
+    partitioned: bool = False
 
     def __post_init__(self):
         if self.scope is None:
             self.scope = Scope(None, 0)
+        self.scope.partitioned = self.partitioned
         if self.hidden_statuses:
             self.scope.hidden_statuses = self.hidden_statuses
 
@@ -169,14 +173,24 @@ def time_range(col, lo: str | None, hi: str | None) -> list[ColumnElement]:
     return out
 
 
-def has_code(obj_id_col, scheme: str, codes: Sequence[str]) -> ColumnElement:
+def owner(ctx: Ctx, o=O):
+    """The patient column that side-table rows of o's objects are matched on (Ctx.partitioned), or None."""
+    return o.c.patient_id if ctx.partitioned else None
+
+
+def same_patient(side, patient_col) -> list[ColumnElement]:
+    return [] if patient_col is None else [side.c.patient_id == patient_col]
+
+
+def has_code(obj_id_col, scheme: str, codes: Sequence[str], patient_col=None) -> ColumnElement:
     return exists(select(OC.c.object_id).where(OC.c.object_id == obj_id_col, OC.c.scheme == scheme,
-                                               OC.c.code.in_(list(codes))))
+                                               OC.c.code.in_(list(codes)), *same_patient(OC, patient_col)))
 
 
-def code_groups(obj_id_col, scheme: str, groups: Sequence[Sequence[str]] | None) -> list[ColumnElement]:
+def code_groups(obj_id_col, scheme: str, groups: Sequence[Sequence[str]] | None,
+                patient_col=None) -> list[ColumnElement]:
     """AND across Slots, OR inside one Slot."""
-    return [has_code(obj_id_col, scheme, g) for g in (groups or [])]
+    return [has_code(obj_id_col, scheme, g, patient_col) for g in (groups or [])]
 
 
 def like_value(is_postgres: bool, pattern: str) -> str:
@@ -211,8 +225,8 @@ def like_pattern(ctx: Ctx, col, pattern: str) -> ColumnElement:
     return like_clause(ctx.is_postgres, col, like_value(ctx.is_postgres, pattern))
 
 
-def author_matches(ctx: Ctx, obj_id_col, patterns: Sequence[str]) -> ColumnElement:
-    return exists(select(AU.c.object_id).where(AU.c.object_id == obj_id_col,
+def author_matches(ctx: Ctx, obj_id_col, patterns: Sequence[str], o=O) -> ColumnElement:
+    return exists(select(AU.c.object_id).where(AU.c.object_id == obj_id_col, *same_patient(AU, owner(ctx, o)),
                                                or_(*[like_pattern(ctx, AU.c.person, p) for p in patterns])))
 
 
@@ -227,7 +241,8 @@ def content_filters(ctx: Ctx, o=O, d=D) -> list[ColumnElement]:
     out: list[ColumnElement] = []
     if p.has("$XDSDocumentEntryFormatCode"):
         out.append(d.c.format_code.in_(p.get("$XDSDocumentEntryFormatCode")))
-    out += code_groups(o.c.id, C.DE_CONFIDENTIALITY_CODE, p.get("$XDSDocumentEntryConfidentialityCode"))
+    out += code_groups(o.c.id, C.DE_CONFIDENTIALITY_CODE, p.get("$XDSDocumentEntryConfidentialityCode"),
+                       owner(ctx, o))
     out.append(entry_type_filter(ctx, d))
     return out
 
@@ -236,7 +251,7 @@ def de_select(ctx: Ctx, *where: ColumnElement):
     """DocumentEntries matching where that the caller may see (ctx.scope): (id, patient_id), and for
     LeafClass the answer's columns (DE_ANSWER)."""
     return (select(O.c.id, O.c.patient_id, *(DE_ANSWER if ctx.leaf_class else ()))
-            .select_from(O.join(D, D.c.id == O.c.id))
+            .select_from(O.join(D, and_(D.c.id == O.c.id, *same_patient(D, owner(ctx)))))
             .where(O.c.kind == S.KIND_DOCUMENT_ENTRY, *where, *ctx.scope.de()).order_by(O.c.seq))
 
 

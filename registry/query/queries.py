@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from sqlalchemy import bindparam, exists, or_, select
+from sqlalchemy import and_, bindparam, exists, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from xds import constants as C
@@ -20,7 +20,7 @@ from .filters import (
     A, ASSOCIATION_ANSWER, AU, D, DE_ANSWER, FOL, O, OC, REF, SSET, Ctx, Found, assoc_status_filter,
     associations_in_seq_order, author_matches, code_groups, content_filters, de_select, de_visible,
     entry_type_filter, fd_visible, latest_version, like_clause, like_value, needs_latest_check, obj_select,
-    rows_in, time_range,
+    owner, rows_in, same_patient, time_range,
 )
 
 HM = C.ASSOC_HAS_MEMBER
@@ -89,7 +89,7 @@ def _find_documents_shape(ctx: Ctx, patient_param: str, with_xml: bool) -> tuple
         values["pid"] = patients
     elif mode == "list":
         values["pids"] = patients
-    key: list = [ctx.is_postgres, ("patients", mode)]
+    key: list = [ctx.is_postgres, ("patients", mode), ("partitioned", ctx.partitioned)]
     for name, col in _DE_IN_LISTS:
         if p.has(name):
             key.append(col)
@@ -124,7 +124,8 @@ def _find_documents_shape(ctx: Ctx, patient_param: str, with_xml: bool) -> tuple
 
 
 def _build_find_documents(key: tuple, vis, now: int):
-    is_postgres, (_, mode) = key[0], key[1]
+    is_postgres, (_, mode), (_, partitioned) = key[0], key[1], key[2]
+    pc = O.c.patient_id if partitioned else None
     present = set(k for k in key if isinstance(k, str))
     n_ev, n_conf, n_ref, n_au, _scope, level1, latest, with_xml, capped = key[-9:]
     where = [O.c.status.in_(bindparam("statuses", expanding=True)),
@@ -142,13 +143,14 @@ def _build_find_documents(key: tuple, vis, now: int):
     for (_name, tag, scheme), n in zip(_DE_GROUPS, (n_ev, n_conf)):
         for i in range(n):
             where.append(exists(select(OC.c.object_id).where(
-                OC.c.object_id == O.c.id, OC.c.scheme == scheme,
+                OC.c.object_id == O.c.id, *same_patient(OC, pc), OC.c.scheme == scheme,
                 OC.c.code.in_(bindparam(f"{tag}{i}", expanding=True)))))
     for i in range(n_ref):
         where.append(exists(select(REF.c.object_id).where(
-            REF.c.object_id == O.c.id, REF.c.value.in_(bindparam(f"ref{i}", expanding=True)))))
+            REF.c.object_id == O.c.id, *same_patient(REF, pc),
+            REF.c.value.in_(bindparam(f"ref{i}", expanding=True)))))
     if n_au:
-        where.append(exists(select(AU.c.object_id).where(AU.c.object_id == O.c.id, or_(
+        where.append(exists(select(AU.c.object_id).where(AU.c.object_id == O.c.id, *same_patient(AU, pc), or_(
             *[like_clause(is_postgres, AU.c.person, bindparam(f"au{i}")) for i in range(n_au)]))))
     if level1:
         where.append(or_(D.c.availability.is_(None), D.c.availability != bindparam("offline")))
@@ -156,8 +158,8 @@ def _build_find_documents(key: tuple, vis, now: int):
         where.append(latest_version())
     if not vis.everything:
         # Named bind parameters, whose values SC.scope_values gives each time.
-        where.append(SC.de_condition(vis, now, v=SC.Values(bind=True)))
-    stmt = (select(O.c.id, O.c.patient_id).select_from(O.join(D, D.c.id == O.c.id))
+        where.append(SC.de_condition(vis, now, v=SC.Values(bind=True), partitioned=partitioned))
+    stmt = (select(O.c.id, O.c.patient_id).select_from(O.join(D, and_(D.c.id == O.c.id, *same_patient(D, pc))))
             .where(O.c.kind == S.KIND_DOCUMENT_ENTRY, *where).order_by(O.c.seq))
     if with_xml:
         stmt = stmt.add_columns(*DE_ANSWER)
@@ -204,7 +206,8 @@ def find_submission_sets(ctx: Ctx) -> Found:
                         p.get("$XDSSubmissionSetSubmissionTimeTo"))
     if p.has("$XDSSubmissionSetAuthorPerson"):
         where.append(author_matches(ctx, O.c.id, [p.get("$XDSSubmissionSetAuthorPerson")]))
-    stmt = (select(O.c.id, O.c.patient_id).select_from(O.join(SSET, SSET.c.id == O.c.id))
+    stmt = (select(O.c.id, O.c.patient_id).select_from(O.join(SSET, and_(SSET.c.id == O.c.id,
+                                                                        *same_patient(SSET, owner(ctx)))))
             .where(O.c.kind == S.KIND_SUBMISSION_SET, *where, *ctx.scope.objects()).order_by(O.c.seq))
     found = Found()
     found.add_objects(ctx.conn.execute(_capped(stmt, _cap(ctx))))
@@ -218,9 +221,10 @@ def find_folders(ctx: Ctx) -> Found:
     where = patient_condition(O.c.patient_id, p.get("$XDSFolderPatientId")) + [O.c.status.in_(statuses)]
     where += time_range(FOL.c.last_update_time, p.get("$XDSFolderLastUpdateTimeFrom"),
                         p.get("$XDSFolderLastUpdateTimeTo"))
-    where += code_groups(O.c.id, C.FOLDER_CODE_LIST, p.get("$XDSFolderCodeList"))
+    where += code_groups(O.c.id, C.FOLDER_CODE_LIST, p.get("$XDSFolderCodeList"), owner(ctx))
     where += fd_visible(ctx, statuses)
-    stmt = (select(O.c.id, O.c.patient_id).select_from(O.join(FOL, FOL.c.id == O.c.id))
+    stmt = (select(O.c.id, O.c.patient_id).select_from(O.join(FOL, and_(FOL.c.id == O.c.id,
+                                                                       *same_patient(FOL, owner(ctx)))))
             .where(O.c.kind == S.KIND_FOLDER, *where, *ctx.scope.objects()).order_by(O.c.seq))
     found = Found()
     found.add_objects(ctx.conn.execute(_capped(stmt, _cap(ctx))))

@@ -42,7 +42,8 @@ def _own(vis: Visibility, o, v: Values) -> list[ColumnElement]:
     return out
 
 
-def de_condition(vis: Visibility, now: int, o=O, d=D, v: Values | None = None) -> ColumnElement:
+def de_condition(vis: Visibility, now: int, o=O, d=D, v: Values | None = None,
+                 partitioned: bool = False) -> ColumnElement:
     v = v or Values()
     if vis.everything:
         return true()
@@ -63,6 +64,7 @@ def de_condition(vis: Visibility, now: int, o=O, d=D, v: Values | None = None) -
     if hidden_codes:
         # One probe of the entry's confidentiality codes for every marker that hides it.
         out.append(~exists(select(OC.c.object_id).where(OC.c.object_id == o.c.id,
+                                                         *([OC.c.patient_id == o.c.patient_id] if partitioned else []),
                                                          OC.c.scheme == v(C.DE_CONFIDENTIALITY_CODE, "sc_scheme"),
                                                          or_(*hidden_codes))))
     if vis.types is not None:
@@ -120,6 +122,8 @@ class Scope:
         self.now = now
         # Objects in these statuses answer as absent to everyone, the administrator included (Ctx sets it).
         self.hidden_statuses: tuple[str, ...] = ()
+        # The tables are partitioned by patient (Ctx sets it): code probes then name the patient too.
+        self.partitioned = False
 
     def _not_hidden(self, o) -> list[ColumnElement]:
         return [o.c.status.notin_(self.hidden_statuses)] if self.hidden_statuses else []
@@ -145,7 +149,7 @@ class Scope:
     def de(self, o=O, d=D) -> list[ColumnElement]:
         if self.everything:
             return self._not_hidden(o)
-        return self._not_hidden(o) + [or_(false(), *[and_(o.c.patient_id.in_(ps), de_condition(vis, self.now, o, d))
+        return self._not_hidden(o) + [or_(false(), *[and_(o.c.patient_id.in_(ps), de_condition(vis, self.now, o, d, partitioned=self.partitioned))
                                                      for ps, vis in self._groups()])]
 
     def objects(self, o=O) -> list[ColumnElement]:
@@ -159,7 +163,7 @@ class Scope:
         terms = []
         for ps, vis in self._groups():
             terms.append(and_(x.c.patient_id.in_(ps), or_(
-                and_(x.c.kind == S.KIND_DOCUMENT_ENTRY, de_condition(vis, self.now, x, xd)),
+                and_(x.c.kind == S.KIND_DOCUMENT_ENTRY, de_condition(vis, self.now, x, xd, partitioned=self.partitioned)),
                 and_(x.c.kind != S.KIND_DOCUMENT_ENTRY, object_condition(vis, x)))))
         return or_(false(), *terms)
 
