@@ -582,9 +582,22 @@ def http_summary(by_size: dict[str, list[dict]], clients: list[int]) -> None:
             print(f"  {size:>11} entries, record query, 8 clients: {h8[2]:.0f} q/s (target >= 150: "
                   f"{'met' if h8[2] >= 150 else 'NOT met'}), p99 {h8[1]:.1f} ms (target <= 100: "
                   f"{'met' if h8[1] <= 100 else 'NOT met'})")
-    if len(by_size) > 1:
-        small = next(iter(by_size))
-        big = max(by_size, key=lambda s: int(s.partition(":")[0]))
+    # A partitioned database (N:pK) beside the plain one of the same size, when both were measured.
+    for spec, rows in by_size.items():
+        entries, *options = spec.split(":")
+        plain = ":".join([entries] + [o for o in options if not o.startswith("p")])
+        if plain == spec or plain not in by_size:
+            continue
+        print(f"\n{spec} (partitioned) / {plain} (plain), 1 client:")
+        for rec, ref in zip(rows, by_size[plain]):
+            (h50, h99, _), (r50, r99, _) = rec[("http", 1)], ref[("http", 1)]
+            raw_p, raw_ref = rec[("raw", 1)][0], ref[("raw", 1)][0]
+            print(f"  {rec['name']:<44} server p50 {h50 / r50:.2f}x, p99 {h99 / r99:.2f}x; "
+                  f"raw SQL p50 {raw_p / raw_ref:.2f}x")
+    sized = [s for s in by_size if not any(o.startswith("p") for o in s.split(":")[1:])]
+    if len(sized) > 1:
+        small = sized[0]
+        big = max(sized, key=lambda s: int(s.partition(":")[0]))
         for i, rec in enumerate(by_size[big]):
             a, b = by_size[small][i][("http", 1)][1], rec[("http", 1)][1]
             print(f"  {rec['name']}: 1-client p99 at {big} / at {small} = {b / a:.2f}x"

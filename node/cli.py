@@ -385,8 +385,15 @@ def _db(args, s) -> int:
                 continue
         else:
             engine = make_engine(url)
-            migrate.upgrade(engine, tree)
-        print(f"{tree}: {migrate.current(engine, tree) or '(empty)'} (head {', '.join(migrate.heads(tree))})")
+            migrate.upgrade(engine, tree, attributes={"registry_partitions": s.registry_partitions or 0}
+                            if tree == "registry" else None)
+        layout = ""
+        if tree == "registry" and migrate.current(engine, tree):
+            from registry.store import RegistryStore
+
+            n = RegistryStore(engine).partitions
+            layout = f", {n} partitions by patient" if n else ", plain tables"
+        print(f"{tree}: {migrate.current(engine, tree) or '(empty)'} (head {', '.join(migrate.heads(tree))}){layout}")
         engine.dispose()
     return 0
 

@@ -123,6 +123,31 @@ class RegistryStore:
     def _same_patient(self, side: Table, obj: Table) -> list:
         return [side.c.patient_id == obj.c.patient_id] if self.partitioned else []
 
+    def key_patients(self, conn: Connection, ids: Sequence[str]) -> set[str]:
+        """Partitioned: the patients of these objects' and associations' ids (registry_key, one probe each)."""
+        k = S.registry_key
+        out: set[str] = set()
+        for part in chunks(sorted(set(ids))):
+            out |= set(conn.execute(select(k.c.patient_id).where(k.c.id.in_(list(part))).distinct()).scalars())
+        return out
+
+    def _pin(self, conn: Connection, table: Table, ids: Sequence[str], patients: Iterable[str] | None = None) -> list:
+        """Partitioned: the condition that keeps a statement about these ids (or rows linked to them) in their
+        patients' partitions, instead of probing every partition; the patients are read from registry_key
+        unless given. [] in the plain layout."""
+        if not self.partitioned:
+            return []
+        found = sorted(set(patients) if patients is not None else self.key_patients(conn, ids))
+        return [table.c.patient_id == found[0]] if len(found) == 1 else [table.c.patient_id.in_(found)]
+
+    def _by_ids(self, conn: Connection, table: Table, ids: Sequence[str], patients: Iterable[str] | None = None,
+                col=None) -> list:
+        return [(table.c.id if col is None else col).in_(list(ids)), *self._pin(conn, table, ids, patients)]
+
+    def _in_partitions_of(self, side: Table, rows) -> list:
+        """Partitioned: the side rows of these objects' patients only, which prunes to their partitions."""
+        return [side.c.patient_id.in_(sorted({r.patient_id for r in rows}))] if self.partitioned and rows else []
+
     def joined(self, side: Table, key, obj: Table = S.registry_object):
         """The join condition of a side table's key column to its object: in the partitioned layout with the
         patient too, so that the join stays in the object's partition instead of probing every one."""
@@ -324,7 +349,7 @@ class RegistryStore:
         t = S.registry_object
         for part in chunks(ids):
             q = select(t.c.id, t.c.lid, t.c.version, t.c.kind, t.c.status, t.c.patient_id,
-                       t.c.unique_id).where(t.c.id.in_(part))
+                       t.c.unique_id).where(*self._by_ids(conn, t, part))
             if share_lock and self.is_postgres:
                 q = q.order_by(t.c.id).with_for_update(read=True)
             for r in conn.execute(q):
@@ -337,7 +362,8 @@ class RegistryStore:
         out: dict[str, AssociationRow] = {}
         t = S.association
         for part in chunks(ids):
-            q = select(t.c.id, t.c.type, t.c.source, t.c.target, t.c.status, t.c.ss_status).where(t.c.id.in_(part))
+            q = select(t.c.id, t.c.type, t.c.source, t.c.target, t.c.status, t.c.ss_status).where(
+                *self._by_ids(conn, t, part))
             if share_lock and self.is_postgres:
                 q = q.order_by(t.c.id).with_for_update(read=True)
             for r in conn.execute(q):
@@ -402,7 +428,7 @@ class RegistryStore:
 
     def entry_size(self, conn: Connection, entry_id: str) -> int | None:
         """The size recorded for a DocumentEntry (None when it has none)."""
-        return conn.execute(select(S.doc_entry.c.size).where(S.doc_entry.c.id == entry_id)).scalar()
+        return conn.execute(select(S.doc_entry.c.size).where(*self._by_ids(conn, S.doc_entry, [entry_id]))).scalar()
 
     def target_associations(self, conn: Connection, targets: Iterable[str], types: Sequence[str],
                             status: str | None = C.STATUS_APPROVED) -> list[AssociationRow]:
@@ -418,7 +444,8 @@ class RegistryStore:
 
     def entry_type(self, conn: Connection, entry_id: str) -> str | None:
         """The objectType (stable or On-Demand) of a registered DocumentEntry."""
-        return conn.execute(select(S.doc_entry.c.entry_type).where(S.doc_entry.c.id == entry_id)).scalar()
+        return conn.execute(select(S.doc_entry.c.entry_type)
+                            .where(*self._by_ids(conn, S.doc_entry, [entry_id]))).scalar()
 
     def folders_holding(self, conn: Connection, doc_ids: Iterable[str]) -> list[AssociationRow]:
         """Approved Folder->DocumentEntry HasMember associations for these entries."""
@@ -442,10 +469,12 @@ class RegistryStore:
         codes: dict[str, set[str]] = {}
         for part in chunks(sorted(set(ids))):
             q = (select(t.c.id, t.c.kind, t.c.patient_id, t.c.origin_org, t.c.origin_person, t.c.reveal_at,
-                        d.c.type_code).select_from(t.outerjoin(d, self.joined(d, d.c.id))).where(t.c.id.in_(part)))
+                        d.c.type_code).select_from(t.outerjoin(d, self.joined(d, d.c.id)))
+                 .where(*self._by_ids(conn, t, part)))
             rows = conn.execute(q).all()
             for r in conn.execute(select(oc.c.object_id, oc.c.code).where(
-                    oc.c.object_id.in_(part), oc.c.scheme == C.DE_CONFIDENTIALITY_CODE)):
+                    oc.c.object_id.in_(part), oc.c.scheme == C.DE_CONFIDENTIALITY_CODE,
+                    *self._in_partitions_of(oc, rows))):
                 codes.setdefault(r.object_id, set()).add(r.code)
             for r in rows:
                 out[r.id] = Document(r.patient_id, r.kind, r.type_code, frozenset(codes.get(r.id, ())),
@@ -464,7 +493,8 @@ class RegistryStore:
             ids = [r.id for r in rows]
             codes: dict[str, set[str]] = {}
             for r in conn.execute(select(oc.c.object_id, oc.c.code).where(
-                    oc.c.object_id.in_(ids), oc.c.scheme == C.DE_CONFIDENTIALITY_CODE)):
+                    oc.c.object_id.in_(ids), oc.c.scheme == C.DE_CONFIDENTIALITY_CODE,
+                    *self._in_partitions_of(oc, rows))):
                 codes.setdefault(r.object_id, set()).add(r.code)
             for r in rows:
                 for ref in (r.id, r.unique_id):
@@ -486,7 +516,7 @@ class RegistryStore:
         t = S.association
         out = {}
         for part in chunks(sorted(set(ids))):
-            for r in conn.execute(select(t.c.id, t.c.source, t.c.target).where(t.c.id.in_(part))):
+            for r in conn.execute(select(t.c.id, t.c.source, t.c.target).where(*self._by_ids(conn, t, part))):
                 out[r.id] = (r.source, r.target)
         return out
 
@@ -507,6 +537,12 @@ class RegistryStore:
                 if r.unique_id not in out or out[r.unique_id][0] < r.version:
                     out[r.unique_id] = (r.version, r.id, r.status)
         return {u: (i, status) for u, (_, i, status) in out.items()}
+
+    def patients_of_ids(self, conn: Connection, ids: Iterable[str]) -> set[str]:
+        """The patients of the objects whose entryUUID is among ids (partitioned: from registry_key)."""
+        if self.partitioned:
+            return self.key_patients(conn, list(ids))
+        return self.patients_of(conn, ids)
 
     def patients_of(self, conn: Connection, refs: Iterable[str]) -> set[str]:
         """The patients of the objects whose id, uniqueId or logical id is among refs."""
@@ -565,8 +601,7 @@ class RegistryStore:
                     r["patient_id"] = patients[r["id"] if "id" in r else r["object_id"]]
         return batches + [(S.registry_key, keys)]
 
-    @staticmethod
-    def _origins(conn: Connection, objects: Sequence[RegistryObject], origin: tuple[str | None, str | None],
+    def _origins(self, conn: Connection, objects: Sequence[RegistryObject], origin: tuple[str | None, str | None],
                  inherits: Mapping[str, str]) -> dict[str, dict]:
         from xds.security.policy import one_month_after
 
@@ -579,7 +614,7 @@ class RegistryStore:
         found = {}
         for part in chunks(previous):
             for r in conn.execute(select(t.c.id, t.c.origin_org, t.c.origin_person, t.c.origin_time, t.c.reveal_at)
-                                  .where(t.c.id.in_(part))):
+                                  .where(*self._by_ids(conn, t, part))):
                 found[r.id] = dict(origin_org=r.origin_org, origin_person=r.origin_person,
                                    origin_time=r.origin_time, reveal_at=r.reveal_at)
         for new, old in inherits.items():
@@ -654,11 +689,12 @@ class RegistryStore:
 
     def set_status(self, conn: Connection, ids: Iterable[str], status: str) -> None:
         for part in chunks(list(set(ids))):
-            conn.execute(update(S.registry_object).where(S.registry_object.c.id.in_(part)).values(status=status))
+            conn.execute(update(S.registry_object).where(*self._by_ids(conn, S.registry_object, part))
+                         .values(status=status))
 
     def touch_folders(self, conn: Connection, folder_ids: Iterable[str], now: str) -> None:
         for part in chunks(list(set(folder_ids))):
-            conn.execute(update(S.folder).where(S.folder.c.id.in_(part)).values(last_update_time=now))
+            conn.execute(update(S.folder).where(*self._by_ids(conn, S.folder, part)).values(last_update_time=now))
 
     # --- ITI-62 removal -------------------------------------------------------------------------
     def lock_for_removal(self, conn: Connection, ids: Iterable[str]
@@ -674,10 +710,10 @@ class RegistryStore:
         t, a = S.registry_object, S.association
         for part in chunks(ids):
             q = (select(t.c.id, t.c.lid, t.c.version, t.c.kind, t.c.status, t.c.patient_id, t.c.unique_id)
-                 .where(t.c.id.in_(part)).order_by(t.c.id).with_for_update())
+                 .where(*self._by_ids(conn, t, part)).order_by(t.c.id).with_for_update())
             objs.update((r.id, ObjectRow(*r)) for r in conn.execute(q))
             q = (select(a.c.id, a.c.type, a.c.source, a.c.target, a.c.status, a.c.ss_status)
-                 .where(a.c.id.in_(part)).order_by(a.c.id).with_for_update())
+                 .where(*self._by_ids(conn, a, part)).order_by(a.c.id).with_for_update())
             assocs.update((r.id, AssociationRow(*r)) for r in conn.execute(q))
         return objs, assocs
 
@@ -687,29 +723,33 @@ class RegistryStore:
         t = S.association
         found: dict[str, AssociationRow] = {}
         for part in chunks(sorted(set(ids))):
+            # An association belongs to its ends' patient (the registry refuses links across patients).
             q = select(t.c.id, t.c.type, t.c.source, t.c.target, t.c.status, t.c.ss_status).where(
-                or_(t.c.source.in_(part), t.c.target.in_(part)))
+                or_(t.c.source.in_(part), t.c.target.in_(part)), *self._pin(conn, t, part))
             found.update((r.id, AssociationRow(*r)) for r in conn.execute(q))
         return list(found.values())
 
     def remove(self, conn: Connection, object_ids: Iterable[str], association_ids: Iterable[str]) -> None:
         """Delete associations, and registry objects with every index row they own."""
         a = S.association
-        for part in chunks(sorted(set(association_ids))):
-            conn.execute(delete(a).where(a.c.id.in_(part)))
-        if self.partitioned:
-            k = S.registry_key
-            for part in chunks(sorted(set(object_ids) | set(association_ids))):
-                conn.execute(delete(k).where(k.c.id.in_(part)))
+        object_ids, association_ids = sorted(set(object_ids)), sorted(set(association_ids))
+        # Read before their keys go.
+        patients = self.key_patients(conn, object_ids + association_ids) if self.partitioned else None
+        for part in chunks(association_ids):
+            conn.execute(delete(a).where(*self._by_ids(conn, a, part, patients)))
         owned = ((S.doc_entry, S.doc_entry.c.id), (S.submission_set, S.submission_set.c.id),
                  (S.folder, S.folder.c.id), (S.object_code, S.object_code.c.object_id),
                  (S.object_author, S.object_author.c.object_id), (S.reference_id, S.reference_id.c.object_id))
-        for part in chunks(sorted(set(object_ids))):
+        for part in chunks(object_ids):
             # The foreign keys cascade as well, but only where the connection enforces them (SQLite needs
             # a pragma); deleting the index rows here makes the outcome independent of that.
             for table, col in owned:
-                conn.execute(delete(table).where(col.in_(part)))
-            conn.execute(delete(S.registry_object).where(S.registry_object.c.id.in_(part)))
+                conn.execute(delete(table).where(*self._by_ids(conn, table, part, patients, col)))
+            conn.execute(delete(S.registry_object).where(*self._by_ids(conn, S.registry_object, part, patients)))
+        if self.partitioned:
+            k = S.registry_key
+            for part in chunks(object_ids + association_ids):
+                conn.execute(delete(k).where(k.c.id.in_(part)))
 
     # --- ITI-57 metadata update ------------------------------------------------------------------
     def latest_versions(self, conn: Connection, lids: Iterable[str]) -> dict[str, tuple[ObjectRow, str | None]]:
@@ -728,7 +768,7 @@ class RegistryStore:
 
     def set_association_status(self, conn: Connection, ids: Iterable[str], status: str) -> None:
         for part in chunks(list(set(ids))):
-            conn.execute(update(S.association).where(S.association.c.id.in_(part)).values(status=status))
+            conn.execute(update(S.association).where(*self._by_ids(conn, S.association, part)).values(status=status))
 
     # --- reading objects back ------------------------------------------------------------------
     def load_objects(self, conn: Connection, ids: Sequence[str]) -> list[etree._Element]:
@@ -737,25 +777,26 @@ class RegistryStore:
         return [render(r.xml, r.status, r.lid, r.version, r.last_update_time) for r in
                 (found[i] for i in ids if i in found)]
 
-    def object_rows(self, conn: Connection, ids: Sequence[str]) -> dict:
-        """Rows (id, lid, version, status, xml, ready, last_update_time) of registered objects, by id."""
+    def object_rows(self, conn: Connection, ids: Sequence[str], patients: Iterable[str] | None = None) -> dict:
+        """Rows (id, lid, version, status, xml, ready, last_update_time) of registered objects, by id; patients:
+        theirs, when the caller knows them (the partitioned layout then reads no registry_key)."""
         t, f = S.registry_object, S.folder
         found = {}
         for part in chunks(list(dict.fromkeys(ids))):
             q = (select(t.c.id, t.c.lid, t.c.version, t.c.status, t.c.xml, t.c.ready, f.c.last_update_time)
-                 .select_from(t.outerjoin(f, self.joined(f, f.c.id))).where(t.c.id.in_(part)))
+                 .select_from(t.outerjoin(f, self.joined(f, f.c.id))).where(*self._by_ids(conn, t, part, patients)))
             for r in conn.execute(q):
                 found[r.id] = r
         return found
 
-    def association_rows(self, conn: Connection, ids: Sequence[str]) -> dict:
+    def association_rows(self, conn: Connection, ids: Sequence[str], patients: Iterable[str] | None = None) -> dict:
         """Rows (id, type, source, target, status, ss_status, xml) of associations, by id; xml is None for
-        a bare association (registry.bare_association)."""
+        a bare association (registry.bare_association). patients: as object_rows."""
         t = S.association
         found = {}
         for part in chunks(list(dict.fromkeys(ids))):
             for r in conn.execute(select(t.c.id, t.c.type, t.c.source, t.c.target, t.c.status, t.c.ss_status,
-                                         t.c.xml).where(t.c.id.in_(part))):
+                                         t.c.xml).where(*self._by_ids(conn, t, part, patients))):
                 found[r.id] = r
         return found
 

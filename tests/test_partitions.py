@@ -335,3 +335,13 @@ def test_sqlite_has_no_partitions(tmp_path):
     with pytest.raises(ValueError, match="needs PostgreSQL"):
         store.migrate()
     store.engine.dispose()
+
+
+def test_db_upgrade_makes_the_configured_layout_and_current_names_it(pg_url, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDS_REGISTRY_PARTITIONS", str(N))
+    assert cli.main(["db", "upgrade", "--role", "registry", "--db", pg_url, "--data", str(tmp_path)]) == 0
+    assert cli.main(["db", "current", "--role", "registry", "--db", pg_url, "--data", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith(f", {N} partitions by patient")
+    store = RegistryStore(pg_url)
+    assert store.partitions == N
+    store.engine.dispose()

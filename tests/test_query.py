@@ -906,7 +906,9 @@ def test_by_id_leaf_class_answers_read_the_stored_text_with_their_rows(world):
             answer = fn()
         finally:
             meter.close()
-        return answer, [sql for sql, _, _ in meter.statements if sql.lstrip().upper().startswith("SELECT")]
+        # Tables partitioned by patient (XDS_TEST_PARTITIONS) read the ids' patients first (filters.pin_ids).
+        return answer, [sql for sql, _, _ in meter.statements if sql.lstrip().upper().startswith("SELECT")
+                        and "FROM registry_key" not in sql]
 
     leaf, statements = measured(lambda: related(world, uuid=world["D1"], return_type="LeafClass"))
     assert names(world, leaf.ids) == names(world, related(world, uuid=world["D1"]).ids) == {"D1", "D5", "a_rplc"}

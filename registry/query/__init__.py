@@ -93,17 +93,23 @@ PATIENT_PARAMS = {
 _ID_PARAMS = ("$XDSDocumentEntryEntryUUID", "$XDSDocumentEntryUniqueId", "$XDSDocumentEntryLogicalID",
               "$XDSFolderEntryUUID", "$XDSFolderUniqueId", "$XDSFolderLogicalID", "$XDSSubmissionSetEntryUUID",
               "$XDSSubmissionSetUniqueId", "$uuid")
+_UUID_PARAMS = {"$XDSDocumentEntryEntryUUID", "$XDSFolderEntryUUID", "$XDSSubmissionSetEntryUUID", "$uuid"}
 
 
 def patients_named(store: RegistryStore, conn, params) -> set[str]:
     """The patients of the objects a by-id query names. Whatever it reaches from them belongs to the same
     patients (the registry refuses associations across patients); anything else is seen by nobody."""
     ids: list[str] = []
+    refs: list[str] = []
     for name in _ID_PARAMS:
         v = params.get(name)
         if v:
-            ids += v if isinstance(v, list) else [v]
-    return store.patients_of(conn, ids)
+            (ids if name in _UUID_PARAMS else refs).extend(v if isinstance(v, list) else [v])
+    if not store.partitioned:
+        return store.patients_of(conn, ids + refs)
+    # entryUUIDs through registry_key; uniqueIds and logical ids (whose versions an ITI-64 change may have
+    # filed under another patient) by the objects themselves.
+    return store.patients_of_ids(conn, ids) | (store.patients_of(conn, refs) if refs else set())
 
 
 def _check_leaf_class(found: Found, config: RegistryConfig, single_patient: bool = True) -> None:
@@ -124,12 +130,14 @@ def _leaf_class(store: RegistryStore, conn, found: Found, req: QueryRequest) -> 
     # DocumentEntries read with the query itself (they carry no lastUpdateTime), then the other objects.
     parts = {i: answer_part(r.xml, r.status, r.lid, r.version, home=req.home, ready=r.ready)
              for i, r in found.stored.items()}
-    rows = store.object_rows(conn, [i for i in ids if i not in parts])
+    patients = {p for _, p in found.objects}
+    rows = store.object_rows(conn, [i for i in ids if i not in parts], patients)
     parts.update((i, answer_part(r.xml, r.status, r.lid, r.version, r.last_update_time, req.home, r.ready))
                  for i, r in rows.items())
     out = [parts[i] for i in ids if i in parts]
     assocs = dict(found.stored_associations)
-    assocs.update(store.association_rows(conn, [i for i in found.associations if i not in assocs]))
+    # An association belongs to its ends' patient (the registry refuses links across patients).
+    assocs.update(store.association_rows(conn, [i for i in found.associations if i not in assocs], patients))
     out += [association_part(a, req.home) for a in (assocs[i] for i in found.associations if i in assocs)]
     return out
 

@@ -182,6 +182,30 @@ def same_patient(side, patient_col) -> list[ColumnElement]:
     return [] if patient_col is None else [side.c.patient_id == patient_col]
 
 
+def pin_ids(ctx: Ctx, ids: Sequence[str]) -> None:
+    """Partitioned: pin the query to the patients of these entryUUIDs (registry_key: one probe each), so that
+    its statements read their partitions instead of probing every partition of every table. Ids the registry
+    does not hold have no patient: a query about nothing but them reads nothing."""
+    if not ctx.partitioned or ctx.scope.patients is not None:
+        return
+    k = S.registry_key
+    found: set[str] = set()
+    for part in chunks(sorted(set(ids))):
+        found |= set(ctx.conn.execute(select(k.c.patient_id).where(k.c.id.in_(list(part))).distinct()).scalars())
+    ctx.scope.patients = sorted(found)
+
+
+def pin_rows(ctx: Ctx, rows: Iterable) -> None:
+    """Partitioned: pin the rest of the query to the patients of the objects it found first (by uniqueId or
+    logical id, which registry_key does not hold)."""
+    pin_patients(ctx, {r.patient_id for r in rows})
+
+
+def pin_patients(ctx: Ctx, patients: Iterable[str]) -> None:
+    if ctx.partitioned and ctx.scope.patients is None:
+        ctx.scope.patients = sorted(patients)
+
+
 def has_code(obj_id_col, scheme: str, codes: Sequence[str], patient_col=None) -> ColumnElement:
     return exists(select(OC.c.object_id).where(OC.c.object_id == obj_id_col, OC.c.scheme == scheme,
                                                OC.c.code.in_(list(codes)), *same_patient(OC, patient_col)))

@@ -20,7 +20,7 @@ from .filters import (
     A, ASSOCIATION_ANSWER, AU, D, DE_ANSWER, FOL, O, OC, REF, SSET, Ctx, Found, assoc_status_filter,
     associations_in_seq_order, author_matches, code_groups, content_filters, de_select, de_visible,
     entry_type_filter, fd_visible, latest_version, like_clause, like_value, needs_latest_check, obj_select,
-    owner, rows_in, same_patient, time_range,
+    owner, pin_ids, pin_patients, pin_rows, rows_in, same_patient, time_range,
 )
 
 HM = C.ASSOC_HAS_MEMBER
@@ -239,6 +239,7 @@ def get_all(ctx: Ctx) -> Found:
     de_st, ss_st, fd_st = (p.get("$XDSDocumentEntryStatus"), p.get("$XDSSubmissionSetStatus"),
                            p.get("$XDSFolderStatus"))
     found = Found()
+    pin_patients(ctx, [pid])   # for the associations, looked up by their ends
     selects = (obj_select(ctx, S.KIND_SUBMISSION_SET, O.c.patient_id == pid, O.c.status.in_(ss_st)),
                de_select(ctx, O.c.patient_id == pid, O.c.status.in_(de_st), *content_filters(ctx), *de_visible(ctx, de_st)),
                obj_select(ctx, S.KIND_FOLDER, O.c.patient_id == pid, O.c.status.in_(fd_st), *fd_visible(ctx, fd_st)))
@@ -262,24 +263,32 @@ def _documents_by_id(ctx: Ctx, uuid_param: str, uid_param: str, lid_param: str |
     p = ctx.params
     if lid_param and p.has(lid_param):
         # A logical id asks for the history of an entry: every version, whatever the level.
-        return rows_in(ctx, lambda part: de_select(ctx, O.c.lid.in_(part), *extra), p.get(lid_param))
-    visible = de_visible(ctx)
-    if p.has(uuid_param):
-        return rows_in(ctx, lambda part: de_select(ctx, O.c.id.in_(part), *visible, *extra), _as_list(p.get(uuid_param)))
-    return rows_in(ctx, lambda part: de_select(ctx, O.c.unique_id.in_(part), *visible, *extra),
-                   _as_list(p.get(uid_param)))
+        rows = rows_in(ctx, lambda part: de_select(ctx, O.c.lid.in_(part), *extra), p.get(lid_param))
+    elif p.has(uuid_param):
+        pin_ids(ctx, _as_list(p.get(uuid_param)))
+        visible = de_visible(ctx)
+        rows = rows_in(ctx, lambda part: de_select(ctx, O.c.id.in_(part), *visible, *extra), _as_list(p.get(uuid_param)))
+    else:
+        visible = de_visible(ctx)
+        rows = rows_in(ctx, lambda part: de_select(ctx, O.c.unique_id.in_(part), *visible, *extra),
+                       _as_list(p.get(uid_param)))
+    pin_rows(ctx, rows)
+    return rows
 
 
 def _folders_by_id(ctx: Ctx, uuid_param: str, uid_param: str, lid_param: str | None = None) -> list:
     p = ctx.params
     if lid_param and p.has(lid_param):
-        return rows_in(ctx, lambda part: obj_select(ctx, S.KIND_FOLDER, O.c.lid.in_(part)), p.get(lid_param))
-    visible = fd_visible(ctx)
-    if p.has(uuid_param):
-        return rows_in(ctx, lambda part: obj_select(ctx, S.KIND_FOLDER, O.c.id.in_(part), *visible),
+        rows = rows_in(ctx, lambda part: obj_select(ctx, S.KIND_FOLDER, O.c.lid.in_(part)), p.get(lid_param))
+    elif p.has(uuid_param):
+        pin_ids(ctx, _as_list(p.get(uuid_param)))
+        rows = rows_in(ctx, lambda part: obj_select(ctx, S.KIND_FOLDER, O.c.id.in_(part), *fd_visible(ctx)),
                        _as_list(p.get(uuid_param)))
-    return rows_in(ctx, lambda part: obj_select(ctx, S.KIND_FOLDER, O.c.unique_id.in_(part), *visible),
-                   _as_list(p.get(uid_param)))
+    else:
+        rows = rows_in(ctx, lambda part: obj_select(ctx, S.KIND_FOLDER, O.c.unique_id.in_(part), *fd_visible(ctx)),
+                       _as_list(p.get(uid_param)))
+    pin_rows(ctx, rows)
+    return rows
 
 
 def _as_list(v) -> list[str]:
@@ -301,6 +310,7 @@ def get_folders(ctx: Ctx) -> Found:
 
 def get_associations(ctx: Ctx) -> Found:
     found = Found()
+    pin_ids(ctx, _as_list(ctx.params.get("$uuid")))
     found.add_association_rows(associations_in_seq_order(ctx, ctx.params.get("$uuid"),
                                                          *assoc_status_filter(ctx.params)))
     return found
@@ -316,6 +326,7 @@ def get_documents_and_associations(ctx: Ctx) -> Found:
 
 def get_submission_sets(ctx: Ctx) -> Found:
     """The SubmissionSets holding any of the given objects, with those HasMember associations."""
+    pin_ids(ctx, _as_list(ctx.params.get("$uuid")))
     where = [A.c.type == HM, *assoc_status_filter(ctx.params), *ctx.scope.associations(), *ctx.scope.objects()]
     rows = rows_in(ctx, lambda part: (
         select(A.c.id, A.c.source, O.c.patient_id, A.c.seq, O.c.seq.label("ss_seq"))
@@ -345,12 +356,14 @@ def get_submission_set_and_contents(ctx: Ctx) -> Found:
     p = ctx.params
     if p.has("$XDSSubmissionSetEntryUUID"):
         key = O.c.id == p.get("$XDSSubmissionSetEntryUUID")
+        pin_ids(ctx, [p.get("$XDSSubmissionSetEntryUUID")])
     else:
         key = O.c.unique_id == p.get("$XDSSubmissionSetUniqueId")
     found = Found()
     ss = ctx.conn.execute(obj_select(ctx, S.KIND_SUBMISSION_SET, key)).first()
     if ss is None:
         return found
+    pin_rows(ctx, [ss])
     astatus = assoc_status_filter(p) + ctx.scope.associations()
     members = select(A.c.target).where(A.c.source == ss.id, A.c.type == HM, *astatus)
     member_assocs = ctx.conn.execute(select(A.c.id, A.c.type, A.c.source, A.c.target, A.c.seq)
@@ -403,7 +416,7 @@ def get_folders_for_document(ctx: Ctx) -> Found:
     if not docs:
         return found
     holders = select(A.c.source).where(A.c.target.in_([d.id for d in docs]), A.c.type == HM,
-                                       *assoc_status_filter(p))
+                                       *assoc_status_filter(p), *ctx.scope.pin(A))
     found.add_objects(ctx.conn.execute(obj_select(ctx, S.KIND_FOLDER, O.c.id.in_(holders), *fd_visible(ctx))))
     return found
 

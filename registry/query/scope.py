@@ -124,6 +124,21 @@ class Scope:
         self.hidden_statuses: tuple[str, ...] = ()
         # The tables are partitioned by patient (Ctx sets it): code probes then name the patient too.
         self.partitioned = False
+        # Partitioned: the patients a by-id query's objects belong to, once known (filters.pin_ids, pin_rows);
+        # every statement of the query then names them, which keeps it in their partitions.
+        self.patients: list[str] | None = None
+
+    def pin(self, t) -> list[ColumnElement]:
+        if not self.partitioned or self.patients is None:
+            return []
+        if len(self.patients) == 1:
+            # An equality, which PostgreSQL carries over to the tables joined on the patient.
+            return [t.c.patient_id == self.patients[0]]
+        return [t.c.patient_id.in_(self.patients)]
+
+    def _same(self, x, a) -> list[ColumnElement]:
+        # A registry object and its links belong to one patient (the registry refuses links across patients).
+        return [x.c.patient_id == a.c.patient_id] if self.partitioned else []
 
     def _not_hidden(self, o) -> list[ColumnElement]:
         return [o.c.status.notin_(self.hidden_statuses)] if self.hidden_statuses else []
@@ -148,14 +163,14 @@ class Scope:
 
     def de(self, o=O, d=D) -> list[ColumnElement]:
         if self.everything:
-            return self._not_hidden(o)
-        return self._not_hidden(o) + [or_(false(), *[and_(o.c.patient_id.in_(ps), de_condition(vis, self.now, o, d, partitioned=self.partitioned))
+            return self._not_hidden(o) + self.pin(o)
+        return self._not_hidden(o) + self.pin(o) + [or_(false(), *[and_(o.c.patient_id.in_(ps), de_condition(vis, self.now, o, d, partitioned=self.partitioned))
                                                      for ps, vis in self._groups()])]
 
     def objects(self, o=O) -> list[ColumnElement]:
         if self.everything:
-            return self._not_hidden(o)
-        return self._not_hidden(o) + [or_(false(), *[and_(o.c.patient_id.in_(ps), object_condition(vis, o))
+            return self._not_hidden(o) + self.pin(o)
+        return self._not_hidden(o) + self.pin(o) + [or_(false(), *[and_(o.c.patient_id.in_(ps), object_condition(vis, o))
                                                      for ps, vis in self._groups()])]
 
     def visible(self, x, xd) -> ColumnElement:
@@ -170,20 +185,21 @@ class Scope:
     def associations(self, a=A) -> list[ColumnElement]:
         """An association is seen only when neither end is hidden: a registry object the caller may not see,
         or an association with such an end (a SubmissionSet's HasMember of a Folder filing)."""
-        out = []
+        out = self.pin(a)
         if self.hidden_statuses:
             # A link to a hidden object (a SubmissionSet's HasMember, a replacement) would tell it exists.
             x = O.alias("scope_hidden")
-            out.append(~exists(select(x.c.id).where(x.c.id.in_([a.c.source, a.c.target]),
+            out.append(~exists(select(x.c.id).where(x.c.id.in_([a.c.source, a.c.target]), *self._same(x, a),
                                                      x.c.status.in_(self.hidden_statuses))))
         if self.everything:
             return out
         inner = A.alias("scope_inner")
         return out + [~self._hidden_object_end(a), ~exists(select(inner.c.id).where(
-            inner.c.id.in_([a.c.source, a.c.target]), self._hidden_object_end(inner)))]
+            inner.c.id.in_([a.c.source, a.c.target]), *self._same(inner, a), self._hidden_object_end(inner)))]
 
     def _hidden_object_end(self, a) -> ColumnElement:
         x, xd = O.alias(), D.alias()
         # COALESCE: a comparison with a NULL column must count as not visible, never as unknown.
-        return exists(select(x.c.id).select_from(x.outerjoin(xd, xd.c.id == x.c.id))
-                      .where(x.c.id.in_([a.c.source, a.c.target]), ~func.coalesce(self.visible(x, xd), false())))
+        return exists(select(x.c.id).select_from(x.outerjoin(xd, and_(xd.c.id == x.c.id, *self._same(xd, x))))
+                      .where(x.c.id.in_([a.c.source, a.c.target]), *self._same(x, a),
+                             ~func.coalesce(self.visible(x, xd), false())))
