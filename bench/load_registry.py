@@ -614,14 +614,18 @@ def load(url: str, entries: int, jobs: int = 2, seed: int = 18, batch: int = 500
         cur.execute("INSERT INTO registry_key SELECT id, patient_id FROM reg_object UNION ALL "
                     "SELECT id, patient_id FROM association")
         cur.execute("ALTER TABLE registry_key ADD PRIMARY KEY (id)")
-        print(f"  registry_key filled in {time.perf_counter() - t_key:.0f} s", flush=True)
+        cur.execute("ALTER TABLE registry_uid DROP CONSTRAINT registry_uid_pkey")
+        cur.execute("INSERT INTO registry_uid SELECT DISTINCT unique_id, patient_id FROM reg_object "
+                    "WHERE unique_id IS NOT NULL")
+        cur.execute("ALTER TABLE registry_uid ADD PRIMARY KEY (unique_id, patient_id)")
+        print(f"  registry_key and registry_uid filled in {time.perf_counter() - t_key:.0f} s", flush=True)
     # Primary keys first (the foreign keys need reg_object's), each table's builds side by side.
     _run_parallel(dsn, [f"ALTER TABLE {t} ADD CONSTRAINT \"{n}\" {d}" for t, n, d in pks], jobs)
     _run_parallel(dsn, [d for _, _, d in idx], jobs)
     t_idx = time.perf_counter()
     _run_parallel(dsn, [f"ALTER TABLE {t} ADD CONSTRAINT \"{n}\" {d}" for t, n, d in fks], jobs)
     t_fk = time.perf_counter()
-    _run_parallel(dsn, [f"VACUUM (ANALYZE) {t}" for t in list(TABLES) + (["registry_key"] if partitions else [])], jobs)
+    _run_parallel(dsn, [f"VACUUM (ANALYZE) {t}" for t in list(TABLES) + (["registry_key", "registry_uid"] if partitions else [])], jobs)
     t_end = time.perf_counter()
     conn.close()
     out = dict(entries=entries, patients=len(counts), total=t_end - t0, copy=t_copied - t_gen,
@@ -645,7 +649,7 @@ def sizes(url: str) -> None:
     total = 0
     cur.execute("SELECT to_regclass('registry_key') IS NOT NULL")
     keyed = cur.fetchone()[0]
-    for t in list(TABLES) + (["registry_key"] if keyed else []):
+    for t in list(TABLES) + (["registry_key", "registry_uid"] if keyed else []):
         # Summed over the partitions of a partitioned table (pg_partition_tree gives a plain table itself).
         cur.execute("SELECT sum(greatest(c.reltuples, 0))::bigint, sum(pg_relation_size(c.oid)), "
                     "sum(coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)), "

@@ -8,7 +8,8 @@ moves here:
 
 - primary keys become (id, patient_id): PostgreSQL keeps a key unique only together with the partition
   key. The entryUUIDs stay unique across the registry through ``registry_key`` (id, patient_id), an
-  unpartitioned table the store writes in the same transaction as the rows;
+  unpartitioned table the store writes in the same transaction as the rows, which is also where a lookup by
+  id finds its patients' partitions; ``registry_uid`` (unique_id, patient_id) does the same for uniqueIds;
 - foreign keys from the side tables to reg_object go: they would have to name (id, patient_id), and
   before PostgreSQL 15 a merge that moves an object to another partition runs a foreign key's ON DELETE
   action, which would delete the moved object's index rows. The store deletes an object's index rows
@@ -17,6 +18,8 @@ moves here:
 SQLite has no partitioning: its layout is always plain.
 """
 from __future__ import annotations
+
+from typing import Iterable
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
@@ -30,7 +33,36 @@ TABLES = (OBJECT_TABLE,) + tuple(t for t, _ in SIDE_TABLES) + (ASSOCIATION_TABLE
 # Tables with a primary key on id (plain) or (id, patient_id) (partitioned).
 KEYED = (OBJECT_TABLE, "doc_entry", "submission_set", "folder", ASSOCIATION_TABLE)
 KEY_TABLE = "registry_key"
+UID_TABLE = "registry_uid"
 MAX_PARTITIONS = 1024
+
+
+def key_patients(conn: Connection, ids: Iterable[str]) -> set[str]:
+    """The patients of these objects' and associations' entryUUIDs (registry_key, one probe each)."""
+    return _patients(conn, "SELECT DISTINCT patient_id FROM registry_key WHERE id = ANY(:v)", ids)
+
+
+def uid_patients(conn: Connection, unique_ids: Iterable[str]) -> set[str]:
+    """The patients these uniqueIds are filed under (registry_uid: a superset, see registry.schema)."""
+    return _patients(conn, "SELECT DISTINCT patient_id FROM registry_uid WHERE unique_id = ANY(:v)", unique_ids)
+
+
+def lid_patients(conn: Connection, lids: Iterable[str]) -> set[str]:
+    """The patients whose partitions hold versions of these logical ids. A logical id is its first version's
+    entryUUID (registry_key); later versions share its uniqueId, also when an ITI-64 change filed them under
+    another patient (registry_uid)."""
+    lids = sorted(set(lids))
+    first = key_patients(conn, lids)
+    if not first:
+        return set()
+    uids = {u for u in conn.execute(text("SELECT unique_id FROM reg_object WHERE id = ANY(:v) AND patient_id = ANY(:p)"),
+                                    {"v": lids, "p": sorted(first)}).scalars() if u}
+    return first | uid_patients(conn, uids)
+
+
+def _patients(conn: Connection, sql: str, values: Iterable[str]) -> set[str]:
+    values = sorted(set(values))
+    return set(conn.execute(text(sql), {"v": values}).scalars()) if values else set()
 
 
 def layout(conn: Connection) -> int:
@@ -86,14 +118,19 @@ def convert(conn: Connection, n: int) -> None:
     for definition in indexes:
         x(definition)
     x(f"DROP TABLE IF EXISTS {KEY_TABLE}")
+    x(f"DROP TABLE IF EXISTS {UID_TABLE}")
     if n:
         x(f"CREATE TABLE {KEY_TABLE} (id varchar(64) PRIMARY KEY, patient_id varchar(256) NOT NULL)")
         x(f"INSERT INTO {KEY_TABLE} (id, patient_id) SELECT id, patient_id FROM {OBJECT_TABLE} UNION "
           f"SELECT id, patient_id FROM {ASSOCIATION_TABLE} ON CONFLICT (id) DO NOTHING")
+        x(f"CREATE TABLE {UID_TABLE} (unique_id varchar(300), patient_id varchar(256), "
+          "PRIMARY KEY (unique_id, patient_id))")
+        x(f"INSERT INTO {UID_TABLE} (unique_id, patient_id) SELECT DISTINCT unique_id, patient_id "
+          f"FROM {OBJECT_TABLE} WHERE unique_id IS NOT NULL")
     else:
         for table, column in SIDE_TABLES:
             x(f"ALTER TABLE {table} ADD FOREIGN KEY ({column}) REFERENCES {OBJECT_TABLE} (id) ON DELETE CASCADE")
-    for table in TABLES + ((KEY_TABLE,) if n else ()):
+    for table in TABLES + ((KEY_TABLE, UID_TABLE) if n else ()):
         x(f"ANALYZE {table}")
 
 

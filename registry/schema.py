@@ -193,6 +193,16 @@ registry_key = Table(
     Column("patient_id", String(256), nullable=False),
 )
 
+# The partitioned layout only: the patients each uniqueId is filed under (one, or two after an ITI-64 change
+# filed its new versions under another patient), so that a lookup by uniqueId, which every submission makes,
+# reads those patients' partitions and not every one. A row may outlive its objects (ITI-62 leaves it): it
+# then only adds a partition to look in.
+registry_uid = Table(
+    "registry_uid", registry_key.metadata,
+    Column("unique_id", String(300), primary_key=True),
+    Column("patient_id", String(256), primary_key=True),
+)
+
 # A single-row counter for registration order; portable across SQLite and PostgreSQL.
 counter = Table(
     "reg_counter", metadata,

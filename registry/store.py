@@ -19,6 +19,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 from lxml import etree
 from sqlalchemy import Table, and_, delete, insert, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_upsert
 from sqlalchemy.engine import Connection, Engine
 
 from xds import constants as C
@@ -123,13 +124,10 @@ class RegistryStore:
     def _same_patient(self, side: Table, obj: Table) -> list:
         return [side.c.patient_id == obj.c.patient_id] if self.partitioned else []
 
-    def key_patients(self, conn: Connection, ids: Sequence[str]) -> set[str]:
-        """Partitioned: the patients of these objects' and associations' ids (registry_key, one probe each)."""
-        k = S.registry_key
-        out: set[str] = set()
-        for part in chunks(sorted(set(ids))):
-            out |= set(conn.execute(select(k.c.patient_id).where(k.c.id.in_(list(part))).distinct()).scalars())
-        return out
+    # Partitioned: where rows named by id, uniqueId or logical id are (registry/partitions.py).
+    key_patients = staticmethod(partitioning.key_patients)
+    uid_patients = staticmethod(partitioning.uid_patients)
+    lid_patients = staticmethod(partitioning.lid_patients)
 
     def _pin(self, conn: Connection, table: Table, ids: Sequence[str], patients: Iterable[str] | None = None) -> list:
         """Partitioned: the condition that keeps a statement about these ids (or rows linked to them) in their
@@ -143,6 +141,21 @@ class RegistryStore:
     def _by_ids(self, conn: Connection, table: Table, ids: Sequence[str], patients: Iterable[str] | None = None,
                 col=None) -> list:
         return [(table.c.id if col is None else col).in_(list(ids)), *self._pin(conn, table, ids, patients)]
+
+    def _by_refs(self, conn: Connection, table: Table, refs: Sequence[str], uids: bool = True) -> list:
+        """Partitioned: the pin of a statement about objects named by id, logical id or (uids) uniqueId."""
+        if not self.partitioned:
+            return []
+        found = self.lid_patients(conn, refs) | (self.uid_patients(conn, refs) if uids else set())
+        return self._pin(conn, table, (), found)
+
+    def _by_uids(self, conn: Connection, table: Table, uids: Sequence[str]) -> list:
+        return [table.c.unique_id.in_(list(uids)),
+                *(self._pin(conn, table, (), self.uid_patients(conn, uids)) if self.partitioned else [])]
+
+    def _by_lids(self, conn: Connection, table: Table, lids: Sequence[str]) -> list:
+        return [table.c.lid.in_(list(lids)),
+                *(self._pin(conn, table, (), self.lid_patients(conn, lids)) if self.partitioned else [])]
 
     def _in_partitions_of(self, side: Table, rows) -> list:
         """Partitioned: the side rows of these objects' patients only, which prunes to their partitions."""
@@ -217,7 +230,7 @@ class RegistryStore:
                           .values(active=False, merged_into=surviving))
             # Re-point the registry's index, and the patientId in the kept XML, to the survivor.
             rows = c.execute(select(S.registry_object.c.id, S.registry_object.c.lid, S.registry_object.c.version,
-                                    S.registry_object.c.xml)
+                                    S.registry_object.c.xml, S.registry_object.c.unique_id)
                              .where(S.registry_object.c.patient_id == subsumed)).all()
             for r in rows:
                 el = safe_parse(r.xml.encode(), "stored object")
@@ -229,9 +242,10 @@ class RegistryStore:
                                                           S.registry_object.c.id == r.id)
                           .values(patient_id=surviving, xml=xml, ready=ready))
             if self.partitioned and rows:
-                self._move_rows(c, [r.id for r in rows], subsumed, surviving)
+                self._move_rows(c, [r.id for r in rows], {r.unique_id for r in rows if r.unique_id}, subsumed,
+                                surviving)
 
-    def _move_rows(self, conn: Connection, ids: list[str], subsumed: str, surviving: str) -> None:
+    def _move_rows(self, conn: Connection, ids: list[str], uids: set[str], subsumed: str, surviving: str) -> None:
         """The partitioned layout: the index rows and associations of moved objects follow them to the
         survivor's partition (an UPDATE of the partition key moves a row between partitions)."""
         a = S.association
@@ -249,6 +263,11 @@ class RegistryStore:
         k = S.registry_key
         for part in chunks(sorted(set(ids) | set(moved_links))):
             conn.execute(update(k).where(k.c.id.in_(part)).values(patient_id=surviving))
+        u = S.registry_uid
+        for part in chunks(sorted(uids)):
+            conn.execute(pg_upsert(u).values([dict(unique_id=x, patient_id=surviving) for x in part])
+                         .on_conflict_do_nothing())
+            conn.execute(delete(u).where(u.c.patient_id == subsumed, u.c.unique_id.in_(part)))
 
     def patient_known(self, conn: Connection, patient_id: str) -> bool:
         row = conn.execute(select(S.patient.c.active).where(S.patient.c.patient_id == patient_key(patient_id))).first()
@@ -332,7 +351,7 @@ class RegistryStore:
         if unique_ids is not None:
             out = []
             for part in chunks(sorted(set(unique_ids))):
-                out += [tuple(r) for r in conn.execute(q.where(t.c.unique_id.in_(part)))]
+                out += [tuple(r) for r in conn.execute(q.where(*self._by_uids(conn, t, part)))]
             return sorted(out, key=lambda r: r[0])
         if after is not None:
             q = q.where(t.c.unique_id > after)
@@ -386,16 +405,7 @@ class RegistryStore:
             row = self.patient_row(key, conn) if key else None
             return holders, (bool(row[1]), row[2]) if row else None, taken
         if self.partitioned:
-            # One key probe per id instead of one per id and partition.
-            joined, taken = ("d.id = o.id AND d.patient_id = o.patient_id",
-                             "SELECT 'i', k.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM registry_key k "
-                             "WHERE k.id = ANY(%(i)s)")
-        else:
-            joined, taken = ("d.id = o.id",
-                             "SELECT 'i', o.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM reg_object o "
-                             "WHERE o.id = ANY(%(i)s) "
-                             "UNION ALL SELECT 'i', a.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM association a "
-                             "WHERE a.id = ANY(%(i)s)")
+            return self._lock_and_prefetch_partitioned(conn, uids, key, ids)
         cur = conn.connection.dbapi_connection.cursor()
         try:
             # psycopg2 answers the last statement only: the three lookups are one SELECT, told apart by
@@ -403,10 +413,13 @@ class RegistryStore:
             cur.execute("SELECT count(pg_advisory_xact_lock(hashtext(u))) FROM "
                         "(SELECT unnest(%(u)s::text[]) AS u ORDER BY 1) AS ordered; "
                         "SELECT 'u', o.id, o.lid, o.version, o.kind, o.status, o.patient_id, o.unique_id, d.hash "
-                        f"FROM reg_object o LEFT JOIN doc_entry d ON {joined} WHERE o.unique_id = ANY(%(u)s) "
+                        "FROM reg_object o LEFT JOIN doc_entry d ON d.id = o.id WHERE o.unique_id = ANY(%(u)s) "
                         "UNION ALL SELECT 'p', NULL, p.merged_into, CASE WHEN p.active THEN 1 ELSE 0 END, NULL, "
                         "NULL, NULL, NULL, NULL FROM patient p WHERE p.patient_id = %(p)s "
-                        f"UNION ALL {taken}", {"u": uids, "p": key, "i": ids})
+                        "UNION ALL SELECT 'i', o.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM reg_object o "
+                        "WHERE o.id = ANY(%(i)s) "
+                        "UNION ALL SELECT 'i', a.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM association a "
+                        "WHERE a.id = ANY(%(i)s)", {"u": uids, "p": key, "i": ids})
             rows = cur.fetchall()
         finally:
             cur.close()
@@ -414,17 +427,43 @@ class RegistryStore:
         patient = next(((bool(r[3]), r[2]) for r in rows if r[0] == "p"), None)
         return holders, patient, {r[1] for r in rows if r[0] == "i"}
 
-    def by_unique_ids(self, conn: Connection, unique_ids: Iterable[str]) -> list[tuple[ObjectRow, str | None]]:
-        """Objects holding any of these uniqueIds, with the DocumentEntry hash where there is one."""
-        uids = list(set(unique_ids))
+    def _lock_and_prefetch_partitioned(self, conn: Connection, uids: list[str], key: str | None, ids: list[str]):
+        """lock_and_prefetch on partitioned tables: the locks, then the patient, the taken ids (registry_key)
+        and the patients holding the uniqueIds (registry_uid) in one round trip; the holders themselves, read
+        in those patients' partitions, only when there are any (a new document has none)."""
+        cur = conn.connection.dbapi_connection.cursor()
+        try:
+            cur.execute("SELECT count(pg_advisory_xact_lock(hashtext(u))) FROM "
+                        "(SELECT unnest(%(u)s::text[]) AS u ORDER BY 1) AS ordered; "
+                        "SELECT 'p', p.merged_into, CASE WHEN p.active THEN 1 ELSE 0 END FROM patient p "
+                        "WHERE p.patient_id = %(p)s "
+                        "UNION ALL SELECT 'i', k.id, NULL::int FROM registry_key k WHERE k.id = ANY(%(i)s) "
+                        "UNION ALL SELECT DISTINCT 'h', r.patient_id, NULL::int FROM registry_uid r "
+                        "WHERE r.unique_id = ANY(%(u)s)", {"u": uids, "p": key, "i": ids})
+            rows = cur.fetchall()
+        finally:
+            cur.close()
+        patient = next(((bool(r[2]), r[1]) for r in rows if r[0] == "p"), None)
+        holding = {r[1] for r in rows if r[0] == "h"}
+        holders = self._holders(conn, uids, holding) if holding else []
+        return holders, patient, {r[1] for r in rows if r[0] == "i"}
+
+    def _holders(self, conn: Connection, uids: Sequence[str], patients: Iterable[str] | None = None
+                 ) -> list[tuple[ObjectRow, str | None]]:
         t, d = S.registry_object, S.doc_entry
         out = []
-        for part in chunks(uids):
+        for part in chunks(list(uids)):
+            where = ([t.c.unique_id.in_(list(part)), *self._pin(conn, t, (), patients)] if patients is not None
+                     else self._by_uids(conn, t, part))
             q = (select(t.c.id, t.c.lid, t.c.version, t.c.kind, t.c.status, t.c.patient_id, t.c.unique_id, d.c.hash)
-                 .select_from(t.outerjoin(d, self.joined(d, d.c.id))).where(t.c.unique_id.in_(part)))
+                 .select_from(t.outerjoin(d, self.joined(d, d.c.id))).where(*where))
             for r in conn.execute(q):
                 out.append((ObjectRow(*r[:7]), r.hash))
         return out
+
+    def by_unique_ids(self, conn: Connection, unique_ids: Iterable[str]) -> list[tuple[ObjectRow, str | None]]:
+        """Objects holding any of these uniqueIds, with the DocumentEntry hash where there is one."""
+        return self._holders(conn, sorted(set(unique_ids)))
 
     def entry_size(self, conn: Connection, entry_id: str) -> int | None:
         """The size recorded for a DocumentEntry (None when it has none)."""
@@ -489,7 +528,7 @@ class RegistryStore:
         for part in chunks(sorted(set(refs))):
             rows = conn.execute(select(t.c.id, t.c.unique_id, t.c.version, t.c.patient_id, t.c.reveal_at, t.c.xml)
                                 .where(or_(t.c.id.in_(part), t.c.unique_id.in_(part)),
-                                       t.c.kind == S.KIND_DOCUMENT_ENTRY)).all()
+                                       t.c.kind == S.KIND_DOCUMENT_ENTRY, *self._by_refs(conn, t, part))).all()
             ids = [r.id for r in rows]
             codes: dict[str, set[str]] = {}
             for r in conn.execute(select(oc.c.object_id, oc.c.code).where(
@@ -508,7 +547,8 @@ class RegistryStore:
         t = S.registry_object
         out = {}
         for part in chunks(sorted(set(ids))):
-            for r in conn.execute(select(t.c.id, t.c.lid).where(or_(t.c.id.in_(part), t.c.lid.in_(part)))):
+            for r in conn.execute(select(t.c.id, t.c.lid).where(or_(t.c.id.in_(part), t.c.lid.in_(part)),
+                                                                *self._by_refs(conn, t, part, uids=False))):
                 out[r.id] = r.lid
         return out
 
@@ -533,7 +573,7 @@ class RegistryStore:
         out: dict[str, tuple[int, str, str]] = {}
         for part in chunks(sorted(set(unique_ids))):
             for r in conn.execute(select(t.c.id, t.c.unique_id, t.c.version, t.c.status).where(
-                    t.c.unique_id.in_(part), t.c.kind == S.KIND_DOCUMENT_ENTRY)):
+                    *self._by_uids(conn, t, part), t.c.kind == S.KIND_DOCUMENT_ENTRY)):
                 if r.unique_id not in out or out[r.unique_id][0] < r.version:
                     out[r.unique_id] = (r.version, r.id, r.status)
         return {u: (i, status) for u, (_, i, status) in out.items()}
@@ -550,7 +590,7 @@ class RegistryStore:
         out: set[str] = set()
         for part in chunks(sorted(set(refs))):
             q = select(t.c.patient_id).where(or_(t.c.id.in_(part), t.c.unique_id.in_(part),
-                                                 t.c.lid.in_(part))).distinct()
+                                                 t.c.lid.in_(part)), *self._by_refs(conn, t, part)).distinct()
             out |= {r.patient_id for r in conn.execute(q) if r.patient_id}
         return out
 
@@ -599,7 +639,9 @@ class RegistryStore:
             elif table is not S.registry_object:
                 for r in rows:
                     r["patient_id"] = patients[r["id"] if "id" in r else r["object_id"]]
-        return batches + [(S.registry_key, keys)]
+        uids = sorted({(o.unique_id, patients[o.id]) for o in objects if o.unique_id})
+        return batches + [(S.registry_key, keys)] + ([(S.registry_uid, [dict(unique_id=u, patient_id=p)
+                                                                          for u, p in uids])] if uids else [])
 
     def _origins(self, conn: Connection, objects: Sequence[RegistryObject], origin: tuple[str | None, str | None],
                  inherits: Mapping[str, str]) -> dict[str, dict]:
@@ -759,7 +801,8 @@ class RegistryStore:
         for part in chunks(sorted(set(lids))):
             # Version chains are short, so every version is read and the newest kept here.
             q = (select(t.c.id, t.c.lid, t.c.version, t.c.kind, t.c.status, t.c.patient_id, t.c.unique_id,
-                        d.c.entry_type).select_from(t.outerjoin(d, self.joined(d, d.c.id))).where(t.c.lid.in_(part)))
+                        d.c.entry_type).select_from(t.outerjoin(d, self.joined(d, d.c.id)))
+                 .where(*self._by_lids(conn, t, part)))
             for r in conn.execute(q):
                 row = ObjectRow(*r[:7])
                 if row.lid not in out or out[row.lid][0].version < row.version:
@@ -807,7 +850,9 @@ _PG_BATCH_BYTES = 4 * 1024 * 1024
 def _pg_insert(cur, table: Table, rows: list[dict]) -> bytes:
     """xds.db.pg_insert; the registration order comes from the sequence."""
     draw_seq = "seq" in table.c and "seq" not in rows[0]
-    return pg_insert(cur, table, rows, {"seq": "nextval('reg_seq')"} if draw_seq else None)
+    stmt = pg_insert(cur, table, rows, {"seq": "nextval('reg_seq')"} if draw_seq else None)
+    # A new version files its uniqueId under the patient again.
+    return stmt + b" ON CONFLICT DO NOTHING" if table is S.registry_uid else stmt
 
 
 def _layout_name(n: int) -> str:

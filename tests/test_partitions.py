@@ -128,6 +128,9 @@ def test_a_new_database_is_partitioned_and_each_patient_stays_in_one_partition(s
     keys = dict(_sql(store, "SELECT id, patient_id FROM registry_key"))
     owned = dict(_sql(store, "SELECT id, patient_id FROM reg_object UNION ALL SELECT id, patient_id FROM association"))
     assert keys == owned and len(keys) == 2 * (1 + 3 + 1 + 1 + 3 + 3 + 3)
+    # Every uniqueId with the patient it is filed under.
+    assert sorted(_sql(store, "SELECT unique_id, patient_id FROM registry_uid")) == \
+        sorted(_sql(store, "SELECT unique_id, patient_id FROM reg_object"))
 
 
 def test_a_patient_query_reads_one_partition_of_each_table(server):
@@ -189,6 +192,9 @@ def test_update_delete_and_merge_across_partitions(server):
         assert not _sql(store, f"SELECT 1 FROM {table} WHERE patient_id = :p", p=kb), table
         assert len(_partitions_holding(store, table, ka)) == 1, table
     assert not _sql(store, "SELECT 1 FROM registry_key WHERE patient_id = :p", p=kb)
+    assert not _sql(store, "SELECT 1 FROM registry_uid WHERE patient_id = :p", p=kb)
+    assert {r[0] for r in _sql(store, "SELECT unique_id FROM registry_uid WHERE patient_id = :p", p=ka)} == \
+        {r[0] for r in _sql(store, "SELECT unique_id FROM reg_object WHERE patient_id = :p", p=ka)}
     merged_objects, merged_links = _get_all(server, a)
     assert merged_objects == objects_a | objects_b and merged_links == links_a | links_b
     assert _entries(server, b) == set()
@@ -217,6 +223,21 @@ def test_entry_uuids_stay_unique_across_partitions(server):
     with pytest.raises((IntegrityError, psycopg2.IntegrityError)):
         with store.transaction() as c:
             store.write(c, [(S.registry_key, [dict(id=de_id, patient_id=_patient_key(b))])])
+
+
+def test_a_unique_id_is_found_in_another_patients_partition(server):
+    """The uniqueId check of every submission reads registry_uid, then only the partitions it names."""
+    store = server.registry.store
+    a, b = _two_patients_in_different_partitions(store)
+    first = builder.simple_submission(a, 1)
+    assert _register(server, first)[0] == C.RESPONSE_SUCCESS
+    taken = next(iter(unique_ids(first).values()))
+    before = _all_rows(store)
+    # The same uniqueId with another hash: another document, which the registry must refuse.
+    other = builder.simple_submission(b, 1, doc_kwargs={"unique_id": taken, "hash": "0" * 40})
+    status, errors = _register(server, other)
+    assert status == C.RESPONSE_FAILURE and "XDSNonIdenticalHash" in {e.code for e in errors}, errors
+    assert _all_rows(store) == before
 
 
 def snapshot(engine) -> dict:
@@ -267,6 +288,8 @@ def test_conversion_keeps_every_row_both_ways(pg_url):
     assert {r[0] for r in _sql(store, "SELECT id FROM registry_key")} == \
         {r[0] for r in _sql(store, "SELECT id FROM reg_object UNION SELECT id FROM association")}
     assert {r[0] for r in _sql(store, "SELECT id FROM reg_object WHERE kind = 'DE'")} == entries
+    assert sorted(_sql(store, "SELECT unique_id, patient_id FROM registry_uid")) == \
+        sorted(set(_sql(store, "SELECT unique_id, patient_id FROM reg_object")))
 
     store.repartition(0)
     assert store.partitions == 0

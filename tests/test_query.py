@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -872,18 +873,20 @@ def test_find_documents_uses_reg_object_index_on_postgres(db_url):
         _raw("$XDSDocumentEntryEventCodeList", lst("EV1^^1.2.3.9")),
     ])
     with store.reading() as c:
-        stmt, values = find_documents_select(Ctx(c, True, params))
+        stmt, values = find_documents_select(Ctx(c, True, params, partitioned=store.partitioned))
         sql = str(stmt.params(values).compile(dialect=store.engine.dialect, compile_kwargs={"literal_binds": True}))
         rows = c.execute(stmt, values).all()
         plan = c.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql).scalar()
         if isinstance(plan, str):  # psycopg2 usually decodes json itself
             plan = json.loads(plan)
     nodes = list(_plan_nodes(plan[0]["Plan"]))
-    on_reg_object = [n for n in nodes if n.get("Relation Name") == "reg_object"]
+    # Partitioned by patient (XDS_TEST_PARTITIONS), the patient's partition reg_object_pN and its own index.
+    table = re.compile(r"reg_object(_p\d+)?$")
+    on_reg_object = [n for n in nodes if table.match(n.get("Relation Name") or "")]
     assert on_reg_object, nodes
     assert not [n for n in on_reg_object if n["Node Type"] == "Seq Scan"]
     assert any(n["Node Type"] in ("Index Scan", "Bitmap Heap Scan", "Index Only Scan") for n in on_reg_object)
-    assert any((n.get("Index Name") or "").startswith("ix_reg_object") for n in nodes)
+    assert any(re.match(r"ix_reg_object|reg_object_p\d+_patient_id", n.get("Index Name") or "") for n in nodes)
     # Class CL-1 with events at i=1,5,9 -> creation 2011, 2015, 2019: only 2015 is in [2012, 2019).
     assert len(rows) == 1
 

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from xds import constants as C
-from registry import schema as S
+from registry import partitions, schema as S
 from ..store import chunks
 from .params import ASSOCIATION_STATUS, Params
 from .scope import Scope
@@ -186,13 +186,20 @@ def pin_ids(ctx: Ctx, ids: Sequence[str]) -> None:
     """Partitioned: pin the query to the patients of these entryUUIDs (registry_key: one probe each), so that
     its statements read their partitions instead of probing every partition of every table. Ids the registry
     does not hold have no patient: a query about nothing but them reads nothing."""
-    if not ctx.partitioned or ctx.scope.patients is not None:
-        return
-    k = S.registry_key
-    found: set[str] = set()
-    for part in chunks(sorted(set(ids))):
-        found |= set(ctx.conn.execute(select(k.c.patient_id).where(k.c.id.in_(list(part))).distinct()).scalars())
-    ctx.scope.patients = sorted(found)
+    if ctx.partitioned and ctx.scope.patients is None:
+        ctx.scope.patients = sorted(partitions.key_patients(ctx.conn, ids))
+
+
+def pin_uids(ctx: Ctx, unique_ids: Sequence[str]) -> None:
+    """pin_ids for uniqueIds (registry_uid)."""
+    if ctx.partitioned and ctx.scope.patients is None:
+        ctx.scope.patients = sorted(partitions.uid_patients(ctx.conn, unique_ids))
+
+
+def pin_lids(ctx: Ctx, lids: Sequence[str]) -> None:
+    """pin_ids for logical ids: every patient one of their versions is filed under."""
+    if ctx.partitioned and ctx.scope.patients is None:
+        ctx.scope.patients = sorted(partitions.lid_patients(ctx.conn, lids))
 
 
 def pin_rows(ctx: Ctx, rows: Iterable) -> None:

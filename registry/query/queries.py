@@ -20,7 +20,7 @@ from .filters import (
     A, ASSOCIATION_ANSWER, AU, D, DE_ANSWER, FOL, O, OC, REF, SSET, Ctx, Found, assoc_status_filter,
     associations_in_seq_order, author_matches, code_groups, content_filters, de_select, de_visible,
     entry_type_filter, fd_visible, latest_version, like_clause, like_value, needs_latest_check, obj_select,
-    owner, pin_ids, pin_patients, pin_rows, rows_in, same_patient, time_range,
+    owner, pin_ids, pin_lids, pin_patients, pin_rows, pin_uids, rows_in, same_patient, time_range,
 )
 
 HM = C.ASSOC_HAS_MEMBER
@@ -263,12 +263,14 @@ def _documents_by_id(ctx: Ctx, uuid_param: str, uid_param: str, lid_param: str |
     p = ctx.params
     if lid_param and p.has(lid_param):
         # A logical id asks for the history of an entry: every version, whatever the level.
+        pin_lids(ctx, p.get(lid_param))
         rows = rows_in(ctx, lambda part: de_select(ctx, O.c.lid.in_(part), *extra), p.get(lid_param))
     elif p.has(uuid_param):
         pin_ids(ctx, _as_list(p.get(uuid_param)))
         visible = de_visible(ctx)
         rows = rows_in(ctx, lambda part: de_select(ctx, O.c.id.in_(part), *visible, *extra), _as_list(p.get(uuid_param)))
     else:
+        pin_uids(ctx, _as_list(p.get(uid_param)))
         visible = de_visible(ctx)
         rows = rows_in(ctx, lambda part: de_select(ctx, O.c.unique_id.in_(part), *visible, *extra),
                        _as_list(p.get(uid_param)))
@@ -279,12 +281,14 @@ def _documents_by_id(ctx: Ctx, uuid_param: str, uid_param: str, lid_param: str |
 def _folders_by_id(ctx: Ctx, uuid_param: str, uid_param: str, lid_param: str | None = None) -> list:
     p = ctx.params
     if lid_param and p.has(lid_param):
+        pin_lids(ctx, p.get(lid_param))
         rows = rows_in(ctx, lambda part: obj_select(ctx, S.KIND_FOLDER, O.c.lid.in_(part)), p.get(lid_param))
     elif p.has(uuid_param):
         pin_ids(ctx, _as_list(p.get(uuid_param)))
         rows = rows_in(ctx, lambda part: obj_select(ctx, S.KIND_FOLDER, O.c.id.in_(part), *fd_visible(ctx)),
                        _as_list(p.get(uuid_param)))
     else:
+        pin_uids(ctx, _as_list(p.get(uid_param)))
         rows = rows_in(ctx, lambda part: obj_select(ctx, S.KIND_FOLDER, O.c.unique_id.in_(part), *fd_visible(ctx)),
                        _as_list(p.get(uid_param)))
     pin_rows(ctx, rows)
@@ -359,6 +363,7 @@ def get_submission_set_and_contents(ctx: Ctx) -> Found:
         pin_ids(ctx, [p.get("$XDSSubmissionSetEntryUUID")])
     else:
         key = O.c.unique_id == p.get("$XDSSubmissionSetUniqueId")
+        pin_uids(ctx, [p.get("$XDSSubmissionSetUniqueId")])
     found = Found()
     ss = ctx.conn.execute(obj_select(ctx, S.KIND_SUBMISSION_SET, key)).first()
     if ss is None:
