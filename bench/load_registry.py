@@ -611,8 +611,8 @@ def load(url: str, entries: int, jobs: int = 2, seed: int = 18, batch: int = 500
         # Built after its rows, like the other keys.
         t_key = time.perf_counter()
         cur.execute("ALTER TABLE registry_key DROP CONSTRAINT registry_key_pkey")
-        cur.execute("INSERT INTO registry_key SELECT id, patient_id FROM reg_object UNION ALL "
-                    "SELECT id, patient_id FROM association")
+        cur.execute("INSERT INTO registry_key (id, patient_id, unique_id) SELECT id, patient_id, unique_id "
+                    "FROM reg_object UNION ALL SELECT id, patient_id, NULL FROM association")
         cur.execute("ALTER TABLE registry_key ADD PRIMARY KEY (id)")
         cur.execute("ALTER TABLE registry_uid DROP CONSTRAINT registry_uid_pkey")
         cur.execute("INSERT INTO registry_uid SELECT DISTINCT unique_id, patient_id FROM reg_object "

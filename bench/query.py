@@ -214,7 +214,7 @@ def explain(store: RegistryStore, config: RegistryConfig, case) -> None:
     for name, guard in (("off", None), ("on", RegistryGuard(professional(case[0]), POLICY_RULES, store))):
         with store.reading() as conn:
             scope = guard.query_scope(conn, case[0], lambda: set(), True) if guard else None
-            ctx = Ctx(conn, True, params, True, config.max_query_results, scope)
+            ctx = Ctx(conn, True, params, True, config.max_query_results, scope, partitioned=store.partitioned)
             stmt, values = find_documents_select(ctx, with_xml=True)
             expanded = stmt.compile(dialect=conn.dialect).construct_expanded_state(values)
             with conn.connection.dbapi_connection.cursor() as cur:

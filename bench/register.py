@@ -85,8 +85,23 @@ def http_round(url: str, bodies: list[bytes], clients: int) -> float:
     return len(bodies) / elapsed
 
 
-def raw_rows(seq: int) -> dict:
-    """The rows one single-document submission writes, built without the server's code path."""
+def raw_rows(seq: int, partitioned: bool = False) -> dict:
+    """The rows one single-document submission writes, built without the server's code path; partitioned:
+    as the partitioned layout has them (each side row with its patient, the keys in registry_key and
+    registry_uid)."""
+    rows = _plain_rows(seq)
+    if partitioned:
+        for table, rs in rows.items():
+            for r in rs:
+                r["patient_id"] = PID
+        objects = rows[S.registry_object]
+        rows[S.registry_key] = [dict(id=r["id"], patient_id=PID, unique_id=r.get("unique_id"))
+                                for r in objects + rows[S.association]]
+        rows[S.registry_uid] = [dict(unique_id=r["unique_id"], patient_id=PID) for r in objects]
+    return rows
+
+
+def _plain_rows(seq: int) -> dict:
     ss, de, a = (f"urn:uuid:{uuid.uuid4()}" for _ in range(3))
     xml = "<rim:ExtrinsicObject xmlns:rim='%s'/>" % C.NS_RIM
     de_xml = xml * 40  # about the size of a real DocumentEntry's XML
@@ -112,10 +127,11 @@ def raw_rows(seq: int) -> dict:
 
 def raw_round(store: RegistryStore, n: int, clients: int, seq0: int) -> float:
     per = n // clients
+    partitioned = store.partitioned
 
     def worker(k):
         for i in range(per):
-            rows = raw_rows(seq0 + (k * per + i) * 3)
+            rows = raw_rows(seq0 + (k * per + i) * 3, partitioned)
             with store.engine.begin() as conn:
                 for table, r in rows.items():
                     conn.execute(insert(table), r)
@@ -141,6 +157,8 @@ def main() -> None:
     ap.add_argument("--security", choices=("none", "xua"), default="none",
                     help="xua: the server checks a signed SAML assertion on every request (the production "
                          "configuration; audit is on either way)")
+    ap.add_argument("--partitions", type=int, default=0,
+                    help="PostgreSQL: the registry's tables hash-partitioned by patient into N partitions")
     args = ap.parse_args()
 
     pg = None
@@ -161,6 +179,10 @@ def main() -> None:
         security = issue.wsse_security(issue.Issuer(key, cert).issue("valid"))
         xua = ("--security", "xua", "--xua-trust", cert, "--xua-audience", issue.DEFAULT_AUDIENCE)
     procs = []
+    if args.partitions:
+        made = RegistryStore(db_url, partitions=args.partitions)
+        made.migrate()   # the servers take the layout the database has
+        made.engine.dispose()
     try:
         store = None
         servers = []
@@ -186,7 +208,8 @@ def main() -> None:
         w = statistics.median(raw)
         kind = store.engine.dialect.name
         target = 0.6 if kind == "postgresql" else 0.4
-        print(f"database: {kind}; security {args.security}, audit on; {args.n} single-document submissions x "
+        layout = f", {store.partitions} partitions by patient" if store.partitions else ""
+        print(f"database: {kind}{layout}; security {args.security}, audit on; {args.n} single-document submissions x "
               f"{args.rounds} rounds, {args.clients} concurrent clients; {os.cpu_count()} cores")
         for name, _ in servers:
             s = statistics.median(rates[name])

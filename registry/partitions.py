@@ -37,8 +37,14 @@ UID_TABLE = "registry_uid"
 MAX_PARTITIONS = 1024
 
 
-def key_patients(conn: Connection, ids: Iterable[str]) -> set[str]:
-    """The patients of these objects' and associations' entryUUIDs (registry_key, one probe each)."""
+def key_patients(conn: Connection, ids: Iterable[str], versions: bool = False) -> set[str]:
+    """The patients of these objects' and associations' entryUUIDs (registry_key, one probe each); with
+    versions, also every patient another version of those objects is filed under (their uniqueId's, in
+    registry_uid: an ITI-64 change files the new versions under another patient)."""
+    if versions:
+        return _patients(conn, "SELECT patient_id FROM registry_key WHERE id = ANY(:v) UNION "
+                               "SELECT r.patient_id FROM registry_key k JOIN registry_uid r ON r.unique_id = k.unique_id "
+                               "WHERE k.id = ANY(:v)", ids)
     return _patients(conn, "SELECT DISTINCT patient_id FROM registry_key WHERE id = ANY(:v)", ids)
 
 
@@ -48,16 +54,9 @@ def uid_patients(conn: Connection, unique_ids: Iterable[str]) -> set[str]:
 
 
 def lid_patients(conn: Connection, lids: Iterable[str]) -> set[str]:
-    """The patients whose partitions hold versions of these logical ids. A logical id is its first version's
-    entryUUID (registry_key); later versions share its uniqueId, also when an ITI-64 change filed them under
-    another patient (registry_uid)."""
-    lids = sorted(set(lids))
-    first = key_patients(conn, lids)
-    if not first:
-        return set()
-    uids = {u for u in conn.execute(text("SELECT unique_id FROM reg_object WHERE id = ANY(:v) AND patient_id = ANY(:p)"),
-                                    {"v": lids, "p": sorted(first)}).scalars() if u}
-    return first | uid_patients(conn, uids)
+    """The patients whose partitions hold versions of these logical ids: a logical id is its first
+    version's entryUUID, and the versions share its uniqueId."""
+    return key_patients(conn, lids, versions=True)
 
 
 def _patients(conn: Connection, sql: str, values: Iterable[str]) -> set[str]:
@@ -120,9 +119,10 @@ def convert(conn: Connection, n: int) -> None:
     x(f"DROP TABLE IF EXISTS {KEY_TABLE}")
     x(f"DROP TABLE IF EXISTS {UID_TABLE}")
     if n:
-        x(f"CREATE TABLE {KEY_TABLE} (id varchar(64) PRIMARY KEY, patient_id varchar(256) NOT NULL)")
-        x(f"INSERT INTO {KEY_TABLE} (id, patient_id) SELECT id, patient_id FROM {OBJECT_TABLE} UNION "
-          f"SELECT id, patient_id FROM {ASSOCIATION_TABLE} ON CONFLICT (id) DO NOTHING")
+        x(f"CREATE TABLE {KEY_TABLE} (id varchar(64) PRIMARY KEY, patient_id varchar(256) NOT NULL, "
+          "unique_id varchar(300))")
+        x(f"INSERT INTO {KEY_TABLE} (id, patient_id, unique_id) SELECT id, patient_id, unique_id FROM {OBJECT_TABLE} "
+          f"UNION SELECT id, patient_id, NULL FROM {ASSOCIATION_TABLE} ON CONFLICT (id) DO NOTHING")
         x(f"CREATE TABLE {UID_TABLE} (unique_id varchar(300), patient_id varchar(256), "
           "PRIMARY KEY (unique_id, patient_id))")
         x(f"INSERT INTO {UID_TABLE} (unique_id, patient_id) SELECT DISTINCT unique_id, patient_id "

@@ -191,6 +191,8 @@ registry_key = Table(
     "registry_key", MetaData(),
     Column("id", ID, primary_key=True),
     Column("patient_id", String(256), nullable=False),
+    # An object's uniqueId (NULL for an association): with registry_uid, where its other versions are.
+    Column("unique_id", String(300)),
 )
 
 # The partitioned layout only: the patients each uniqueId is filed under (one, or two after an ITI-64 change

@@ -627,7 +627,7 @@ class RegistryStore:
         ends = {e for a in associations for e in (a.source, a.target) if e not in patients}
         if ends:
             patients.update((i, r.patient_id) for i, r in self.objects(conn, ends).items())
-        keys = [dict(id=o.id, patient_id=patients[o.id]) for o in objects]
+        keys = [dict(id=o.id, patient_id=patients[o.id], unique_id=o.unique_id) for o in objects]
         for table, rows in batches:
             if table is S.association:
                 for r in rows:
@@ -635,7 +635,7 @@ class RegistryStore:
                     if r["patient_id"] is None:
                         # The checks before refuse an association to unknown objects; this is their last line.
                         raise ValueError(f"association {r['id']} links no object with a patient")
-                    keys.append(dict(id=r["id"], patient_id=r["patient_id"]))
+                    keys.append(dict(id=r["id"], patient_id=r["patient_id"], unique_id=None))
             elif table is not S.registry_object:
                 for r in rows:
                     r["patient_id"] = patients[r["id"] if "id" in r else r["object_id"]]

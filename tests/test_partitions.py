@@ -368,3 +368,26 @@ def test_db_upgrade_makes_the_configured_layout_and_current_names_it(pg_url, tmp
     store = RegistryStore(pg_url)
     assert store.partitions == N
     store.engine.dispose()
+
+
+def test_downgrading_0006_makes_the_tables_plain_again_keeping_every_row(pg_url):
+    from alembic import command
+
+    from xds import migrate
+
+    store = RegistryStore(pg_url, partitions=N)
+    store.migrate()
+    _populate(store)
+    before = _all_rows(store)
+    with store.engine.begin() as conn:
+        command.downgrade(migrate.config("registry", conn), "registry_0005")
+    store._partitions = None
+    assert store.partitions == 0 and migrate.current(store.engine, "registry") == "registry_0005"
+    assert _all_rows(store) == before   # which reads no side table's patient column
+    assert not {"registry_key", "registry_uid"} & set(sa.inspect(store.engine).get_table_names())
+    with store.engine.begin() as conn:
+        migrate.upgrade(conn, "registry")   # plain again, as the setting is not given
+    store._partitions = None
+    assert store.partitions == 0 and _all_rows(store) == before
+    store.engine.dispose()
+

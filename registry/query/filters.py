@@ -119,8 +119,9 @@ class Found:
 _newer = O.alias("newer")
 
 
-def latest_version(o=O) -> ColumnElement:
-    return ~exists(select(_newer.c.id).where(_newer.c.lid == o.c.lid, _newer.c.version > o.c.version))
+def latest_version(o=O, pin=()) -> ColumnElement:
+    """pin: Scope.pin of the newer versions' table, which pin_ids made to cover every patient they are under."""
+    return ~exists(select(_newer.c.id).where(_newer.c.lid == o.c.lid, _newer.c.version > o.c.version, *pin))
 
 
 def needs_latest_check(statuses: Sequence[str] | None) -> bool:
@@ -134,7 +135,7 @@ def de_visible(ctx: Ctx, statuses: Sequence[str] | None = None, o=O, d=D) -> lis
         return []
     out = [or_(d.c.availability.is_(None), d.c.availability != C.AVAILABILITY_OFFLINE)]
     if needs_latest_check(statuses):
-        out.append(latest_version(o))
+        out.append(latest_version(o, ctx.scope.pin(_newer)))
     return out
 
 
@@ -143,7 +144,7 @@ def fd_visible(ctx: Ctx, statuses: Sequence[str] | None = None, o=O) -> list[Col
         return []
     out = [o.c.status != C.STATUS_DEPRECATED]
     if needs_latest_check(statuses):
-        out.append(latest_version(o))
+        out.append(latest_version(o, ctx.scope.pin(_newer)))
     return out
 
 
@@ -187,7 +188,8 @@ def pin_ids(ctx: Ctx, ids: Sequence[str]) -> None:
     its statements read their partitions instead of probing every partition of every table. Ids the registry
     does not hold have no patient: a query about nothing but them reads nothing."""
     if ctx.partitioned and ctx.scope.patients is None:
-        ctx.scope.patients = sorted(partitions.key_patients(ctx.conn, ids))
+        # With the patients of the objects' other versions, which the latest-version check reads.
+        ctx.scope.patients = sorted(partitions.key_patients(ctx.conn, ids, versions=True))
 
 
 def pin_uids(ctx: Ctx, unique_ids: Sequence[str]) -> None:
