@@ -687,13 +687,20 @@ def prewarm(dsn: str) -> None:
     blocks = 0
     with conn.cursor() as cur:
         cur.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
-        cur.execute("SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'i') AND c.relname !~ '^(audit|sec|portal)_'")
-        for (rel,) in cur.fetchall():
-            cur.execute("SELECT pg_prewarm(%s, 'read')", (rel,))  # into the OS cache: larger than the buffers
+        # The tables (their TOAST too, where longer stored XML lives) and indexes, partitions included.
+        cur.execute("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'i') "
+                    "AND c.relname !~ '^(audit|sec|portal)_' UNION "
+                    "SELECT t.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "JOIN pg_class t ON t.oid = c.reltoastrelid WHERE n.nspname = current_schema() "
+                    "AND c.relkind = 'r' UNION "
+                    "SELECT i.indexrelid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "JOIN pg_index i ON i.indrelid = c.reltoastrelid WHERE n.nspname = current_schema()")
+        for (oid,) in cur.fetchall():
+            cur.execute("SELECT pg_prewarm(%s::regclass, 'read')", (oid,))  # into the OS cache: larger than the buffers
             blocks += cur.fetchone()[0]
     conn.close()
-    print(f"prewarmed {blocks * 8 / 1e6:,.0f} MB in {time.perf_counter() - t0:.0f} s")
+    print(f"prewarmed {blocks * 8192 / 1e9:,.1f} GB in {time.perf_counter() - t0:.0f} s")
 
 
 def main() -> None:
