@@ -406,23 +406,19 @@ class RegistryStore:
             return holders, (bool(row[1]), row[2]) if row else None, taken
         if self.partitioned:
             return self._lock_and_prefetch_partitioned(conn, uids, key, ids)
-        cur = conn.connection.dbapi_connection.cursor()
-        try:
-            # psycopg2 answers the last statement only: the three lookups are one SELECT, told apart by
-            # their first column; the second statement's snapshot is taken after the locks are held.
-            cur.execute("SELECT count(pg_advisory_xact_lock(hashtext(u))) FROM "
-                        "(SELECT unnest(%(u)s::text[]) AS u ORDER BY 1) AS ordered; "
-                        "SELECT 'u', o.id, o.lid, o.version, o.kind, o.status, o.patient_id, o.unique_id, d.hash "
-                        "FROM reg_object o LEFT JOIN doc_entry d ON d.id = o.id WHERE o.unique_id = ANY(%(u)s) "
-                        "UNION ALL SELECT 'p', NULL, p.merged_into, CASE WHEN p.active THEN 1 ELSE 0 END, NULL, "
-                        "NULL, NULL, NULL, NULL FROM patient p WHERE p.patient_id = %(p)s "
-                        "UNION ALL SELECT 'i', o.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM reg_object o "
-                        "WHERE o.id = ANY(%(i)s) "
-                        "UNION ALL SELECT 'i', a.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM association a "
-                        "WHERE a.id = ANY(%(i)s)", {"u": uids, "p": key, "i": ids})
-            rows = cur.fetchall()
-        finally:
-            cur.close()
+        # psycopg2 answers the last statement only: the three lookups are one SELECT, told apart by their
+        # first column; the second statement's snapshot is taken after the locks are held.
+        rows = _driver_rows(
+            conn, "SELECT count(pg_advisory_xact_lock(hashtext(u))) FROM "
+                  "(SELECT unnest(%(u)s::text[]) AS u ORDER BY 1) AS ordered; "
+                  "SELECT 'u', o.id, o.lid, o.version, o.kind, o.status, o.patient_id, o.unique_id, d.hash "
+                  "FROM reg_object o LEFT JOIN doc_entry d ON d.id = o.id WHERE o.unique_id = ANY(%(u)s) "
+                  "UNION ALL SELECT 'p', NULL, p.merged_into, CASE WHEN p.active THEN 1 ELSE 0 END, NULL, "
+                  "NULL, NULL, NULL, NULL FROM patient p WHERE p.patient_id = %(p)s "
+                  "UNION ALL SELECT 'i', o.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM reg_object o "
+                  "WHERE o.id = ANY(%(i)s) "
+                  "UNION ALL SELECT 'i', a.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM association a "
+                  "WHERE a.id = ANY(%(i)s)", {"u": uids, "p": key, "i": ids})
         holders = [(ObjectRow(*r[1:8]), r[8]) for r in rows if r[0] == "u"]
         patient = next(((bool(r[3]), r[2]) for r in rows if r[0] == "p"), None)
         return holders, patient, {r[1] for r in rows if r[0] == "i"}
@@ -431,18 +427,14 @@ class RegistryStore:
         """lock_and_prefetch on partitioned tables: the locks, then the patient, the taken ids (registry_key)
         and the patients holding the uniqueIds (registry_uid) in one round trip; the holders themselves, read
         in those patients' partitions, only when there are any (a new document has none)."""
-        cur = conn.connection.dbapi_connection.cursor()
-        try:
-            cur.execute("SELECT count(pg_advisory_xact_lock(hashtext(u))) FROM "
-                        "(SELECT unnest(%(u)s::text[]) AS u ORDER BY 1) AS ordered; "
-                        "SELECT 'p', p.merged_into, CASE WHEN p.active THEN 1 ELSE 0 END FROM patient p "
-                        "WHERE p.patient_id = %(p)s "
-                        "UNION ALL SELECT 'i', k.id, NULL::int FROM registry_key k WHERE k.id = ANY(%(i)s) "
-                        "UNION ALL SELECT DISTINCT 'h', r.patient_id, NULL::int FROM registry_uid r "
-                        "WHERE r.unique_id = ANY(%(u)s)", {"u": uids, "p": key, "i": ids})
-            rows = cur.fetchall()
-        finally:
-            cur.close()
+        rows = _driver_rows(
+            conn, "SELECT count(pg_advisory_xact_lock(hashtext(u))) FROM "
+                  "(SELECT unnest(%(u)s::text[]) AS u ORDER BY 1) AS ordered; "
+                  "SELECT 'p', p.merged_into, CASE WHEN p.active THEN 1 ELSE 0 END FROM patient p "
+                  "WHERE p.patient_id = %(p)s "
+                  "UNION ALL SELECT 'i', k.id, NULL::int FROM registry_key k WHERE k.id = ANY(%(i)s) "
+                  "UNION ALL SELECT DISTINCT 'h', r.patient_id, NULL::int FROM registry_uid r "
+                  "WHERE r.unique_id = ANY(%(u)s)", {"u": uids, "p": key, "i": ids})
         patient = next(((bool(r[2]), r[1]) for r in rows if r[0] == "p"), None)
         holding = {r[1] for r in rows if r[0] == "h"}
         holders = self._holders(conn, uids, holding) if holding else []
@@ -845,6 +837,16 @@ class RegistryStore:
 
 
 _PG_BATCH_BYTES = 4 * 1024 * 1024
+
+
+def _driver_rows(conn: Connection, sql: str, params: dict) -> list[tuple]:
+    """Several statements in one round trip on psycopg2's own cursor; the rows of the last."""
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        cur.execute(sql, params)
+        return cur.fetchall()
+    finally:
+        cur.close()
 
 
 def _pg_insert(cur, table: Table, rows: list[dict]) -> bytes:
