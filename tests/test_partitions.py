@@ -391,3 +391,20 @@ def test_downgrading_0006_makes_the_tables_plain_again_keeping_every_row(pg_url)
     assert store.partitions == 0 and _all_rows(store) == before
     store.engine.dispose()
 
+
+
+def test_bad_partition_settings_are_refused_with_what_is_wrong(tmp_path, capsys):
+    with pytest.raises(ValueError, match="between 0 .plain tables. and 1024, not 2000"):
+        Settings(data=str(tmp_path), db="postgresql+psycopg2://x@h/db", registry_partitions=2000).validate()
+    with pytest.raises(ValueError, match="between 0 .plain tables. and 1024, not -1"):
+        partitions.check_count(-1)
+    url = f"sqlite:///{tmp_path}/registry.db"
+    assert cli.main(["db", "upgrade", "--role", "registry", "--db", url, "--data", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert cli.main(["db", "partition", "--partitions", "4", "--db", url, "--data", str(tmp_path)]) == 1
+    assert "needs PostgreSQL" in capsys.readouterr().err
+    assert cli.main(["db", "partition", "--db", url, "--data", str(tmp_path)]) == 2
+    assert "--partitions N" in capsys.readouterr().err
+    store = RegistryStore(url)
+    assert store.partitions == 0   # nothing changed
+    store.engine.dispose()
