@@ -408,3 +408,16 @@ def test_bad_partition_settings_are_refused_with_what_is_wrong(tmp_path, capsys)
     store = RegistryStore(url)
     assert store.partitions == 0   # nothing changed
     store.engine.dispose()
+
+
+def test_the_setting_comes_from_the_serve_flag_and_the_environment(monkeypatch):
+    import argparse
+
+    pg = "postgresql+psycopg2://xds@db/registry"
+    assert cli._settings(argparse.Namespace(config=None, db=pg, registry_partitions=8)).registry_partitions == 8
+    monkeypatch.setenv("XDS_REGISTRY_PARTITIONS", "16")
+    assert cli._settings(argparse.Namespace(config=None, db=pg)).registry_partitions == 16
+    with pytest.raises(ValueError, match="registry_partitions needs PostgreSQL"):
+        cli._settings(argparse.Namespace(config=None))   # the SQLite default
+    monkeypatch.delenv("XDS_REGISTRY_PARTITIONS")
+    assert cli._settings(argparse.Namespace(config=None)).registry_partitions is None
