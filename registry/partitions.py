@@ -7,7 +7,7 @@ the patient reads one partition of each table and joins inside it. What a partit
 moves here:
 
 - primary keys become (id, patient_id): PostgreSQL keeps a key unique only together with the partition
-  key. The entryUUIDs stay unique across the registry through ``registry_key`` (id, patient_id), an
+  key. The entryUUIDs stay unique across the registry through ``registry_key`` (id, patient_id, unique_id), an
   unpartitioned table the store writes in the same transaction as the rows, which is also where a lookup by
   id finds its patients' partitions; ``registry_uid`` (unique_id, patient_id) does the same for uniqueIds;
 - foreign keys from the side tables to reg_object go: they would have to name (id, patient_id), and
