@@ -594,8 +594,13 @@ def http_summary(by_size: dict[str, list[dict]], clients: list[int]) -> None:
             raw_p, raw_ref = rec[("raw", 1)][0], ref[("raw", 1)][0]
             print(f"  {rec['name']:<44} server p50 {h50 / r50:.2f}x, p99 {h99 / r99:.2f}x; "
                   f"raw SQL p50 {raw_p / raw_ref:.2f}x")
-    sized = [s for s in by_size if not any(o.startswith("p") for o in s.split(":")[1:])]
-    if len(sized) > 1:
+    # The largest database against the first one given of the same layout and compression.
+    groups: dict[tuple, list[str]] = {}
+    for spec in by_size:
+        groups.setdefault(tuple(spec.split(":")[1:]), []).append(spec)
+    for sized in groups.values():
+        if len(sized) < 2:
+            continue
         small = sized[0]
         big = max(sized, key=lambda s: int(s.partition(":")[0]))
         for i, rec in enumerate(by_size[big]):
