@@ -466,8 +466,9 @@ class RegistryStore:
         t = S.association
         out = []
         for part in chunks(list(set(targets))):
+            # An association belongs to its ends' patient (the registry refuses links across patients).
             q = select(t.c.id, t.c.type, t.c.source, t.c.target, t.c.status, t.c.ss_status).where(
-                t.c.target.in_(part), t.c.type.in_(types))
+                t.c.target.in_(part), t.c.type.in_(types), *self._pin(conn, t, part))
             if status:
                 q = q.where(t.c.status == status)
             out += [AssociationRow(*r) for r in conn.execute(q)]
@@ -486,7 +487,7 @@ class RegistryStore:
             q = (select(t.c.id, t.c.type, t.c.source, t.c.target, t.c.status, t.c.ss_status)
                  .select_from(t.join(o, and_(o.c.id == t.c.source, *self._same_patient(t, o))))
                  .where(t.c.target.in_(part), t.c.type == C.ASSOC_HAS_MEMBER, t.c.status == C.STATUS_APPROVED,
-                        o.c.kind == S.KIND_FOLDER))
+                        o.c.kind == S.KIND_FOLDER, *self._pin(conn, t, part)))
             out += [AssociationRow(*r) for r in conn.execute(q)]
         return out
 
