@@ -37,6 +37,18 @@ UID_TABLE = "registry_uid"
 MAX_PARTITIONS = 1024
 
 
+def pinned(column, patients: Iterable[str]) -> list:
+    """The condition that keeps a statement in these patients' partitions: an equality for one patient, which
+    PostgreSQL also carries over to the tables joined on the patient."""
+    found = sorted(set(patients))
+    return [column == found[0]] if len(found) == 1 else [column.in_(found)]
+
+
+def same_patient(side, patient_col) -> list:
+    """A side table's rows of the object whose patient is patient_col; None (the plain layout): no condition."""
+    return [] if patient_col is None else [side.c.patient_id == patient_col]
+
+
 def key_patients(conn: Connection, ids: Iterable[str], versions: bool = False) -> set[str]:
     """The patients of these objects' and associations' entryUUIDs (registry_key, one probe each); with
     versions, also every patient another version of those objects is filed under (their uniqueId's, in

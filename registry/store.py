@@ -122,7 +122,7 @@ class RegistryStore:
         self._partitions = None
 
     def _same_patient(self, side: Table, obj: Table) -> list:
-        return [side.c.patient_id == obj.c.patient_id] if self.partitioned else []
+        return partitioning.same_patient(side, obj.c.patient_id if self.partitioned else None)
 
     # Partitioned: where rows named by id, uniqueId or logical id are (registry/partitions.py).
     key_patients = staticmethod(partitioning.key_patients)
@@ -135,8 +135,9 @@ class RegistryStore:
         unless given. [] in the plain layout."""
         if not self.partitioned:
             return []
-        found = sorted(set(patients) if patients is not None else self.key_patients(conn, ids))
-        return [table.c.patient_id == found[0]] if len(found) == 1 else [table.c.patient_id.in_(found)]
+        if patients is None:
+            patients = self.key_patients(conn, ids)
+        return partitioning.pinned(table.c.patient_id, patients)
 
     def _by_ids(self, conn: Connection, table: Table, ids: Sequence[str], patients: Iterable[str] | None = None,
                 col=None) -> list:
@@ -156,10 +157,6 @@ class RegistryStore:
     def _by_lids(self, conn: Connection, table: Table, lids: Sequence[str]) -> list:
         return [table.c.lid.in_(list(lids)),
                 *(self._pin(conn, table, (), self.lid_patients(conn, lids)) if self.partitioned else [])]
-
-    def _in_partitions_of(self, side: Table, rows) -> list:
-        """Partitioned: the side rows of these objects' patients only, which prunes to their partitions."""
-        return [side.c.patient_id.in_(sorted({r.patient_id for r in rows}))] if self.partitioned and rows else []
 
     def joined(self, side: Table, key, obj: Table = S.registry_object):
         """The join condition of a side table's key column to its object: in the partitioned layout with the
@@ -506,7 +503,7 @@ class RegistryStore:
             rows = conn.execute(q).all()
             for r in conn.execute(select(oc.c.object_id, oc.c.code).where(
                     oc.c.object_id.in_(part), oc.c.scheme == C.DE_CONFIDENTIALITY_CODE,
-                    *self._in_partitions_of(oc, rows))):
+                    *self._pin(conn, oc, (), {r.patient_id for r in rows}))):
                 codes.setdefault(r.object_id, set()).add(r.code)
             for r in rows:
                 out[r.id] = Document(r.patient_id, r.kind, r.type_code, frozenset(codes.get(r.id, ())),
@@ -526,7 +523,7 @@ class RegistryStore:
             codes: dict[str, set[str]] = {}
             for r in conn.execute(select(oc.c.object_id, oc.c.code).where(
                     oc.c.object_id.in_(ids), oc.c.scheme == C.DE_CONFIDENTIALITY_CODE,
-                    *self._in_partitions_of(oc, rows))):
+                    *self._pin(conn, oc, (), {r.patient_id for r in rows}))):
                 codes.setdefault(r.object_id, set()).add(r.code)
             for r in rows:
                 for ref in (r.id, r.unique_id):
@@ -570,12 +567,6 @@ class RegistryStore:
                 if r.unique_id not in out or out[r.unique_id][0] < r.version:
                     out[r.unique_id] = (r.version, r.id, r.status)
         return {u: (i, status) for u, (_, i, status) in out.items()}
-
-    def patients_of_ids(self, conn: Connection, ids: Iterable[str]) -> set[str]:
-        """The patients of the objects whose entryUUID is among ids (partitioned: from registry_key)."""
-        if self.partitioned:
-            return self.key_patients(conn, list(ids))
-        return self.patients_of(conn, ids)
 
     def patients_of(self, conn: Connection, refs: Iterable[str]) -> set[str]:
         """The patients of the objects whose id, uniqueId or logical id is among refs."""

@@ -109,7 +109,7 @@ def patients_named(store: RegistryStore, conn, params) -> set[str]:
         return store.patients_of(conn, ids + refs)
     # entryUUIDs through registry_key; uniqueIds and logical ids (whose versions an ITI-64 change may have
     # filed under another patient) by the objects themselves.
-    return store.patients_of_ids(conn, ids) | (store.patients_of(conn, refs) if refs else set())
+    return store.key_patients(conn, ids) | (store.patients_of(conn, refs) if refs else set())
 
 
 def _check_leaf_class(found: Found, config: RegistryConfig, single_patient: bool = True) -> None:
@@ -130,7 +130,8 @@ def _leaf_class(store: RegistryStore, conn, found: Found, req: QueryRequest) -> 
     # DocumentEntries read with the query itself (they carry no lastUpdateTime), then the other objects.
     parts = {i: answer_part(r.xml, r.status, r.lid, r.version, home=req.home, ready=r.ready)
              for i, r in found.stored.items()}
-    patients = {p for _, p in found.objects}
+    # None when only associations were found: their patients are then read from registry_key.
+    patients = {p for _, p in found.objects} or None
     rows = store.object_rows(conn, [i for i in ids if i not in parts], patients)
     parts.update((i, answer_part(r.xml, r.status, r.lid, r.version, r.last_update_time, req.home, r.ready))
                  for i, r in rows.items())

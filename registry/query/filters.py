@@ -18,6 +18,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from xds import constants as C
 from registry import partitions, schema as S
+from registry.partitions import same_patient
 from ..store import chunks
 from .params import ASSOCIATION_STATUS, Params
 from .scope import Scope
@@ -179,40 +180,32 @@ def owner(ctx: Ctx, o=O):
     return o.c.patient_id if ctx.partitioned else None
 
 
-def same_patient(side, patient_col) -> list[ColumnElement]:
-    return [] if patient_col is None else [side.c.patient_id == patient_col]
-
-
 def pin_ids(ctx: Ctx, ids: Sequence[str]) -> None:
     """Partitioned: pin the query to the patients of these entryUUIDs (registry_key: one probe each), so that
     its statements read their partitions instead of probing every partition of every table. Ids the registry
     does not hold have no patient: a query about nothing but them reads nothing."""
-    if ctx.partitioned and ctx.scope.patients is None:
-        # With the patients of the objects' other versions, which the latest-version check reads.
-        ctx.scope.patients = sorted(partitions.key_patients(ctx.conn, ids, versions=True))
+    # With the patients of the objects' other versions, which the latest-version check reads.
+    _pin_to(ctx, lambda: partitions.key_patients(ctx.conn, ids, versions=True))
 
 
 def pin_uids(ctx: Ctx, unique_ids: Sequence[str]) -> None:
     """pin_ids for uniqueIds (registry_uid)."""
-    if ctx.partitioned and ctx.scope.patients is None:
-        ctx.scope.patients = sorted(partitions.uid_patients(ctx.conn, unique_ids))
+    _pin_to(ctx, lambda: partitions.uid_patients(ctx.conn, unique_ids))
 
 
 def pin_lids(ctx: Ctx, lids: Sequence[str]) -> None:
     """pin_ids for logical ids: every patient one of their versions is filed under."""
-    if ctx.partitioned and ctx.scope.patients is None:
-        ctx.scope.patients = sorted(partitions.lid_patients(ctx.conn, lids))
-
-
-def pin_rows(ctx: Ctx, rows: Iterable) -> None:
-    """Partitioned: pin the rest of the query to the patients of the objects it found first (by uniqueId or
-    logical id, which registry_key does not hold)."""
-    pin_patients(ctx, {r.patient_id for r in rows})
+    _pin_to(ctx, lambda: partitions.lid_patients(ctx.conn, lids))
 
 
 def pin_patients(ctx: Ctx, patients: Iterable[str]) -> None:
+    _pin_to(ctx, lambda: patients)
+
+
+def _pin_to(ctx: Ctx, find) -> None:
+    # The first pin of a query holds: what it reaches later belongs to the same patients.
     if ctx.partitioned and ctx.scope.patients is None:
-        ctx.scope.patients = sorted(patients)
+        ctx.scope.patients = sorted(find())
 
 
 def has_code(obj_id_col, scheme: str, codes: Sequence[str], patient_col=None) -> ColumnElement:

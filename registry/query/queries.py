@@ -20,8 +20,9 @@ from .filters import (
     A, ASSOCIATION_ANSWER, AU, D, DE_ANSWER, FOL, O, OC, REF, SSET, Ctx, Found, assoc_status_filter,
     associations_in_seq_order, author_matches, code_groups, content_filters, de_select, de_visible,
     entry_type_filter, fd_visible, latest_version, like_clause, like_value, needs_latest_check, obj_select,
-    owner, pin_ids, pin_lids, pin_patients, pin_rows, pin_uids, rows_in, same_patient, time_range,
+    owner, pin_ids, pin_lids, pin_patients, pin_uids, rows_in, time_range,
 )
+from registry.partitions import same_patient
 
 HM = C.ASSOC_HAS_MEMBER
 
@@ -274,7 +275,6 @@ def _documents_by_id(ctx: Ctx, uuid_param: str, uid_param: str, lid_param: str |
         visible = de_visible(ctx)
         rows = rows_in(ctx, lambda part: de_select(ctx, O.c.unique_id.in_(part), *visible, *extra),
                        _as_list(p.get(uid_param)))
-    pin_rows(ctx, rows)
     return rows
 
 
@@ -291,7 +291,6 @@ def _folders_by_id(ctx: Ctx, uuid_param: str, uid_param: str, lid_param: str | N
         pin_uids(ctx, _as_list(p.get(uid_param)))
         rows = rows_in(ctx, lambda part: obj_select(ctx, S.KIND_FOLDER, O.c.unique_id.in_(part), *fd_visible(ctx)),
                        _as_list(p.get(uid_param)))
-    pin_rows(ctx, rows)
     return rows
 
 
@@ -368,7 +367,6 @@ def get_submission_set_and_contents(ctx: Ctx) -> Found:
     ss = ctx.conn.execute(obj_select(ctx, S.KIND_SUBMISSION_SET, key)).first()
     if ss is None:
         return found
-    pin_rows(ctx, [ss])
     astatus = assoc_status_filter(p) + ctx.scope.associations()
     members = select(A.c.target).where(A.c.source == ss.id, A.c.type == HM, *astatus)
     member_assocs = ctx.conn.execute(select(A.c.id, A.c.type, A.c.source, A.c.target, A.c.seq)

@@ -16,6 +16,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from xds import constants as C
 from xds.security.policy import INVISIBLE_PATIENT, INVISIBLE_RL, MASQUE_PS, Visibility
 from registry import schema as S
+from registry.partitions import pinned, same_patient
 
 O, D, A, OC = S.registry_object, S.doc_entry, S.association, S.object_code
 
@@ -64,7 +65,7 @@ def de_condition(vis: Visibility, now: int, o=O, d=D, v: Values | None = None,
     if hidden_codes:
         # One probe of the entry's confidentiality codes for every marker that hides it.
         out.append(~exists(select(OC.c.object_id).where(OC.c.object_id == o.c.id,
-                                                         *([OC.c.patient_id == o.c.patient_id] if partitioned else []),
+                                                         *same_patient(OC, o.c.patient_id if partitioned else None),
                                                          OC.c.scheme == v(C.DE_CONFIDENTIALITY_CODE, "sc_scheme"),
                                                          or_(*hidden_codes))))
     if vis.types is not None:
@@ -124,21 +125,18 @@ class Scope:
         self.hidden_statuses: tuple[str, ...] = ()
         # The tables are partitioned by patient (Ctx sets it): code probes then name the patient too.
         self.partitioned = False
-        # Partitioned: the patients a by-id query's objects belong to, once known (filters.pin_ids, pin_rows);
+        # Partitioned: the patients a by-id query's objects belong to, once known (filters.pin_ids and its kin);
         # every statement of the query then names them, which keeps it in their partitions.
         self.patients: list[str] | None = None
 
     def pin(self, t) -> list[ColumnElement]:
         if not self.partitioned or self.patients is None:
             return []
-        if len(self.patients) == 1:
-            # An equality, which PostgreSQL carries over to the tables joined on the patient.
-            return [t.c.patient_id == self.patients[0]]
-        return [t.c.patient_id.in_(self.patients)]
+        return pinned(t.c.patient_id, self.patients)
 
     def _same(self, x, a) -> list[ColumnElement]:
         # A registry object and its links belong to one patient (the registry refuses links across patients).
-        return [x.c.patient_id == a.c.patient_id] if self.partitioned else []
+        return same_patient(x, a.c.patient_id if self.partitioned else None)
 
     def _not_hidden(self, o) -> list[ColumnElement]:
         return [o.c.status.notin_(self.hidden_statuses)] if self.hidden_statuses else []
