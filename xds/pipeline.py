@@ -116,12 +116,13 @@ class Audit:
             self.auditor.before(req)
         except Exception:
             log.exception("request %s: the audit layer could not read what the request touches", req.request_id)
-        try:
-            resp = call_next(req)
-        except BaseException as exc:
-            self._record(req, None, exc)
-            raise
-        return self._record(req, resp, None) or resp
+        with self.auditor.holding():
+            try:
+                resp = call_next(req)
+            except BaseException as exc:
+                self._record(req, None, exc)
+                raise
+            return self._record(req, resp, None) or resp
 
     def _record(self, req, resp, exc):
         from .app import SoapResponse

@@ -9,6 +9,8 @@ records each message (:meth:`Auditor.feed`).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import logging
 import os
@@ -39,6 +41,9 @@ _ACTIONS = {"ITI-18": "query", "ITI-42": "submit", "ITI-43": "retrieve", "ITI-57
             "ITI-92": "update", "ITI-51": "query", "ITI-61": "submit"}
 _READS = ("ITI-18", "ITI-51", "ITI-43")
 _SUBJECT_ID = "urn:oasis:names:tc:xspa:1.0:subject:subject-id"
+# The records of the calls a request's handler makes (Auditor.hop), held for the request's own record while
+# the pipeline's audit layer runs it (Auditor.holding): every row of the request goes in one transaction.
+_HELD: contextvars.ContextVar[list | None] = contextvars.ContextVar("xds_audit_held", default=None)
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,22 @@ class Auditor:
         self.wake: Callable[[], None] = lambda: None   # the delivery thread's kick, once there is one
 
     # --- the pipeline's layer ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def holding(self):
+        """While a request runs: the records of the calls it makes (an ITI-41's ITI-42, with the registry's
+        side when both actors share the process) wait for its own record and are written with it, one
+        transaction (one round trip) instead of one per hop. Written before the answer leaves either way;
+        what is still held when the request ends without its record (never, through the pipeline) is
+        written on the way out."""
+        held: list = []
+        token = _HELD.set(held)
+        try:
+            yield
+        finally:
+            _HELD.reset(token)
+            if held:
+                self._write_held(held, [], [])
+
     def before(self, req) -> None:
         """What must be read before the handler changes it: the patients of the objects an ITI-62 removes."""
         if self.registry is not None and C.TRANSACTIONS.get(req.action) == "ITI-62" and req.actor == R.REGISTRY:
@@ -162,6 +183,9 @@ class Auditor:
         if self.registry is not None and req.actor == R.REGISTRY and exc is None:
             accesses = self._accesses(tx, principal, facts, payload, outcome, getattr(req, "audit_before", None),
                                       getattr(req, "registered", None), answered=answered)
+        held = _HELD.get()
+        if held:
+            return self._write_held(held, records, accesses)
         self._write(records, accesses)
 
     def must_record(self, req) -> bool:
@@ -192,6 +216,10 @@ class Auditor:
             if self.registry is not None and request is not None:
                 accesses = self._accesses("ITI-42", principal, F.of_request("ITI-42", request), lambda: None,
                                           outcome, None, registered)
+        held = _HELD.get()
+        if held is not None:
+            held.append((records, accesses))
+            return
         self._write(records, accesses)
 
     # --- the feed and the node --------------------------------------------------------------------------
@@ -359,10 +387,23 @@ class Auditor:
         return out
 
     # --- writing -----------------------------------------------------------------------------------------
-    def _write(self, events, accesses: list[Access]) -> None:
+    def _write(self, events, accesses: list[Access], access_records: list[str] | None = None) -> None:
         notifications = self._notifications(accesses) if accesses else []
-        self.store.append([(e.record_id, R.to_stored(e)) for e in events], accesses, notifications)
+        self.store.append([(e.record_id, R.to_stored(e)) for e in events], accesses, notifications,
+                          access_records)
         self.wake()
+
+    def _write_held(self, held: list, records: list, accesses: list[Access]) -> None:
+        """The held hops' rows first, as they happened, then the request's, each access under its own
+        exchange's first record as when written apart; the list is emptied, so nothing is written twice."""
+        events, all_accesses, under = [], [], []
+        for r, a in [*held, (records, accesses)]:
+            if r:
+                events += r
+                all_accesses += a
+                under += [r[0].record_id] * len(a)
+        held.clear()
+        self._write(events, all_accesses, under)
 
     def _url(self, path: str) -> str:
         return (self.base_url or f"http://{self.source.address}") + path

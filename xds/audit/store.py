@@ -141,13 +141,15 @@ class AuditStore:
 
     # --- the request's side: one transaction, before the answer ------------------------------
     def append(self, records: list[tuple[str, str]], accesses: list[Access] = (),
-               notifications: list[Notification] = ()) -> None:
-        """records: (record_id, stored event) pairs."""
+               notifications: list[Notification] = (), access_records: list[str] | None = None) -> None:
+        """records: (record_id, stored event) pairs. access_records: the record each access is logged under
+        (by default the first: one exchange's records)."""
         now = _now()
         rows = [{"record_id": rid, "created": now, "event": text, "attempts": 0} for rid, text in records]
         rid = records[0][0] if records else ""
-        access_rows = [{"record_id": rid, **{k: _cut(v, _ACCESS_LENGTHS.get(k)) for k, v in vars(a).items()}}
-                       for a in accesses]
+        under = access_records or [rid] * len(accesses)
+        access_rows = [{"record_id": r, **{k: _cut(v, _ACCESS_LENGTHS.get(k)) for k, v in vars(a).items()}}
+                       for r, a in zip(under, accesses)]
         note_rows = [{"created": now, "attempts": 0,
                       **{k: _cut(v, 256) if k not in ("patient_key",) else v for k, v in vars(n).items()}}
                      for n in notifications]
