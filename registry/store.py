@@ -12,6 +12,7 @@ registry.schema than its KIND_* constants. tests/test_registry_layout.py checks 
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -195,6 +196,13 @@ class RegistryStore:
         """First of n consecutive registration-order numbers; None where the database draws them itself."""
         if self.is_postgres:
             return None
+        if _SQLITE_RETURNING:
+            got = _sqlite_rows(conn, "UPDATE reg_counter SET value = value + ? WHERE name = 'seq' RETURNING value",
+                               (n,))
+            if got:
+                return got[0][0] - n + 1
+            conn.execute(insert(S.counter).values(name="seq", value=n))
+            return 1
         cur = conn.execute(select(S.counter.c.value).where(S.counter.c.name == "seq")).scalar()
         if cur is None:
             conn.execute(insert(S.counter).values(name="seq", value=n))
@@ -395,6 +403,8 @@ class RegistryStore:
         so the lookup sees whatever a transaction we waited for committed)."""
         uids, ids = sorted(set(unique_ids)), sorted(set(ids))
         key = patient_key(patient_id) if patient_id else None
+        if not self.is_postgres and len(uids) + len(ids) <= _CHUNK:
+            return self._prefetch_sqlite(conn, uids, key, ids)
         if not self.is_postgres or not uids:
             self.lock_unique_ids(conn, uids)
             holders = self.by_unique_ids(conn, uids)
@@ -418,6 +428,17 @@ class RegistryStore:
                   "WHERE a.id = ANY(%(i)s)", {"u": uids, "p": key, "i": ids})
         holders = [(ObjectRow(*r[1:8]), r[8]) for r in rows if r[0] == "u"]
         patient = next(((bool(r[3]), r[2]) for r in rows if r[0] == "p"), None)
+        return holders, patient, {r[1] for r in rows if r[0] == "i"}
+
+    @staticmethod
+    def _prefetch_sqlite(conn: Connection, uids: list[str], key: str | None, ids: list[str]):
+        """lock_and_prefetch on SQLite, whose write lock the transaction already holds (BEGIN IMMEDIATE): the
+        three lookups in one statement, which SQLAlchemy builds and compiles once instead of four."""
+        marks = lambda n: ", ".join("?" * n) or "NULL"  # noqa: E731 - IN (NULL) matches nothing
+        sql = _SQLITE_PREFETCH.format(u=marks(len(uids)), i=marks(len(ids)))
+        rows = _sqlite_rows(conn, sql, (*uids, key or "", *ids, *ids))
+        holders = [(ObjectRow(*r[1:8]), r[8]) for r in rows if r[0] == "u"]
+        patient = next(((bool(r[3]), r[2]) for r in rows if r[0] == "p"), None) if key else None
         return holders, patient, {r[1] for r in rows if r[0] == "i"}
 
     def _lock_and_prefetch_partitioned(self, conn: Connection, uids: list[str], key: str | None, ids: list[str]):
@@ -696,7 +717,7 @@ class RegistryStore:
             return
         if not self.is_postgres:
             for table, rows in batches:
-                conn.execute(insert(table), rows)
+                _sqlite_insert(conn, table, rows)
             return
         cur = conn.connection.dbapi_connection.cursor()
         try:
@@ -829,6 +850,48 @@ class RegistryStore:
 
 
 _PG_BATCH_BYTES = 4 * 1024 * 1024
+
+_SQLITE_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
+_SQLITE_PREFETCH = (
+    "SELECT 'u', o.id, o.lid, o.version, o.kind, o.status, o.patient_id, o.unique_id, d.hash "
+    "FROM reg_object o LEFT JOIN doc_entry d ON d.id = o.id WHERE o.unique_id IN ({u}) "
+    "UNION ALL SELECT 'p', NULL, p.merged_into, p.active, NULL, NULL, NULL, NULL, NULL FROM patient p "
+    "WHERE p.patient_id = ? "
+    "UNION ALL SELECT 'i', o.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM reg_object o WHERE o.id IN ({i}) "
+    "UNION ALL SELECT 'i', a.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM association a WHERE a.id IN ({i})")
+_SQLITE_INSERTS: dict[tuple[str, tuple[str, ...]], str | None] = {}
+
+
+def _sqlite_insert(conn: Connection, table: Table, rows: list[dict]) -> None:
+    """The rows through sqlite3's executemany, its statement made once per table and set of columns: the
+    registration's seven INSERTs otherwise each pass SQLAlchemy's statement compilation. Tables whose omitted
+    columns have a Python-side default (which only SQLAlchemy fills in) and values SQLite cannot bind as
+    they are keep SQLAlchemy's path."""
+    cols = tuple(rows[0])
+    sql = _SQLITE_INSERTS.get((table.name, cols), "")
+    if sql == "":
+        plain = all(c.default is None for c in table.c if c.name not in cols) and all(c in table.c for c in cols)
+        sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+               if plain else None)
+        _SQLITE_INSERTS[(table.name, cols)] = sql
+    if sql is None or any(tuple(r) != cols for r in rows):
+        conn.execute(insert(table), rows)
+        return
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        cur.executemany(sql, [tuple(r.values()) for r in rows])
+    finally:
+        cur.close()
+
+
+def _sqlite_rows(conn: Connection, sql: str, params: tuple) -> list[tuple]:
+    """One statement on sqlite3's own cursor, in conn's transaction."""
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        cur.execute(sql, params)
+        return cur.fetchall()
+    finally:
+        cur.close()
 
 
 def _driver_rows(conn: Connection, sql: str, params: dict) -> list[tuple]:
