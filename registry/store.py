@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_upsert
 from sqlalchemy.engine import Connection, Engine
 
 from xds import constants as C
-from xds.db import make_engine, pg_insert, read_only, writer_lock
+from xds.db import make_engine, pg_insert, read_only, sqlite_insert, writer_lock
 from xds.ebrim import to_element
 from xds.hl7 import patient_key
 from xds.model import Association, DocumentEntry, Folder, RegistryObject, SubmissionSet
@@ -717,7 +717,7 @@ class RegistryStore:
             return
         if not self.is_postgres:
             for table, rows in batches:
-                _sqlite_insert(conn, table, rows)
+                sqlite_insert(conn, table, rows)
             return
         cur = conn.connection.dbapi_connection.cursor()
         try:
@@ -859,31 +859,6 @@ _SQLITE_PREFETCH = (
     "WHERE p.patient_id = ? "
     "UNION ALL SELECT 'i', o.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM reg_object o WHERE o.id IN ({i}) "
     "UNION ALL SELECT 'i', a.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM association a WHERE a.id IN ({i})")
-_SQLITE_INSERTS: dict[tuple[str, tuple[str, ...]], str | None] = {}
-
-
-def _sqlite_insert(conn: Connection, table: Table, rows: list[dict]) -> None:
-    """The rows through sqlite3's executemany, its statement made once per table and set of columns: the
-    registration's seven INSERTs otherwise each pass SQLAlchemy's statement compilation. Tables whose omitted
-    columns have a Python-side default (which only SQLAlchemy fills in) and values SQLite cannot bind as
-    they are keep SQLAlchemy's path."""
-    cols = tuple(rows[0])
-    sql = _SQLITE_INSERTS.get((table.name, cols), "")
-    if sql == "":
-        plain = all(c.default is None for c in table.c if c.name not in cols) and all(c in table.c for c in cols)
-        sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-               if plain else None)
-        _SQLITE_INSERTS[(table.name, cols)] = sql
-    if sql is None or any(tuple(r) != cols for r in rows):
-        conn.execute(insert(table), rows)
-        return
-    cur = conn.connection.dbapi_connection.cursor()
-    try:
-        cur.executemany(sql, [tuple(r.values()) for r in rows])
-    finally:
-        cur.close()
-
-
 def _sqlite_rows(conn: Connection, sql: str, params: tuple) -> list[tuple]:
     """One statement on sqlite3's own cursor, in conn's transaction."""
     cur = conn.connection.dbapi_connection.cursor()

@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from xds.db import make_engine, read_only
+from xds.db import insert_rows, make_engine, read_only
 from . import schema as S
 
 _CHUNK = 500  # bound IN-lists so that long retrieve requests stay within driver limits
@@ -137,7 +137,7 @@ class RepositoryStore:
             return
         now = _dt.datetime.now(_dt.timezone.utc)
         with self.engine.begin() as conn:
-            conn.execute(insert(S.pending), [{**vars(r), "created": r.created or now} for r in rows])
+            insert_rows(conn, S.pending, [{**vars(r), "created": r.created or now} for r in rows])
 
     def pending(self, due_before: _dt.datetime | None = None, limit: int = _CHUNK) -> list[PendingRow]:
         """Pending documents, oldest deadline first; due_before: only those whose deadline is earlier."""
@@ -176,7 +176,7 @@ class RepositoryStore:
                              .scalars())
             fresh = list({r.unique_id: r for r in wanted if r.unique_id not in known}.values())
             if fresh:
-                conn.execute(insert(S.document), [_values(r, now) for r in fresh])
+                insert_rows(conn, S.document, [_values(r, now) for r in fresh])
             before_commit()
         return mine
 

@@ -1,6 +1,6 @@
 """The SQLite registration path's own statements (registry/store.py): the lock-and-find lookups in one
 statement, the registration order from one UPDATE ... RETURNING, and the rows through sqlite3's
-executemany; each answers what the portable statements they replace answered."""
+executemany (xds.db.sqlite_insert); each answers what the portable statements they replace answered."""
 from __future__ import annotations
 
 from sqlalchemy import select
@@ -12,6 +12,7 @@ from registry.service import RegistryConfig
 from registry.store import RegistryStore
 from tests.helpers import new_pid
 from xds import builder
+from xds.db import sqlite_insert
 from xds import constants as C
 from xds.errors import XdsException
 
@@ -98,10 +99,31 @@ def test_rows_keep_sqlalchemys_defaults(tmp_path):
     pid = store_module.patient_key(new_pid())
     with store.transaction() as conn:
         # patient.active has a Python-side default only SQLAlchemy fills in: that table keeps its path.
-        store_module._sqlite_insert(conn, S.patient, [{"patient_id": pid}])
+        sqlite_insert(conn, S.patient, [{"patient_id": pid}])
         # Rows of one batch whose columns come in another order keep it too (values bound by name).
-        store_module._sqlite_insert(conn, S.patient, [{"patient_id": pid + "a", "active": False},
+        sqlite_insert(conn, S.patient, [{"patient_id": pid + "a", "active": False},
                                                       {"active": True, "patient_id": pid + "b"}])
         got = dict(conn.execute(select(S.patient.c.patient_id, S.patient.c.active)
                                 .where(S.patient.c.patient_id.like(pid + "%"))).all())
     assert got == {pid: True, pid + "a": False, pid + "b": True}
+
+
+def test_values_are_stored_as_sqlalchemy_stores_them(tmp_path):
+    """Datetimes and booleans through their columns' bind processors: read back equal, and stored with the
+    same text as SQLAlchemy's own INSERT (the audit outbox and the repository's pending rows use this)."""
+    import datetime as dt
+
+    from sqlalchemy import insert, text
+
+    from xds.audit.store import AuditStore, audit_record
+
+    store = AuditStore(fresh(tmp_path).engine)
+    store.migrate()
+    at = dt.datetime(2026, 12, 7, 18, 30, 1, 123456, tzinfo=dt.timezone.utc)
+    with store.engine.begin() as conn:
+        sqlite_insert(conn, audit_record, [{"record_id": "a" * 36, "created": at, "event": "e", "attempts": 0}])
+        conn.execute(insert(audit_record), {"record_id": "b" * 36, "created": at, "event": "e", "attempts": 0})
+        stored = conn.execute(text("SELECT record_id, created FROM audit_record ORDER BY record_id")).all()
+        read = conn.execute(select(audit_record.c.created).order_by(audit_record.c.record_id)).scalars().all()
+    assert stored[0][1] == stored[1][1]
+    assert read[0] == read[1] and read[0].replace(tzinfo=dt.timezone.utc) == at

@@ -13,7 +13,7 @@ import threading
 import select
 from typing import Callable, Iterator, TypeVar
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 
@@ -117,6 +117,55 @@ def read_only(conn: Connection):
     each statement its own snapshot in a transaction or not, so a block would only add the BEGIN and
     ROLLBACK round trips); elsewhere the connection as it is (SQLite's transaction is a snapshot)."""
     return autocommit(conn) if conn.dialect.name == "postgresql" else contextlib.nullcontext(conn)
+
+
+_SQLITE_INSERTS: dict = {}
+
+
+def insert_rows(conn: Connection, table, rows: list[dict]) -> None:
+    """INSERT rows (dicts with the same keys): on SQLite through sqlite3's executemany (sqlite_insert),
+    elsewhere through SQLAlchemy."""
+    if not rows:
+        return
+    if conn.dialect.name == "sqlite":
+        return sqlite_insert(conn, table, rows)
+    conn.execute(insert(table), rows[0] if len(rows) == 1 else rows)
+
+
+def sqlite_insert(conn: Connection, table, rows: list[dict]) -> None:
+    """The rows through sqlite3's own executemany, in conn's transaction, the values converted by the
+    columns' own SQLAlchemy bind processors (datetimes stored as SQLAlchemy stores them) and the statement
+    made once per table and set of columns: a registration's or an audit record's INSERTs otherwise each pay
+    SQLAlchemy's statement compilation and parameter handling, most of their cost on SQLite. Rows that
+    leave out a column with a Python-side default (which only SQLAlchemy fills in), or whose keys differ,
+    take SQLAlchemy's path."""
+    cols = tuple(rows[0])
+    plan = _SQLITE_INSERTS.get((table, cols), False)
+    if plan is False:
+        plan = _SQLITE_INSERTS[(table, cols)] = _sqlite_plan(conn.dialect, table, cols)
+    if plan is None or any(tuple(r) != cols for r in rows):
+        conn.execute(insert(table), rows[0] if len(rows) == 1 else rows)
+        return
+    sql, procs = plan
+    if any(procs):
+        params = [tuple(p(v) if p is not None and v is not None else v for p, v in zip(procs, r.values()))
+                  for r in rows]
+    else:
+        params = [tuple(r.values()) for r in rows]
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        cur.executemany(sql, params)
+    finally:
+        cur.close()
+
+
+def _sqlite_plan(dialect, table, cols: tuple[str, ...]):
+    if any(c not in table.c for c in cols) or any(c.default is not None for c in table.c if c.name not in cols):
+        return None
+    quote = dialect.identifier_preparer.quote
+    sql = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in cols)}) "
+           f"VALUES ({', '.join('?' * len(cols))})")
+    return sql, [table.c[c].type._cached_bind_processor(dialect) for c in cols]
 
 
 def pg_insert(cur, table, rows: list[dict], drawn: dict[str, str] | None = None) -> bytes:

@@ -21,11 +21,11 @@ import datetime as _dt
 from dataclasses import dataclass
 
 from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Index, Integer, MetaData, String, Table, Text,
-                        and_, func, insert, or_, select, update)
+                        and_, func, or_, select, update)
 from sqlalchemy.engine import Engine
 
 from xds import migrate
-from xds.db import autocommit, pg_insert, writer_lock
+from xds.db import autocommit, insert_rows, pg_insert, writer_lock
 
 metadata = MetaData()
 _ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite's rowid alias must be INTEGER
@@ -157,13 +157,9 @@ class AuditStore:
             return self._append_at_once([(audit_record, rows), (audit_access, access_rows),
                                          (audit_notification, note_rows)])
         with self._writing(), self.engine.begin() as conn:
-            # One row is sent as one row: a list takes SQLAlchemy's executemany path, slower for one.
-            if rows:
-                conn.execute(insert(audit_record), rows[0] if len(rows) == 1 else rows)
-            if access_rows:
-                conn.execute(insert(audit_access), access_rows[0] if len(access_rows) == 1 else access_rows)
-            if note_rows:
-                conn.execute(insert(audit_notification), note_rows)
+            insert_rows(conn, audit_record, rows)
+            insert_rows(conn, audit_access, access_rows)
+            insert_rows(conn, audit_notification, note_rows)
 
     def _append_at_once(self, tables: list[tuple[Table, list[dict]]]) -> None:
         """PostgreSQL: every row of the request in one message of INSERTs (xds.db.pg_insert, as the registry
