@@ -197,7 +197,7 @@ class RegistryStore:
         if self.is_postgres:
             return None
         if _SQLITE_RETURNING:
-            got = _sqlite_rows(conn, "UPDATE reg_counter SET value = value + ? WHERE name = 'seq' RETURNING value",
+            got = _driver_rows(conn, "UPDATE reg_counter SET value = value + ? WHERE name = 'seq' RETURNING value",
                                (n,))
             if got:
                 return got[0][0] - n + 1
@@ -436,7 +436,7 @@ class RegistryStore:
         three lookups in one statement, which SQLAlchemy builds and compiles once instead of four."""
         marks = lambda n: ", ".join("?" * n) or "NULL"  # noqa: E731 - IN (NULL) matches nothing
         sql = _SQLITE_PREFETCH.format(u=marks(len(uids)), i=marks(len(ids)))
-        rows = _sqlite_rows(conn, sql, (*uids, key or "", *ids, *ids))
+        rows = _driver_rows(conn, sql, (*uids, key or "", *ids, *ids))
         holders = [(ObjectRow(*r[1:8]), r[8]) for r in rows if r[0] == "u"]
         patient = next(((bool(r[3]), r[2]) for r in rows if r[0] == "p"), None) if key else None
         return holders, patient, {r[1] for r in rows if r[0] == "i"}
@@ -859,18 +859,11 @@ _SQLITE_PREFETCH = (
     "WHERE p.patient_id = ? "
     "UNION ALL SELECT 'i', o.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM reg_object o WHERE o.id IN ({i}) "
     "UNION ALL SELECT 'i', a.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM association a WHERE a.id IN ({i})")
-def _sqlite_rows(conn: Connection, sql: str, params: tuple) -> list[tuple]:
-    """One statement on sqlite3's own cursor, in conn's transaction."""
-    cur = conn.connection.dbapi_connection.cursor()
-    try:
-        cur.execute(sql, params)
-        return cur.fetchall()
-    finally:
-        cur.close()
 
 
-def _driver_rows(conn: Connection, sql: str, params: dict) -> list[tuple]:
-    """Several statements in one round trip on psycopg2's own cursor; the rows of the last."""
+def _driver_rows(conn: Connection, sql: str, params: dict | tuple) -> list[tuple]:
+    """The driver's own cursor, in conn's transaction: on psycopg2 several statements in one round trip (the
+    rows of the last), on SQLite one statement without SQLAlchemy's handling."""
     cur = conn.connection.dbapi_connection.cursor()
     try:
         cur.execute(sql, params)
