@@ -433,7 +433,8 @@ class RegistryStore:
     @staticmethod
     def _prefetch_sqlite(conn: Connection, uids: list[str], key: str | None, ids: list[str]):
         """lock_and_prefetch on SQLite, whose write lock the transaction already holds (BEGIN IMMEDIATE): the
-        three lookups in one statement, which SQLAlchemy builds and compiles once instead of four."""
+        three lookups in one statement on sqlite3's own cursor, where the portable path runs four through
+        SQLAlchemy."""
         marks = lambda n: ", ".join("?" * n) or "NULL"  # noqa: E731 - IN (NULL) matches nothing
         sql = _SQLITE_PREFETCH.format(u=marks(len(uids)), i=marks(len(ids)))
         rows = _driver_rows(conn, sql, (*uids, key or "", *ids, *ids))

@@ -127,3 +127,20 @@ def test_values_are_stored_as_sqlalchemy_stores_them(tmp_path):
         read = conn.execute(select(audit_record.c.created).order_by(audit_record.c.record_id)).scalars().all()
     assert stored[0][1] == stored[1][1]
     assert read[0] == read[1] and read[0].replace(tzinfo=dt.timezone.utc) == at
+
+
+def test_a_refused_row_raises_as_sqlalchemy_would(tmp_path):
+    from sqlalchemy.exc import IntegrityError
+
+    store = fresh(tmp_path)
+    pid = store_module.patient_key(new_pid())
+    with store.transaction() as conn:
+        sqlite_insert(conn, S.patient, [{"patient_id": pid, "active": True, "merged_into": None}])
+    try:
+        with store.transaction() as conn:
+            sqlite_insert(conn, S.patient, [{"patient_id": pid, "active": True, "merged_into": None}])
+        raise AssertionError("a second row with the same key was stored")
+    except IntegrityError:
+        pass
+    with store.transaction() as conn:   # the failed transaction was rolled back, the store still writes
+        assert conn.execute(select(S.patient.c.patient_id).where(S.patient.c.patient_id == pid)).scalar() == pid

@@ -155,6 +155,10 @@ def sqlite_insert(conn: Connection, table, rows: list[dict]) -> None:
     cur = conn.connection.dbapi_connection.cursor()
     try:
         cur.executemany(sql, params)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        # As SQLAlchemy would raise it (IntegrityError, OperationalError, ...), for the callers that catch those.
+        raise DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect,
+                                  ismulti=True) from exc
     finally:
         cur.close()
 

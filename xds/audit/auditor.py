@@ -120,7 +120,11 @@ class Auditor:
         finally:
             _HELD.reset(token)
             if held:
-                self._write_held(held, [], [])
+                try:
+                    self._write_held(held, [], [])
+                except Exception:
+                    # As for the request's own record: logged, and the request's answer or error stands.
+                    log.exception("the audit records of a request's calls could not be written")
 
     def before(self, req) -> None:
         """What must be read before the handler changes it: the patients of the objects an ITI-62 removes."""
